@@ -1,0 +1,368 @@
+//! The embedded default: records in a map with TTL, jobs in an in-process queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use super::{Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, Watch};
+use crate::{Error, Failure, Progress, RequestId, Status};
+
+/// In-memory backend: one process, records with TTL, jobs in a FIFO queue.
+///
+/// This is what [`AsyncEndpoint::builder`](crate::AsyncEndpoint::builder) uses when no backend is
+/// chosen. Everything is lost when the process exits, so it suits single-process apps, development
+/// and tests. Expired records are removed as time passes (amortized on every call), so memory
+/// holds only live requests.
+///
+/// ```
+/// use async_endpoint::{AsyncEndpoint, backend::MemoryBackend};
+/// # use async_endpoint::{AsyncTask, Failure, TaskContext};
+/// # struct Echo;
+/// # impl AsyncTask for Echo {
+/// #     const NAME: &'static str = "echo";
+/// #     type Params = String;
+/// #     type Output = String;
+/// #     async fn execute_task(&self, p: String, _: TaskContext) -> Result<String, Failure> { Ok(p) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), async_endpoint::Error> {
+/// let endpoint = AsyncEndpoint::builder()
+///     .secret(b"at least 32 bytes of secret key material")
+///     .backend(MemoryBackend::new())
+///     .task(Echo)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: Mutex<State>,
+    queued: Notify,
+    notifier: Notifier,
+}
+
+#[derive(Default)]
+struct State {
+    records: HashMap<RequestId, Record>,
+    /// (expiry when enqueued here, id), oldest first; re-checked against the record on pop.
+    expiries: VecDeque<(u64, RequestId)>,
+    queue: VecDeque<Job>,
+}
+
+struct Record {
+    task: &'static str,
+    params: String,
+    status: Status,
+    attempt: u32,
+    progress: Option<Progress>,
+    output: Option<String>,
+    failure: Option<Failure>,
+    deadline_ms: u64,
+    ttl_ms: u64,
+    expires_ms: u64,
+}
+
+impl Record {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            task: self.task.to_owned(),
+            status: self.status,
+            attempt: self.attempt,
+            progress: self.progress.clone(),
+            output: self.output.clone(),
+            failure: self.failure.clone(),
+            deadline_ms: self.deadline_ms,
+        }
+    }
+
+    fn touch(&mut self, now_ms: u64) {
+        self.expires_ms = now_ms.saturating_add(self.ttl_ms);
+    }
+
+    /// Turns an unfinished request past its deadline into a timeout; true if it did.
+    fn expire_deadline(&mut self, now_ms: u64, timeout: &Failure) -> bool {
+        if !self.status.is_terminal() && now_ms > self.deadline_ms {
+            self.status = Status::Failed;
+            self.failure = Some(timeout.clone());
+            self.params = String::new();
+            self.touch(now_ms);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl MemoryBackend {
+    /// An empty backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Live (unexpired) records, after removing expired ones.
+    pub fn len(&self) -> usize {
+        let mut st = self.lock();
+        st.sweep(wall_ms());
+        st.records.len()
+    }
+
+    /// True when no live record is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent, so a poisoned lock is still usable.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    /// Removes records whose TTL passed. Amortized O(1): each record is popped about once per TTL.
+    fn sweep(&mut self, now_ms: u64) {
+        while let Some(&(at, id)) = self.expiries.front() {
+            if at > now_ms {
+                break;
+            }
+            self.expiries.pop_front();
+            match self.records.get(&id) {
+                Some(r) if r.expires_ms <= now_ms => {
+                    self.records.remove(&id);
+                }
+                Some(r) => self.expiries.push_back((r.expires_ms, id)),
+                None => {}
+            }
+        }
+    }
+
+    fn live(&mut self, id: &RequestId, now_ms: u64) -> Option<&mut Record> {
+        self.records.get_mut(id).filter(|r| r.expires_ms > now_ms)
+    }
+}
+
+impl Backend for MemoryBackend {
+    async fn create(&self, request: NewRequest) -> Result<(), Error> {
+        let ttl_ms = request.ttl.as_millis() as u64;
+        let expires_ms = request.created_ms.saturating_add(ttl_ms);
+        {
+            let mut st = self.lock();
+            st.sweep(request.created_ms);
+            st.records.insert(
+                request.id,
+                Record {
+                    task: request.task,
+                    params: request.params,
+                    status: Status::Queued,
+                    attempt: 0,
+                    progress: None,
+                    output: None,
+                    failure: None,
+                    deadline_ms: request.deadline_ms,
+                    ttl_ms,
+                    expires_ms,
+                },
+            );
+            st.expiries.push_back((expires_ms, request.id));
+            st.queue.push_back(Job {
+                id: request.id,
+                task: request.task.to_owned(),
+                receipt: String::new(),
+                deliveries: 0,
+            });
+        }
+        self.inner.queued.notify_one();
+        Ok(())
+    }
+
+    async fn poll(
+        &self,
+        id: RequestId,
+        now_ms: u64,
+        timeout: &Failure,
+    ) -> Result<Option<Snapshot>, Error> {
+        let (snapshot, changed) = {
+            let mut st = self.lock();
+            st.sweep(now_ms);
+            match st.live(&id, now_ms) {
+                None => return Ok(None),
+                Some(r) => {
+                    let changed = r.expire_deadline(now_ms, timeout);
+                    (r.snapshot(), changed)
+                }
+            }
+        };
+        if changed {
+            tracing::warn!(request_id = %id, "deadline passed: request failed with a timeout");
+            self.inner.notifier.notify(id);
+        }
+        Ok(Some(snapshot))
+    }
+
+    fn watch(&self, id: RequestId) -> Watch {
+        self.inner.notifier.watch(id)
+    }
+
+    async fn fetch(
+        &self,
+        tasks: &[&'static str],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Job>, Error> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            let notified = self.inner.queued.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a push between the look and the wait is not missed.
+            notified.as_mut().enable();
+            let jobs = {
+                let mut st = self.lock();
+                let mut jobs = Vec::new();
+                let mut i = 0;
+                while i < st.queue.len() && jobs.len() < max {
+                    if tasks.contains(&st.queue[i].task.as_str()) {
+                        if let Some(mut job) = st.queue.remove(i) {
+                            job.deliveries += 1;
+                            jobs.push(job);
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                jobs
+            };
+            if !jobs.is_empty() {
+                return Ok(jobs);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn begin(&self, job: &Job, now_ms: u64, timeout: &Failure) -> Result<Begin, Error> {
+        let mut timed_out = false;
+        let begin = {
+            let mut st = self.lock();
+            match st.live(&job.id, now_ms) {
+                None => Begin::Skip,
+                Some(r) if r.status.is_terminal() => Begin::Skip,
+                Some(r) if now_ms > r.deadline_ms => {
+                    timed_out = r.expire_deadline(now_ms, timeout);
+                    Begin::Skip
+                }
+                Some(r) => {
+                    r.status = Status::Running;
+                    r.attempt += 1;
+                    r.touch(now_ms);
+                    Begin::Run {
+                        params: r.params.clone(),
+                        attempt: r.attempt,
+                        deadline_ms: r.deadline_ms,
+                    }
+                }
+            }
+        };
+        if timed_out || matches!(begin, Begin::Run { .. }) {
+            self.inner.notifier.notify(job.id);
+        }
+        Ok(begin)
+    }
+
+    async fn progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
+        let now_ms = wall_ms();
+        let updated = {
+            let mut st = self.lock();
+            match st.live(&id, now_ms) {
+                Some(r) if matches!(r.status, Status::Running | Status::Retrying) => {
+                    r.progress = Some(progress.clone());
+                    r.touch(now_ms);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if updated {
+            self.inner.notifier.notify(id);
+        }
+        Ok(())
+    }
+
+    async fn retrying(&self, id: RequestId) -> Result<(), Error> {
+        let now_ms = wall_ms();
+        let updated = {
+            let mut st = self.lock();
+            match st.live(&id, now_ms) {
+                Some(r) if r.status == Status::Running => {
+                    r.status = Status::Retrying;
+                    r.touch(now_ms);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if updated {
+            self.inner.notifier.notify(id);
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        job: &Job,
+        outcome: Outcome,
+        now_ms: u64,
+        timeout: &Failure,
+    ) -> Result<Status, Error> {
+        let (status, changed) = {
+            let mut st = self.lock();
+            match st.live(&job.id, now_ms) {
+                // Gone (expired): nothing to write; report it as failed for the logs.
+                None => (Status::Failed, false),
+                Some(r) if r.status.is_terminal() => (r.status, false),
+                Some(r) if now_ms > r.deadline_ms => {
+                    r.expire_deadline(now_ms, timeout);
+                    (Status::Failed, true)
+                }
+                Some(r) => {
+                    match outcome {
+                        Outcome::Done(output) => {
+                            r.status = Status::Done;
+                            r.output = Some(output);
+                        }
+                        Outcome::Failed(failure) => {
+                            r.status = Status::Failed;
+                            r.failure = Some(failure);
+                        }
+                    }
+                    // Params are only needed to run the task; drop them once it is over.
+                    r.params = String::new();
+                    r.touch(now_ms);
+                    (r.status, true)
+                }
+            }
+        };
+        if changed {
+            self.inner.notifier.notify(job.id);
+        }
+        Ok(status)
+    }
+
+    async fn release(&self, job: &Job) -> Result<(), Error> {
+        let mut job = job.clone();
+        job.deliveries = job.deliveries.saturating_sub(1);
+        self.lock().queue.push_front(job);
+        self.inner.queued.notify_one();
+        Ok(())
+    }
+}

@@ -1,0 +1,428 @@
+//! [`AsyncEndpoint`] and its builder.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::{Backend, SharedBackend};
+use crate::engine::{Config, Engine, ErasedTask, OwnerFn};
+use crate::token::{Keyring, MIN_SECRET_LEN};
+use crate::worker::{default_internal_failure, default_timeout_failure};
+use crate::{AsyncEndpointLayer, AsyncTask, Error, Failure, FailureKind};
+
+/// The configured engine: tasks, backend, keys and settings. Cheap to clone.
+///
+/// Build it once at start-up, add [`layer()`](Self::layer) to the router, and use the
+/// [`AsyncRequest`](crate::AsyncRequest) extractor in handlers.
+///
+/// ```
+/// use async_endpoint::{AsyncEndpoint, AsyncTask, Failure, TaskContext};
+/// use std::time::Duration;
+///
+/// struct Slow;
+/// impl AsyncTask for Slow {
+///     const NAME: &'static str = "slow";
+///     type Params = u64;
+///     type Output = u64;
+///     async fn execute_task(&self, n: u64, _ctx: TaskContext) -> Result<u64, Failure> {
+///         Ok(n * 2)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), async_endpoint::Error> {
+/// let endpoint = AsyncEndpoint::builder()
+///     .secret(b"at least 32 bytes of secret key material")
+///     .task(Slow)
+///     .deadline(Duration::from_secs(30))
+///     .build()?;
+/// let app: axum::Router = axum::Router::new().layer(endpoint.layer());
+/// endpoint.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AsyncEndpoint {
+    pub(crate) engine: Arc<Engine>,
+    workers: Arc<Workers>,
+}
+
+struct Workers {
+    stop: watch::Sender<bool>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for AsyncEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncEndpoint")
+            .field("tasks", &self.engine.task_names)
+            .field("config", &self.engine.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncEndpoint {
+    /// Starts configuring an endpoint. See [`AsyncEndpointBuilder`] for every setting.
+    pub fn builder() -> AsyncEndpointBuilder {
+        AsyncEndpointBuilder::default()
+    }
+
+    /// The tower layer that makes this endpoint available to the
+    /// [`AsyncRequest`](crate::AsyncRequest) extractor.
+    pub fn layer(&self) -> AsyncEndpointLayer {
+        AsyncEndpointLayer::new(self.engine.clone())
+    }
+
+    /// Runs a worker in the current task until `shutdown` completes, then shuts it down gracefully
+    /// (stops fetching, lets running tasks finish within `shutdown_grace`, hands the rest back).
+    ///
+    /// Use it in worker-only processes, built with `.in_process_workers(false)`.
+    ///
+    /// ```no_run
+    /// # use async_endpoint::AsyncEndpoint;
+    /// # async fn f(endpoint: AsyncEndpoint) {
+    /// endpoint.run_worker(async { let _ = tokio::signal::ctrl_c().await; }).await;
+    /// # }
+    /// ```
+    pub async fn run_worker(&self, shutdown: impl Future<Output = ()> + Send) {
+        crate::worker::run(self.engine.clone(), shutdown).await;
+    }
+
+    /// Stops the in-process workers gracefully and waits for them (at most `shutdown_grace` plus
+    /// the time to hand unfinished jobs back). Polls keep working; new requests stay queued.
+    pub async fn shutdown(&self) {
+        let _ = self.workers.stop.send(true);
+        let handle = self
+            .workers
+            .handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            if let Err(error) = handle.await {
+                tracing::error!(%error, "worker task ended abnormally");
+            }
+        }
+    }
+}
+
+/// Builds an [`AsyncEndpoint`]; `build()` checks every setting and names the bad one.
+///
+/// | setting | default | meaning |
+/// |---|---|---|
+/// | `secret` | required | HMAC key for tokens, ≥ 32 bytes |
+/// | `old_secret` | none | keys still accepted for verification (rotation) |
+/// | `task` | at least one | a task type the endpoint runs |
+/// | `backend` | in-memory | storage and queue |
+/// | `deadline` | 60 s | time from start until an unfinished request fails (per-task override) |
+/// | `ttl` | 1 h | how long a record (and its token) lives after its last write; > every deadline |
+/// | `max_params_bytes` | 64 KiB | largest serialized params |
+/// | `max_wait` | 25 s | cap on `Prefer: wait=N`; 0 disables waiting polls |
+/// | `retry_after` | 1 s | `Retry-After` sent with 202 |
+/// | `concurrency` | 64 | tasks run at once per worker process |
+/// | `progress_interval` | 250 ms | minimum time between progress writes |
+/// | `shutdown_grace` | 30 s | time running tasks get to finish on shutdown |
+/// | `in_process_workers` | true | run workers inside this process |
+/// | `owner` | none | derives an owner from the request; tokens bind it |
+/// | `internal_error_message` | generic | client message for panics and internal errors |
+/// | `timeout_message` | generic | client message for a passed deadline |
+#[must_use]
+pub struct AsyncEndpointBuilder {
+    secret: Option<Vec<u8>>,
+    old_secrets: Vec<Vec<u8>>,
+    tasks: Vec<(&'static str, Arc<dyn ErasedTask>)>,
+    backend: Option<SharedBackend>,
+    owner: Option<OwnerFn>,
+    in_process_workers: bool,
+    deadline: Duration,
+    ttl: Duration,
+    max_params_bytes: usize,
+    max_wait: Duration,
+    retry_after: Duration,
+    concurrency: usize,
+    progress_interval: Duration,
+    shutdown_grace: Duration,
+    internal_message: String,
+    timeout_message: String,
+}
+
+impl Default for AsyncEndpointBuilder {
+    fn default() -> Self {
+        AsyncEndpointBuilder {
+            secret: None,
+            old_secrets: Vec::new(),
+            tasks: Vec::new(),
+            backend: None,
+            owner: None,
+            in_process_workers: true,
+            deadline: Duration::from_secs(60),
+            ttl: Duration::from_secs(3600),
+            max_params_bytes: 64 * 1024,
+            max_wait: Duration::from_secs(25),
+            retry_after: Duration::from_secs(1),
+            concurrency: 64,
+            progress_interval: Duration::from_millis(250),
+            shutdown_grace: Duration::from_secs(30),
+            internal_message: default_internal_failure().message().to_owned(),
+            timeout_message: default_timeout_failure().message().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AsyncEndpointBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncEndpointBuilder")
+            .field("tasks", &self.tasks.iter().map(|t| t.0).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncEndpointBuilder {
+    /// The key that signs tokens (HMAC-SHA256). At least 32 bytes; keep it secret and stable
+    /// across processes, or every outstanding token stops working.
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(secret.as_ref().to_vec());
+        self
+    }
+
+    /// A previous key, still accepted when verifying tokens but never used to sign (key
+    /// rotation). May be called several times.
+    pub fn old_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.old_secrets.push(secret.as_ref().to_vec());
+        self
+    }
+
+    /// Registers a task type. Call once per task.
+    pub fn task<T: AsyncTask>(mut self, task: T) -> Self {
+        self.tasks.push((T::NAME, Arc::new(task)));
+        self
+    }
+
+    /// Uses `backend` for storage and queue instead of the in-memory default.
+    pub fn backend<B: Backend>(mut self, backend: B) -> Self {
+        self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// Derives an owner string (e.g. the user id) from each request; tokens are bound to it, so a
+    /// token leaked to another user is useless to them. Return `None` for anonymous requests.
+    ///
+    /// ```
+    /// # use async_endpoint::AsyncEndpoint;
+    /// let builder = AsyncEndpoint::builder().owner(|parts| {
+    ///     parts.headers.get("x-user-id")?.to_str().ok().map(str::to_owned)
+    /// });
+    /// ```
+    pub fn owner<F>(mut self, owner: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.owner = Some(Arc::new(owner));
+        self
+    }
+
+    /// Whether this process runs workers (default `true`). Set `false` for web-only processes
+    /// whose jobs are run by separate worker processes ([`AsyncEndpoint::run_worker`]).
+    pub fn in_process_workers(mut self, enabled: bool) -> Self {
+        self.in_process_workers = enabled;
+        self
+    }
+
+    /// Default deadline, counted from the start request (default 60 s).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Record and token lifetime after the last write (default 1 h). Must exceed every deadline.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Largest serialized params in bytes (default 64 KiB).
+    pub fn max_params_bytes(mut self, bytes: usize) -> Self {
+        self.max_params_bytes = bytes;
+        self
+    }
+
+    /// Cap on waiting polls (`Prefer: wait=N`), default 25 s: below common proxy timeouts.
+    /// `Duration::ZERO` disables waiting polls.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// The `Retry-After` hint sent with each 202, whole seconds (default 1 s).
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// Tasks run at once by this process's workers (default 64).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Minimum time between two progress writes of one request (default 250 ms).
+    pub fn progress_interval(mut self, interval: Duration) -> Self {
+        self.progress_interval = interval;
+        self
+    }
+
+    /// Time running tasks get to finish on shutdown before they are handed back (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The client's message when a task panics or hits an internal error.
+    pub fn internal_error_message(mut self, message: impl Into<String>) -> Self {
+        self.internal_message = message.into();
+        self
+    }
+
+    /// The client's message when a request's deadline passes.
+    pub fn timeout_message(mut self, message: impl Into<String>) -> Self {
+        self.timeout_message = message.into();
+        self
+    }
+
+    /// Checks the settings and starts the in-process workers (which needs a Tokio runtime).
+    pub fn build(self) -> Result<AsyncEndpoint, Error> {
+        let bad = |setting: &'static str, reason: String| Err(Error::Config { setting, reason });
+        let Some(secret) = self.secret else {
+            return bad("secret", "required: at least 32 bytes of key material".into());
+        };
+        if secret.len() < MIN_SECRET_LEN {
+            return bad(
+                "secret",
+                format!("{} bytes; at least {MIN_SECRET_LEN} are required", secret.len()),
+            );
+        }
+        if let Some(old) = self.old_secrets.iter().find(|s| s.len() < MIN_SECRET_LEN) {
+            return bad(
+                "old_secret",
+                format!("{} bytes; at least {MIN_SECRET_LEN} are required", old.len()),
+            );
+        }
+        if self.tasks.is_empty() {
+            return bad("task", "register at least one task".into());
+        }
+        let mut tasks: HashMap<&'static str, Arc<dyn ErasedTask>> = HashMap::new();
+        for (name, task) in self.tasks {
+            if !valid_task_name(name) {
+                return bad(
+                    "task",
+                    format!("task name {name:?} must be 1-64 characters of A-Z a-z 0-9 _ - . :"),
+                );
+            }
+            if let Some(deadline) = task.deadline() {
+                if deadline.is_zero() || deadline >= self.ttl {
+                    return bad(
+                        "task",
+                        format!("deadline of task {name:?} must be above zero and below the ttl"),
+                    );
+                }
+            }
+            if tasks.insert(name, task).is_some() {
+                return bad("task", format!("two tasks are named {name:?}"));
+            }
+        }
+        if self.deadline.is_zero() {
+            return bad("deadline", "must be above zero".into());
+        }
+        if self.ttl <= self.deadline {
+            return bad(
+                "ttl",
+                format!(
+                    "{:?} must exceed the deadline ({:?}) so records outlive their requests",
+                    self.ttl, self.deadline
+                ),
+            );
+        }
+        if self.ttl < Duration::from_secs(1) {
+            return bad("ttl", "must be at least one second (tokens count whole seconds)".into());
+        }
+        if self.max_params_bytes == 0 {
+            return bad("max_params_bytes", "must be above zero".into());
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency", "must be at least 1".into());
+        }
+        if self.max_wait > Duration::from_secs(300) {
+            return bad("max_wait", "at most 300 s; proxies cut longer requests".into());
+        }
+        if self.internal_message.is_empty() {
+            return bad("internal_error_message", "must not be empty".into());
+        }
+        if self.timeout_message.is_empty() {
+            return bad("timeout_message", "must not be empty".into());
+        }
+        let backend = match self.backend {
+            Some(backend) => backend,
+            None => default_backend()?,
+        };
+        let mut task_names: Vec<&'static str> = tasks.keys().copied().collect();
+        task_names.sort_unstable();
+        let engine = Arc::new(Engine {
+            backend,
+            tasks,
+            task_names,
+            keys: Keyring::new(&secret, &self.old_secrets),
+            config: Config {
+                deadline: self.deadline,
+                ttl: self.ttl,
+                max_params_bytes: self.max_params_bytes,
+                max_wait: self.max_wait,
+                retry_after: self.retry_after,
+                concurrency: self.concurrency,
+                progress_interval: self.progress_interval,
+                shutdown_grace: self.shutdown_grace,
+                internal_failure: Failure::with_kind(FailureKind::Internal, self.internal_message),
+                timeout_failure: Failure::with_kind(FailureKind::Timeout, self.timeout_message),
+            },
+            owner: self.owner,
+        });
+        let (stop, mut stopped) = watch::channel(false);
+        let handle = if self.in_process_workers {
+            let runtime = tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            Some(runtime.spawn(crate::worker::run(engine.clone(), shutdown)))
+        } else {
+            None
+        };
+        Ok(AsyncEndpoint {
+            engine,
+            workers: Arc::new(Workers {
+                stop,
+                handle: Mutex::new(handle),
+            }),
+        })
+    }
+}
+
+#[cfg(feature = "memory")]
+fn default_backend() -> Result<SharedBackend, Error> {
+    Ok(Arc::new(crate::backend::MemoryBackend::new()))
+}
+
+#[cfg(not(feature = "memory"))]
+fn default_backend() -> Result<SharedBackend, Error> {
+    Err(Error::Config {
+        setting: "backend",
+        reason: "no backend chosen and the `memory` feature is off".into(),
+    })
+}
+
+fn valid_task_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}

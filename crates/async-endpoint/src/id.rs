@@ -1,0 +1,88 @@
+//! Request ids: 128 random bits, written as 32 lowercase hex digits.
+
+use std::fmt;
+
+/// The opaque id of one async request: 128 bits from the operating system's CSPRNG.
+///
+/// ```
+/// use async_endpoint::RequestId;
+///
+/// let id = RequestId::random();
+/// let text = id.to_string();
+/// assert_eq!(text.len(), 32);
+/// assert_eq!(text.parse::<RequestId>().unwrap(), id);
+/// assert!("not-an-id".parse::<RequestId>().is_err());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId([u8; 16]);
+
+/// The text was not 32 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed request id")]
+pub struct ParseIdError;
+
+impl RequestId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        // The OS random source failing is not something a request can cause or recover from.
+        #[allow(clippy::expect_used)]
+        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+        RequestId(bytes)
+    }
+
+    /// The id's raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Builds an id from raw bytes (for backends that store ids in binary form).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        RequestId(bytes)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({self})")
+    }
+}
+
+impl std::str::FromStr for RequestId {
+    type Err = ParseIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.as_bytes();
+        if s.len() != 32 {
+            return Err(ParseIdError);
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in s.chunks_exact(2).enumerate() {
+            out[i] = (hex(pair[0])? << 4) | hex(pair[1])?;
+        }
+        Ok(RequestId(out))
+    }
+}
+
+fn hex(c: u8) -> Result<u8, ParseIdError> {
+    match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(ParseIdError),
+    }
+}
+
+impl serde::Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}

@@ -1,0 +1,303 @@
+//! The task side: what users implement ([`AsyncTask`]) and what it reports with ([`TaskContext`],
+//! [`Failure`], [`RetryPolicy`]).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::backend::DynBackend;
+use crate::{Progress, RequestId};
+
+/// A kind of slow work, run in the background: the `execute_task` of the original gem.
+///
+/// `Ok(output)` is the original `done`, `Err(Failure::new("message"))` is `failed 'message'`.
+/// Params and output travel as JSON, so both are serde types.
+///
+/// ```
+/// use async_endpoint::{AsyncTask, Failure, RetryPolicy, TaskContext};
+/// use serde::{Deserialize, Serialize};
+/// use std::time::Duration;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Params { city: String }
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Weather { celsius: f32 }
+///
+/// struct FetchWeather;
+///
+/// impl AsyncTask for FetchWeather {
+///     const NAME: &'static str = "fetch_weather";
+///     type Params = Params;
+///     type Output = Weather;
+///
+///     async fn execute_task(&self, params: Params, ctx: TaskContext) -> Result<Weather, Failure> {
+///         ctx.progress(0, Some(1), format!("asking about {}", params.city)).await;
+///         if params.city.is_empty() {
+///             return Err(Failure::new("Please name a city").permanent());
+///         }
+///         Ok(Weather { celsius: 21.5 })
+///     }
+///
+///     // Optional: a deadline of its own and retries.
+///     fn deadline(&self) -> Option<Duration> { Some(Duration::from_secs(30)) }
+///     fn retry_policy(&self) -> RetryPolicy { RetryPolicy::attempts(3) }
+/// }
+/// ```
+pub trait AsyncTask: Send + Sync + 'static {
+    /// A stable name for the task: it is stored with each request, bound into its token and, with
+    /// the Redis backend, names the queue. 1–64 characters from `A-Z a-z 0-9 _ - . :`.
+    const NAME: &'static str;
+    /// What the endpoint passes to `init(params)`.
+    type Params: Serialize + DeserializeOwned + Send + 'static;
+    /// What the `done` closure receives.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Does the slow work. A panic here is caught and becomes a failure with a generic message.
+    fn execute_task(
+        &self,
+        params: Self::Params,
+        ctx: TaskContext,
+    ) -> impl Future<Output = Result<Self::Output, Failure>> + Send;
+
+    /// This task's deadline, counted from the start request; `None` uses the endpoint's
+    /// (default 60 s). An unfinished request fails with a timeout once it passes.
+    fn deadline(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Retries for this task; off unless overridden.
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::none()
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The task returned `Err(Failure::new(..))`; the message is the task's own.
+    Task,
+    /// The task panicked, its params or output could not be decoded, or its worker gave up on it;
+    /// the message is the endpoint's generic one and the details are in `tracing`.
+    Internal,
+    /// The deadline passed before the task finished.
+    Timeout,
+}
+
+/// A failed request: the original gem's `failed 'message'`.
+///
+/// The message is shown to the client, so write it for them; never put error details in it.
+///
+/// ```
+/// use async_endpoint::{Failure, FailureKind};
+///
+/// let f = Failure::new("The card was declined");
+/// assert_eq!(f.message(), "The card was declined");
+/// assert_eq!(f.kind(), FailureKind::Task);
+/// assert!(!f.is_permanent());
+/// assert!(f.permanent().is_permanent());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    kind: FailureKind,
+    message: String,
+    #[serde(skip)]
+    permanent: bool,
+}
+
+impl Failure {
+    /// A failure whose message the client sees.
+    pub fn new(message: impl Into<String>) -> Self {
+        Failure {
+            kind: FailureKind::Task,
+            message: message.into(),
+            permanent: false,
+        }
+    }
+
+    /// Marks the failure as not worth retrying: the request fails at once even when the task has
+    /// a [`RetryPolicy`].
+    #[must_use]
+    pub fn permanent(mut self) -> Self {
+        self.permanent = true;
+        self
+    }
+
+    pub(crate) fn with_kind(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+            permanent: kind == FailureKind::Timeout,
+        }
+    }
+
+    /// The message for the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Why it failed.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// Whether retries are skipped for this failure.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// How often a failed task is tried again, and how long to wait in between (exponential backoff).
+///
+/// Between attempts the request shows `"retrying"`; it fails only when the attempts are used up
+/// (or the deadline passes first).
+///
+/// ```
+/// use async_endpoint::RetryPolicy;
+/// use std::time::Duration;
+///
+/// let p = RetryPolicy::attempts(4).backoff(Duration::from_millis(100), Duration::from_secs(1));
+/// assert_eq!(p.max_attempts(), 4);
+/// assert_eq!(p.delay_after(1), Duration::from_millis(100));
+/// assert_eq!(p.delay_after(2), Duration::from_millis(200));
+/// assert_eq!(p.delay_after(9), Duration::from_secs(1));
+/// assert_eq!(RetryPolicy::none().max_attempts(), 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    initial: Duration,
+    max: Duration,
+}
+
+impl RetryPolicy {
+    /// One attempt, no retries (the default).
+    pub const fn none() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+
+    /// Up to `n` attempts in all (`n` of 0 counts as 1); backoff 1 s doubling to 30 s.
+    pub const fn attempts(n: u32) -> Self {
+        RetryPolicy {
+            max_attempts: if n == 0 { 1 } else { n },
+            ..Self::none()
+        }
+    }
+
+    /// Sets the first delay and the cap of the doubling backoff.
+    #[must_use]
+    pub const fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial = initial;
+        self.max = max;
+        self
+    }
+
+    /// Attempts in all.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The wait after attempt number `attempt` (1-based) failed.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
+/// Handed to [`AsyncTask::execute_task`]: who this request is, and a way to report progress.
+pub struct TaskContext {
+    id: RequestId,
+    attempt: u32,
+    deadline_ms: u64,
+    backend: Arc<dyn DynBackend>,
+    throttle: Duration,
+    last_write: Mutex<Option<Instant>>,
+}
+
+impl TaskContext {
+    pub(crate) fn new(
+        id: RequestId,
+        attempt: u32,
+        deadline_ms: u64,
+        backend: Arc<dyn DynBackend>,
+        throttle: Duration,
+    ) -> Self {
+        TaskContext {
+            id,
+            attempt,
+            deadline_ms,
+            backend,
+            throttle,
+            last_write: Mutex::new(None),
+        }
+    }
+
+    /// The request's id.
+    pub fn request_id(&self) -> RequestId {
+        self.id
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The request's deadline, as milliseconds since the Unix epoch.
+    pub fn deadline_unix_ms(&self) -> u64 {
+        self.deadline_ms
+    }
+
+    /// Reports progress: shown in the 202 body as `{at, total, percent, message}` and pushed to
+    /// waiting polls.
+    ///
+    /// Writes are throttled (`progress_interval`, default 250 ms): an update arriving sooner than
+    /// that after the previous write is dropped, except the final one (`at >= total`). Progress
+    /// never fails the task: a backend error is logged and ignored.
+    pub async fn progress(&self, at: u64, total: Option<u64>, message: impl Into<String>) {
+        let last_step = total.is_some_and(|t| at >= t);
+        {
+            // A poisoned lock only means another progress call panicked; the value is still fine.
+            let mut last = self.last_write.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if !last_step && last.is_some_and(|t| now.duration_since(t) < self.throttle) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let progress = Progress::new(at, total, message);
+        if let Err(error) = self.backend.progress(self.id, &progress).await {
+            tracing::warn!(request_id = %self.id, error = &error as &dyn std::error::Error, "progress not saved");
+        } else {
+            tracing::debug!(request_id = %self.id, at, total, "progress");
+        }
+    }
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}

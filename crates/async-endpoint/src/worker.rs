@@ -1,0 +1,267 @@
+//! The worker runtime: fetch jobs, run them with bounded concurrency, catch panics, enforce
+//! deadlines, retry, record outcomes, and shut down gracefully.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument as _;
+
+use crate::backend::{Begin, Job, Outcome};
+use crate::engine::{Engine, RunError, now_ms};
+use crate::{Failure, RequestId, TaskContext};
+
+/// How long one fetch may block waiting for jobs.
+const FETCH_BLOCK: Duration = Duration::from_secs(1);
+/// Backoff after a backend error: from MIN doubling to MAX.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Times an outcome is written before giving up (then the job is redelivered or times out).
+const FINISH_TRIES: u32 = 8;
+
+/// Jobs being run by this worker, so a shutdown can hand back the unfinished ones.
+type InFlight = Arc<Mutex<HashMap<(RequestId, String), Job>>>;
+
+/// Runs the worker loop until `shutdown` completes, then stops fetching, lets running tasks finish
+/// within the grace period and hands the rest back to the backend.
+pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> + Send) {
+    tokio::pin!(shutdown);
+    let permits = Arc::new(Semaphore::new(engine.config.concurrency));
+    let in_flight: InFlight = Arc::default();
+    let mut running = JoinSet::new();
+    let mut backoff = BACKOFF_MIN;
+    tracing::info!(tasks = ?engine.task_names, concurrency = engine.config.concurrency, "worker started");
+    loop {
+        while running.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let max = permits.available_permits() + 1;
+        let fetched = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            fetched = engine.backend.fetch(&engine.task_names, max, FETCH_BLOCK) => fetched,
+        };
+        let jobs = match fetched {
+            Ok(jobs) => {
+                backoff = BACKOFF_MIN;
+                jobs
+            }
+            Err(error) => {
+                tracing::warn!(error = &error as &dyn std::error::Error, retry_in_ms = backoff.as_millis() as u64, "worker could not fetch jobs");
+                drop(permit);
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let mut first = Some(permit);
+        for job in jobs {
+            let permit = match first.take() {
+                Some(p) => p,
+                // `max` was the number of free permits, and only this loop takes them.
+                None => match permits.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        release(&engine, &job).await;
+                        continue;
+                    }
+                },
+            };
+            let key = (job.id, job.receipt.clone());
+            lock(&in_flight).insert(key.clone(), job.clone());
+            let engine = engine.clone();
+            let in_flight = in_flight.clone();
+            running.spawn(async move {
+                run_job(&engine, &job).await;
+                lock(&in_flight).remove(&key);
+                drop(permit);
+            });
+        }
+    }
+
+    tracing::info!(running = running.len(), "worker stopping: no new jobs");
+    let grace = engine.config.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        running.shutdown().await;
+        let left: Vec<Job> = lock(&in_flight).drain().map(|(_, job)| job).collect();
+        tracing::warn!(handed_back = left.len(), "grace period over: unfinished jobs handed back");
+        for job in &left {
+            release(&engine, job).await;
+        }
+    }
+    tracing::info!("worker stopped");
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Critical sections are single map operations; a poisoned lock still holds a valid map.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn release(engine: &Engine, job: &Job) {
+    if let Err(error) = engine.backend.release(job).await {
+        tracing::warn!(request_id = %job.id, error = &error as &dyn std::error::Error, "could not hand the job back; it will be redelivered after the idle timeout");
+    }
+}
+
+/// Aborts the spawned attempt when the job's future is dropped (shutdown), so no task runs on
+/// detached from its job.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs one job through its attempts and records the outcome.
+pub(crate) async fn run_job(engine: &Engine, job: &Job) {
+    let span = tracing::info_span!("async_request", request_id = %job.id, task = %job.task, deliveries = job.deliveries);
+    run_attempts(engine, job).instrument(span).await;
+}
+
+async fn run_attempts(engine: &Engine, job: &Job) {
+    let config = &engine.config;
+    let Some(task) = engine.tasks.get(job.task.as_str()).cloned() else {
+        tracing::error!("no task of this name is registered in this process: failing the request");
+        finish(engine, job, Outcome::Failed(config.internal_failure.clone())).await;
+        return;
+    };
+    let policy = task.retry_policy();
+    loop {
+        let begin = match engine
+            .backend
+            .begin(job, now_ms(), &config.timeout_failure)
+            .await
+        {
+            Ok(begin) => begin,
+            Err(error) => {
+                tracing::warn!(error = &error as &dyn std::error::Error, "could not start the job; it will be redelivered");
+                return;
+            }
+        };
+        let Begin::Run {
+            params,
+            attempt,
+            deadline_ms,
+        } = begin
+        else {
+            tracing::debug!("job skipped: request finished, gone or past its deadline");
+            return;
+        };
+        tracing::info!(attempt, "task started");
+        let ctx = TaskContext::new(
+            job.id,
+            attempt,
+            deadline_ms,
+            engine.backend.clone(),
+            config.progress_interval,
+        );
+        let remaining = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
+        let mut attempt_handle = AbortOnDrop(tokio::spawn(task.clone().run(params, ctx)));
+        let failure = match tokio::time::timeout(remaining, &mut attempt_handle.0).await {
+            Err(_) => {
+                tracing::warn!(attempt, "deadline passed while the task ran: cancelled");
+                finish(engine, job, Outcome::Failed(config.timeout_failure.clone())).await;
+                return;
+            }
+            Ok(Ok(Ok(output))) => {
+                finish(engine, job, Outcome::Done(output)).await;
+                return;
+            }
+            Ok(Ok(Err(RunError::Failed(failure)))) => {
+                tracing::info!(attempt, message = failure.message(), "task failed");
+                failure
+            }
+            Ok(Ok(Err(RunError::Internal(detail)))) => {
+                tracing::error!(attempt, detail, "task could not run");
+                config.internal_failure.clone()
+            }
+            Ok(Err(join_error)) => {
+                let detail = if join_error.is_panic() {
+                    panic_message(join_error.into_panic())
+                } else {
+                    "cancelled".to_owned()
+                };
+                tracing::error!(attempt, panic = %detail, "task panicked");
+                config.internal_failure.clone()
+            }
+        };
+        let delay = policy.delay_after(attempt);
+        let out_of_time = now_ms().saturating_add(delay.as_millis() as u64) >= deadline_ms;
+        if failure.is_permanent() || attempt >= policy.max_attempts() || out_of_time {
+            finish(engine, job, Outcome::Failed(failure)).await;
+            return;
+        }
+        tracing::info!(attempt, delay_ms = delay.as_millis() as u64, "retrying");
+        if let Err(error) = engine.backend.retrying(job.id).await {
+            tracing::warn!(error = &error as &dyn std::error::Error, "could not mark the request retrying");
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn finish(engine: &Engine, job: &Job, outcome: Outcome) {
+    let config = &engine.config;
+    let mut backoff = BACKOFF_MIN;
+    for _ in 0..FINISH_TRIES {
+        match engine
+            .backend
+            .finish(job, outcome.clone(), now_ms(), &config.timeout_failure)
+            .await
+        {
+            Ok(status) => {
+                tracing::info!(status = status.as_str(), "request finished");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(error = &error as &dyn std::error::Error, "could not record the outcome; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    tracing::error!("outcome not recorded; the job will be redelivered or fail at its deadline");
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// The generic failure for panics and internal errors.
+pub(crate) fn default_internal_failure() -> Failure {
+    Failure::with_kind(
+        crate::FailureKind::Internal,
+        "The request could not be completed because of an internal error.",
+    )
+}
+
+/// The generic failure for a passed deadline.
+pub(crate) fn default_timeout_failure() -> Failure {
+    Failure::with_kind(
+        crate::FailureKind::Timeout,
+        "The request did not finish in time.",
+    )
+}
