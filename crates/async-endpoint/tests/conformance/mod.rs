@@ -1,0 +1,355 @@
+//! The backend conformance suite: every behaviour the engine relies on, run against any
+//! [`Backend`]. A backend's test file adds it with one line:
+//!
+//! ```ignore
+//! mod conformance;
+//! conformance::suite!(async { Some(MyBackend::new()) });
+//! ```
+//!
+//! The factory expression is awaited once per test and must give `Some` fresh, empty backend (or
+//! one under a unique key prefix), or `None` to skip (say why on stderr; fail instead under
+//! `CI=true`). Times are passed to the backend explicitly, so deadlines are tested
+//! without sleeping; only the TTL test waits (about 1.5 s).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_endpoint::backend::{Backend, Begin, Job, NewRequest, Outcome};
+use async_endpoint::{Failure, FailureKind, Progress, RequestId, Status};
+
+/// Generates one `#[tokio::test]` per behaviour for the backend made by `$make` (an expression
+/// whose value is awaited to give the backend).
+#[macro_export]
+macro_rules! suite {
+    ($make:expr) => {
+        $crate::suite!(@cases $make;
+            create_then_poll_is_queued,
+            unknown_id_polls_none,
+            full_lifecycle,
+            first_terminal_state_wins,
+            concurrent_finishes_agree,
+            delivery_after_terminal_is_skipped,
+            poll_past_deadline_times_out,
+            begin_past_deadline_skips_and_times_out,
+            finish_past_deadline_is_timeout,
+            progress_after_terminal_is_ignored,
+            retrying_then_next_attempt,
+            watch_wakes_on_every_change,
+            fetch_honours_max_and_tasks,
+            fetch_blocks_until_a_job_arrives,
+            released_job_is_delivered_again,
+            records_expire_after_ttl,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(backend) = $make.await else { return };
+                $crate::conformance::$case(std::sync::Arc::new(backend)).await;
+            }
+        )*
+    };
+}
+pub use suite;
+
+const TASK: &str = "conformance_task";
+const OTHER_TASK: &str = "conformance_other";
+const LONG: Duration = Duration::from_secs(10);
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn timeout_failure() -> Failure {
+    Failure::new("deadline passed")
+}
+
+fn request(task: &'static str, deadline_in_ms: i64, ttl: Duration) -> NewRequest {
+    let created = now();
+    NewRequest {
+        id: RequestId::random(),
+        task,
+        params: r#"{"n":1}"#.to_owned(),
+        created_ms: created,
+        deadline_ms: (created as i64 + deadline_in_ms) as u64,
+        ttl,
+    }
+}
+
+async fn create<B: Backend>(b: &B, deadline_in_ms: i64) -> NewRequest {
+    let r = request(TASK, deadline_in_ms, Duration::from_secs(300));
+    b.create(r.clone()).await.expect("create");
+    r
+}
+
+async fn fetch_one<B: Backend>(b: &B, id: RequestId) -> Job {
+    for _ in 0..20 {
+        let jobs = b.fetch(&[TASK], 100, Duration::from_millis(500)).await.expect("fetch");
+        if let Some(job) = jobs.into_iter().find(|j| j.id == id) {
+            return job;
+        }
+    }
+    panic!("job {id} was never delivered");
+}
+
+async fn run<B: Backend>(b: &B, job: &Job) -> (String, u32) {
+    match b.begin(job, now(), &timeout_failure()).await.expect("begin") {
+        Begin::Run { params, attempt, .. } => (params, attempt),
+        other => panic!("expected Run, got {other:?}"),
+    }
+}
+
+async fn status<B: Backend>(b: &B, id: RequestId) -> Status {
+    b.poll(id, now(), &timeout_failure())
+        .await
+        .expect("poll")
+        .expect("record exists")
+        .status
+}
+
+pub async fn create_then_poll_is_queued<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(s.status, Status::Queued);
+    assert_eq!(s.task, TASK);
+    assert_eq!(s.attempt, 0);
+    assert_eq!(s.progress, None);
+    assert_eq!(s.output, None);
+    assert_eq!(s.failure, None);
+    assert_eq!(s.deadline_ms, r.deadline_ms);
+}
+
+pub async fn unknown_id_polls_none<B: Backend>(b: Arc<B>) {
+    let got = b.poll(RequestId::random(), now(), &timeout_failure()).await.unwrap();
+    assert_eq!(got, None);
+}
+
+pub async fn full_lifecycle<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    assert_eq!(job.task, TASK);
+    assert!(job.deliveries >= 1);
+    let (params, attempt) = run(&*b, &job).await;
+    assert_eq!(params, r.params);
+    assert_eq!(attempt, 1);
+    assert_eq!(status(&*b, r.id).await, Status::Running);
+    let p = Progress::new(2, Some(4), "half way");
+    b.progress(r.id, &p).await.unwrap();
+    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(s.progress, Some(p));
+    let stands = b
+        .finish(&job, Outcome::Done(r#"{"ok":true}"#.into()), now(), &timeout_failure())
+        .await
+        .unwrap();
+    assert_eq!(stands, Status::Done);
+    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(s.status, Status::Done);
+    assert_eq!(s.output.as_deref(), Some(r#"{"ok":true}"#));
+    assert_eq!(s.failure, None);
+}
+
+pub async fn first_terminal_state_wins<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    let first = b
+        .finish(&job, Outcome::Failed(Failure::new("first")), now(), &timeout_failure())
+        .await
+        .unwrap();
+    assert_eq!(first, Status::Failed);
+    let second = b
+        .finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
+        .await
+        .unwrap();
+    assert_eq!(second, Status::Failed, "a later outcome must not overwrite the first");
+    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(s.status, Status::Failed);
+    assert_eq!(s.failure.as_ref().map(Failure::message), Some("first"));
+    assert_eq!(s.output, None);
+}
+
+pub async fn concurrent_finishes_agree<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let b = b.clone();
+        let job = job.clone();
+        handles.push(tokio::spawn(async move {
+            let outcome = if i % 2 == 0 {
+                Outcome::Done(format!("{i}"))
+            } else {
+                Outcome::Failed(Failure::new(format!("f{i}")))
+            };
+            b.finish(&job, outcome, now(), &timeout_failure()).await.unwrap()
+        }));
+    }
+    let mut stands = Vec::new();
+    for h in handles {
+        stands.push(h.await.unwrap());
+    }
+    assert!(stands.windows(2).all(|w| w[0] == w[1]), "every finisher sees one outcome: {stands:?}");
+    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(s.status, stands[0]);
+    match s.status {
+        Status::Done => assert!(s.output.is_some() && s.failure.is_none()),
+        Status::Failed => assert!(s.failure.is_some() && s.output.is_none()),
+        other => panic!("not terminal: {other:?}"),
+    }
+}
+
+pub async fn delivery_after_terminal_is_skipped<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure()).await.unwrap();
+    let again = b.begin(&job, now(), &timeout_failure()).await.unwrap();
+    assert_eq!(again, Begin::Skip, "a duplicate or late delivery must not run");
+    assert_eq!(status(&*b, r.id).await, Status::Done);
+}
+
+pub async fn poll_past_deadline_times_out<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 1_000).await;
+    let later = r.deadline_ms + 1;
+    let s = b.poll(r.id, later, &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(s.status, Status::Failed);
+    assert_eq!(s.failure, Some(timeout_failure()));
+    // The timeout is stored: a worker finishing late changes nothing.
+    let job = fetch_one(&*b, r.id).await;
+    assert_eq!(b.begin(&job, now(), &timeout_failure()).await.unwrap(), Begin::Skip);
+    let stands = b
+        .finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
+        .await
+        .unwrap();
+    assert_eq!(stands, Status::Failed);
+    assert_eq!(status(&*b, r.id).await, Status::Failed);
+}
+
+pub async fn begin_past_deadline_skips_and_times_out<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, -1).await;
+    let job = fetch_one(&*b, r.id).await;
+    let begin = b.begin(&job, now(), &timeout_failure()).await.unwrap();
+    assert_eq!(begin, Begin::Skip, "a job picked up after its deadline must not run");
+    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(s.status, Status::Failed);
+    assert_eq!(s.failure, Some(timeout_failure()));
+    assert_eq!(s.attempt, 0);
+}
+
+pub async fn finish_past_deadline_is_timeout<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    let stands = b
+        .finish(&job, Outcome::Done("1".into()), r.deadline_ms + 1, &timeout_failure())
+        .await
+        .unwrap();
+    assert_eq!(stands, Status::Failed);
+    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(s.failure.as_ref().map(Failure::kind), Some(FailureKind::Task));
+    assert_eq!(s.failure, Some(timeout_failure()));
+}
+
+pub async fn progress_after_terminal_is_ignored<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    let p = Progress::new(1, Some(2), "one");
+    b.progress(r.id, &p).await.unwrap();
+    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure()).await.unwrap();
+    b.progress(r.id, &Progress::new(2, Some(2), "late")).await.unwrap();
+    b.retrying(r.id).await.unwrap();
+    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(s.status, Status::Done);
+    assert_eq!(s.progress, Some(p));
+}
+
+pub async fn retrying_then_next_attempt<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    assert_eq!(run(&*b, &job).await.1, 1);
+    b.retrying(r.id).await.unwrap();
+    assert_eq!(status(&*b, r.id).await, Status::Retrying);
+    assert_eq!(run(&*b, &job).await.1, 2);
+    assert_eq!(status(&*b, r.id).await, Status::Running);
+}
+
+pub async fn watch_wakes_on_every_change<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let mut watch = b.watch(r.id);
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    tokio::time::timeout(LONG, watch.changed()).await.expect("woken by begin");
+    b.progress(r.id, &Progress::new(1, None, "p")).await.unwrap();
+    tokio::time::timeout(LONG, watch.changed()).await.expect("woken by progress");
+    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure()).await.unwrap();
+    tokio::time::timeout(LONG, watch.changed()).await.expect("woken by finish");
+    // Another request's change does not wake this watch.
+    let other = create(&*b, 60_000).await;
+    let other_job = fetch_one(&*b, other.id).await;
+    run(&*b, &other_job).await;
+    let woken = tokio::time::timeout(Duration::from_millis(300), watch.changed()).await;
+    assert!(woken.is_err(), "woken by another request's change");
+}
+
+pub async fn fetch_honours_max_and_tasks<B: Backend>(b: Arc<B>) {
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(create(&*b, 60_000).await.id);
+    }
+    let other = request(OTHER_TASK, 60_000, Duration::from_secs(60));
+    b.create(other.clone()).await.unwrap();
+    let first = b.fetch(&[TASK], 2, LONG).await.unwrap();
+    assert!(!first.is_empty() && first.len() <= 2, "got {}", first.len());
+    let mut got: Vec<RequestId> = first.iter().map(|j| j.id).collect();
+    while got.len() < 3 {
+        let more = b.fetch(&[TASK], 2, LONG).await.unwrap();
+        assert!(more.len() <= 2);
+        got.extend(more.iter().map(|j| j.id));
+    }
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids, "each job of the task delivered once");
+    assert!(b.fetch(&[TASK], 10, Duration::from_millis(200)).await.unwrap().is_empty());
+    let others = b.fetch(&[OTHER_TASK], 10, LONG).await.unwrap();
+    assert_eq!(others.iter().map(|j| j.id).collect::<Vec<_>>(), vec![other.id]);
+}
+
+pub async fn fetch_blocks_until_a_job_arrives<B: Backend>(b: Arc<B>) {
+    // Make sure the queue exists and is empty.
+    assert!(b.fetch(&[TASK], 10, Duration::from_millis(100)).await.unwrap().is_empty());
+    let fetcher = {
+        let b = b.clone();
+        tokio::spawn(async move { b.fetch(&[TASK], 10, LONG).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = create(&*b, 60_000).await;
+    let jobs = fetcher.await.unwrap();
+    assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![r.id]);
+}
+
+pub async fn released_job_is_delivered_again<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    b.release(&job).await.unwrap();
+    let again = fetch_one(&*b, r.id).await;
+    assert_eq!(again.id, r.id);
+    // A re-delivered running job may run again (at-least-once); the attempt count goes on.
+    assert_eq!(run(&*b, &again).await.1, 2);
+}
+
+pub async fn records_expire_after_ttl<B: Backend>(b: Arc<B>) {
+    let r = request(TASK, 500, Duration::from_secs(1));
+    b.create(r.clone()).await.unwrap();
+    assert!(b.poll(r.id, now(), &timeout_failure()).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(b.poll(r.id, now(), &timeout_failure()).await.unwrap(), None);
+}
