@@ -295,18 +295,27 @@ impl AsyncEndpointBuilder {
     pub fn build(self) -> Result<AsyncEndpoint, Error> {
         let bad = |setting: &'static str, reason: String| Err(Error::Config { setting, reason });
         let Some(secret) = self.secret else {
-            return bad("secret", "required: at least 32 bytes of key material".into());
+            return bad(
+                "secret",
+                "required: at least 32 bytes of key material".into(),
+            );
         };
         if secret.len() < MIN_SECRET_LEN {
             return bad(
                 "secret",
-                format!("{} bytes; at least {MIN_SECRET_LEN} are required", secret.len()),
+                format!(
+                    "{} bytes; at least {MIN_SECRET_LEN} are required",
+                    secret.len()
+                ),
             );
         }
         if let Some(old) = self.old_secrets.iter().find(|s| s.len() < MIN_SECRET_LEN) {
             return bad(
                 "old_secret",
-                format!("{} bytes; at least {MIN_SECRET_LEN} are required", old.len()),
+                format!(
+                    "{} bytes; at least {MIN_SECRET_LEN} are required",
+                    old.len()
+                ),
             );
         }
         if self.tasks.is_empty() {
@@ -345,7 +354,10 @@ impl AsyncEndpointBuilder {
             );
         }
         if self.ttl < Duration::from_secs(1) {
-            return bad("ttl", "must be at least one second (tokens count whole seconds)".into());
+            return bad(
+                "ttl",
+                "must be at least one second (tokens count whole seconds)".into(),
+            );
         }
         if self.max_params_bytes == 0 {
             return bad("max_params_bytes", "must be above zero".into());
@@ -354,7 +366,10 @@ impl AsyncEndpointBuilder {
             return bad("concurrency", "must be at least 1".into());
         }
         if self.max_wait > Duration::from_secs(300) {
-            return bad("max_wait", "at most 300 s; proxies cut longer requests".into());
+            return bad(
+                "max_wait",
+                "at most 300 s; proxies cut longer requests".into(),
+            );
         }
         if self.internal_message.is_empty() {
             return bad("internal_error_message", "must not be empty".into());

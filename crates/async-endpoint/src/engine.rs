@@ -58,7 +58,11 @@ pub(crate) enum RunError {
 pub(crate) trait ErasedTask: Send + Sync {
     fn deadline(&self) -> Option<Duration>;
     fn retry_policy(&self) -> RetryPolicy;
-    fn run(self: Arc<Self>, params: String, ctx: TaskContext) -> BoxFuture<Result<String, RunError>>;
+    fn run(
+        self: Arc<Self>,
+        params: String,
+        ctx: TaskContext,
+    ) -> BoxFuture<Result<String, RunError>>;
 }
 
 impl<T: AsyncTask> ErasedTask for T {
@@ -70,7 +74,11 @@ impl<T: AsyncTask> ErasedTask for T {
         AsyncTask::retry_policy(self)
     }
 
-    fn run(self: Arc<Self>, params: String, ctx: TaskContext) -> BoxFuture<Result<String, RunError>> {
+    fn run(
+        self: Arc<Self>,
+        params: String,
+        ctx: TaskContext,
+    ) -> BoxFuture<Result<String, RunError>> {
         Box::pin(async move {
             let params: T::Params = serde_json::from_str(&params)
                 .map_err(|e| RunError::Internal(format!("params could not be decoded: {e}")))?;

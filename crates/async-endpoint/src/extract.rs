@@ -79,7 +79,10 @@ impl<T> std::fmt::Debug for AsyncRequest<T> {
 /// What the client asked for.
 enum Call {
     Start,
-    Poll { id: String, token: String },
+    Poll {
+        id: String,
+        token: String,
+    },
     /// Credentials that cannot be genuine (half present, repeated with different values, …).
     Malformed,
 }
@@ -175,7 +178,9 @@ impl<T: AsyncTask> InitializedRequest<T> {
         };
         match &request.call {
             Call::Malformed => problem::not_found(),
-            Call::Start => start::<T>(engine, task.deadline(), &params, request.owner.as_deref()).await,
+            Call::Start => {
+                start::<T>(engine, task.deadline(), &params, request.owner.as_deref()).await
+            }
             Call::Poll { id, token } => {
                 let Ok(id) = id.parse::<RequestId>() else {
                     return problem::not_found();
@@ -197,7 +202,8 @@ impl<T: AsyncTask> InitializedRequest<T> {
                     Err(error) => return backend_error(engine, &error),
                 };
                 tracing::debug!(request_id = %id, task = T::NAME, status = snapshot.status.as_str(), "poll");
-                let mut response = render::<T, _, _, _, _>(engine, &id, token, snapshot, done, failed);
+                let mut response =
+                    render::<T, _, _, _, _>(engine, &id, token, snapshot, done, failed);
                 if let Some(wait) = request.wait {
                     response.headers_mut().insert(
                         PREFERENCE_APPLIED,
@@ -283,7 +289,10 @@ async fn read(
     let until_deadline = Duration::from_millis(first.deadline_ms.saturating_sub(now_ms()));
     let bound = tokio::time::Instant::now() + wait.min(until_deadline + DEADLINE_SLACK);
     loop {
-        if tokio::time::timeout_at(bound, watch.changed()).await.is_err() {
+        if tokio::time::timeout_at(bound, watch.changed())
+            .await
+            .is_err()
+        {
             // The bound passed: one last read (it also applies a passed deadline).
             return engine.backend.poll(id, now_ms(), timeout).await;
         }
@@ -387,13 +396,19 @@ fn accepted(
 }
 
 fn developer_error(error: &Error) -> Response {
-    tracing::error!(error = error as &dyn std::error::Error, "async-endpoint misuse");
+    tracing::error!(
+        error = error as &dyn std::error::Error,
+        "async-endpoint misuse"
+    );
     problem::internal()
 }
 
 fn backend_error(engine: &Engine, error: &Error) -> Response {
     if error.is_unavailable() {
-        tracing::warn!(error = error as &dyn std::error::Error, "backend unavailable");
+        tracing::warn!(
+            error = error as &dyn std::error::Error,
+            "backend unavailable"
+        );
         problem::unavailable(engine.config.retry_after.as_secs().max(1))
     } else {
         tracing::error!(error = error as &dyn std::error::Error, "backend error");
@@ -410,11 +425,15 @@ fn call(parts: &Parts) -> Call {
             .map(|(_, v)| v.into_owned())
     };
     let from_headers = |name: HeaderName| {
-        parts.headers.get_all(name).iter().map(|v| match v.to_str() {
-            Ok(v) => v.trim().to_owned(),
-            // Not visible ASCII: can never be a genuine id or token.
-            Err(_) => "\u{0}".to_owned(),
-        })
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| match v.to_str() {
+                Ok(v) => v.trim().to_owned(),
+                // Not visible ASCII: can never be a genuine id or token.
+                Err(_) => "\u{0}".to_owned(),
+            })
     };
     let id = one(from_headers(ID_HEADER).chain(from_query(ID_PARAM)));
     let token = one(from_headers(TOKEN_HEADER).chain(from_query(TOKEN_PARAM)));
@@ -484,12 +503,18 @@ mod tests {
     #[test]
     fn prefer_wait_parsing() {
         assert_eq!(requested_wait(&headers(&["wait=10"])), Some(10));
-        assert_eq!(requested_wait(&headers(&["respond-async, wait=5"])), Some(5));
+        assert_eq!(
+            requested_wait(&headers(&["respond-async, wait=5"])),
+            Some(5)
+        );
         assert_eq!(requested_wait(&headers(&["WAIT = 7 ; x=y"])), Some(7));
         assert_eq!(requested_wait(&headers(&["wait=\"3\""])), Some(3));
         assert_eq!(requested_wait(&headers(&["wait=-1", "wait=2"])), Some(2));
         assert_eq!(requested_wait(&headers(&["wait=abc"])), None);
-        assert_eq!(requested_wait(&headers(&["wait=99999999999999999999999"])), None);
+        assert_eq!(
+            requested_wait(&headers(&["wait=99999999999999999999999"])),
+            None
+        );
         assert_eq!(requested_wait(&headers(&["handling=lenient"])), None);
         assert_eq!(requested_wait(&HeaderMap::new()), None);
     }

@@ -66,7 +66,8 @@ pub struct AsyncEndpointService<S> {
 
 impl<S> std::fmt::Debug for AsyncEndpointService<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncEndpointService").finish_non_exhaustive()
+        f.debug_struct("AsyncEndpointService")
+            .finish_non_exhaustive()
     }
 }
 

@@ -60,7 +60,9 @@ impl Keyring {
         let mut raw = [0u8; RAW_LEN];
         raw[0] = VERSION;
         raw[1..9].copy_from_slice(&expires_at.to_be_bytes());
-        let tag = mac(self.current.clone(), claims, expires_at).finalize().into_bytes();
+        let tag = mac(self.current.clone(), claims, expires_at)
+            .finalize()
+            .into_bytes();
         raw[9..].copy_from_slice(&tag);
         URL_SAFE_NO_PAD.encode(raw)
     }
@@ -91,7 +93,11 @@ impl Keyring {
         let genuine = std::iter::once(&self.current)
             .chain(&self.old)
             // `verify_slice` compares in constant time (it uses `subtle` underneath).
-            .any(|key| mac(key.clone(), claims, expires_at).verify_slice(tag).is_ok());
+            .any(|key| {
+                mac(key.clone(), claims, expires_at)
+                    .verify_slice(tag)
+                    .is_ok()
+            });
         if !genuine {
             return Err(TokenError::Invalid);
         }
@@ -140,7 +146,10 @@ mod tests {
         let other = RequestId::random();
         let t = ring.sign(&claims(&id, "task", Some("alice")), 1_000);
         assert_eq!(t.len(), TOKEN_LEN);
-        assert_eq!(ring.verify(&t, &claims(&id, "task", Some("alice")), 999), Ok(()));
+        assert_eq!(
+            ring.verify(&t, &claims(&id, "task", Some("alice")), 999),
+            Ok(())
+        );
         for bad in [
             claims(&other, "task", Some("alice")),
             claims(&id, "other", Some("alice")),

@@ -56,7 +56,11 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
                 jobs
             }
             Err(error) => {
-                tracing::warn!(error = &error as &dyn std::error::Error, retry_in_ms = backoff.as_millis() as u64, "worker could not fetch jobs");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "worker could not fetch jobs"
+                );
                 drop(permit);
                 tokio::select! {
                     biased;
@@ -101,7 +105,10 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
     if drained.is_err() {
         running.shutdown().await;
         let left: Vec<Job> = lock(&in_flight).drain().map(|(_, job)| job).collect();
-        tracing::warn!(handed_back = left.len(), "grace period over: unfinished jobs handed back");
+        tracing::warn!(
+            handed_back = left.len(),
+            "grace period over: unfinished jobs handed back"
+        );
         for job in &left {
             release(&engine, job).await;
         }
@@ -140,7 +147,12 @@ async fn run_attempts(engine: &Engine, job: &Job) {
     let config = &engine.config;
     let Some(task) = engine.tasks.get(job.task.as_str()).cloned() else {
         tracing::error!("no task of this name is registered in this process: failing the request");
-        finish(engine, job, Outcome::Failed(config.internal_failure.clone())).await;
+        finish(
+            engine,
+            job,
+            Outcome::Failed(config.internal_failure.clone()),
+        )
+        .await;
         return;
     };
     let policy = task.retry_policy();
@@ -152,7 +164,10 @@ async fn run_attempts(engine: &Engine, job: &Job) {
         {
             Ok(begin) => begin,
             Err(error) => {
-                tracing::warn!(error = &error as &dyn std::error::Error, "could not start the job; it will be redelivered");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "could not start the job; it will be redelivered"
+                );
                 return;
             }
         };
@@ -211,7 +226,10 @@ async fn run_attempts(engine: &Engine, job: &Job) {
         }
         tracing::info!(attempt, delay_ms = delay.as_millis() as u64, "retrying");
         if let Err(error) = engine.backend.retrying(job.id).await {
-            tracing::warn!(error = &error as &dyn std::error::Error, "could not mark the request retrying");
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "could not mark the request retrying"
+            );
         }
         tokio::time::sleep(delay).await;
     }
@@ -231,7 +249,10 @@ async fn finish(engine: &Engine, job: &Job, outcome: Outcome) {
                 return;
             }
             Err(error) => {
-                tracing::warn!(error = &error as &dyn std::error::Error, "could not record the outcome; trying again");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "could not record the outcome; trying again"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }

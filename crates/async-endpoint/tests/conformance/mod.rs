@@ -90,7 +90,10 @@ async fn create<B: Backend>(b: &B, deadline_in_ms: i64) -> NewRequest {
 
 async fn fetch_one<B: Backend>(b: &B, id: RequestId) -> Job {
     for _ in 0..20 {
-        let jobs = b.fetch(&[TASK], 100, Duration::from_millis(500)).await.expect("fetch");
+        let jobs = b
+            .fetch(&[TASK], 100, Duration::from_millis(500))
+            .await
+            .expect("fetch");
         if let Some(job) = jobs.into_iter().find(|j| j.id == id) {
             return job;
         }
@@ -99,8 +102,14 @@ async fn fetch_one<B: Backend>(b: &B, id: RequestId) -> Job {
 }
 
 async fn run<B: Backend>(b: &B, job: &Job) -> (String, u32) {
-    match b.begin(job, now(), &timeout_failure()).await.expect("begin") {
-        Begin::Run { params, attempt, .. } => (params, attempt),
+    match b
+        .begin(job, now(), &timeout_failure())
+        .await
+        .expect("begin")
+    {
+        Begin::Run {
+            params, attempt, ..
+        } => (params, attempt),
         other => panic!("expected Run, got {other:?}"),
     }
 }
@@ -115,7 +124,11 @@ async fn status<B: Backend>(b: &B, id: RequestId) -> Status {
 
 pub async fn create_then_poll_is_queued<B: Backend>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
-    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    let s = b
+        .poll(r.id, now(), &timeout_failure())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.status, Status::Queued);
     assert_eq!(s.task, TASK);
     assert_eq!(s.attempt, 0);
@@ -126,7 +139,10 @@ pub async fn create_then_poll_is_queued<B: Backend>(b: Arc<B>) {
 }
 
 pub async fn unknown_id_polls_none<B: Backend>(b: Arc<B>) {
-    let got = b.poll(RequestId::random(), now(), &timeout_failure()).await.unwrap();
+    let got = b
+        .poll(RequestId::random(), now(), &timeout_failure())
+        .await
+        .unwrap();
     assert_eq!(got, None);
 }
 
@@ -141,14 +157,27 @@ pub async fn full_lifecycle<B: Backend>(b: Arc<B>) {
     assert_eq!(status(&*b, r.id).await, Status::Running);
     let p = Progress::new(2, Some(4), "half way");
     b.progress(r.id, &p).await.unwrap();
-    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    let s = b
+        .poll(r.id, now(), &timeout_failure())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.progress, Some(p));
     let stands = b
-        .finish(&job, Outcome::Done(r#"{"ok":true}"#.into()), now(), &timeout_failure())
+        .finish(
+            &job,
+            Outcome::Done(r#"{"ok":true}"#.into()),
+            now(),
+            &timeout_failure(),
+        )
         .await
         .unwrap();
     assert_eq!(stands, Status::Done);
-    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    let s = b
+        .poll(r.id, now(), &timeout_failure())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.status, Status::Done);
     assert_eq!(s.output.as_deref(), Some(r#"{"ok":true}"#));
     assert_eq!(s.failure, None);
@@ -159,7 +188,12 @@ pub async fn first_terminal_state_wins<B: Backend>(b: Arc<B>) {
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
     let first = b
-        .finish(&job, Outcome::Failed(Failure::new("first")), now(), &timeout_failure())
+        .finish(
+            &job,
+            Outcome::Failed(Failure::new("first")),
+            now(),
+            &timeout_failure(),
+        )
         .await
         .unwrap();
     assert_eq!(first, Status::Failed);
@@ -167,8 +201,16 @@ pub async fn first_terminal_state_wins<B: Backend>(b: Arc<B>) {
         .finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
         .await
         .unwrap();
-    assert_eq!(second, Status::Failed, "a later outcome must not overwrite the first");
-    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(
+        second,
+        Status::Failed,
+        "a later outcome must not overwrite the first"
+    );
+    let s = b
+        .poll(r.id, now(), &timeout_failure())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.status, Status::Failed);
     assert_eq!(s.failure.as_ref().map(Failure::message), Some("first"));
     assert_eq!(s.output, None);
@@ -188,15 +230,24 @@ pub async fn concurrent_finishes_agree<B: Backend>(b: Arc<B>) {
             } else {
                 Outcome::Failed(Failure::new(format!("f{i}")))
             };
-            b.finish(&job, outcome, now(), &timeout_failure()).await.unwrap()
+            b.finish(&job, outcome, now(), &timeout_failure())
+                .await
+                .unwrap()
         }));
     }
     let mut stands = Vec::new();
     for h in handles {
         stands.push(h.await.unwrap());
     }
-    assert!(stands.windows(2).all(|w| w[0] == w[1]), "every finisher sees one outcome: {stands:?}");
-    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    assert!(
+        stands.windows(2).all(|w| w[0] == w[1]),
+        "every finisher sees one outcome: {stands:?}"
+    );
+    let s = b
+        .poll(r.id, now(), &timeout_failure())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.status, stands[0]);
     match s.status {
         Status::Done => assert!(s.output.is_some() && s.failure.is_none()),
@@ -209,21 +260,34 @@ pub async fn delivery_after_terminal_is_skipped<B: Backend>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
-    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure()).await.unwrap();
+    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
+        .await
+        .unwrap();
     let again = b.begin(&job, now(), &timeout_failure()).await.unwrap();
-    assert_eq!(again, Begin::Skip, "a duplicate or late delivery must not run");
+    assert_eq!(
+        again,
+        Begin::Skip,
+        "a duplicate or late delivery must not run"
+    );
     assert_eq!(status(&*b, r.id).await, Status::Done);
 }
 
 pub async fn poll_past_deadline_times_out<B: Backend>(b: Arc<B>) {
     let r = create(&*b, 1_000).await;
     let later = r.deadline_ms + 1;
-    let s = b.poll(r.id, later, &timeout_failure()).await.unwrap().unwrap();
+    let s = b
+        .poll(r.id, later, &timeout_failure())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.status, Status::Failed);
     assert_eq!(s.failure, Some(timeout_failure()));
     // The timeout is stored: a worker finishing late changes nothing.
     let job = fetch_one(&*b, r.id).await;
-    assert_eq!(b.begin(&job, now(), &timeout_failure()).await.unwrap(), Begin::Skip);
+    assert_eq!(
+        b.begin(&job, now(), &timeout_failure()).await.unwrap(),
+        Begin::Skip
+    );
     let stands = b
         .finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
         .await
@@ -236,8 +300,16 @@ pub async fn begin_past_deadline_skips_and_times_out<B: Backend>(b: Arc<B>) {
     let r = create(&*b, -1).await;
     let job = fetch_one(&*b, r.id).await;
     let begin = b.begin(&job, now(), &timeout_failure()).await.unwrap();
-    assert_eq!(begin, Begin::Skip, "a job picked up after its deadline must not run");
-    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(
+        begin,
+        Begin::Skip,
+        "a job picked up after its deadline must not run"
+    );
+    let s = b
+        .poll(r.id, now(), &timeout_failure())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.status, Status::Failed);
     assert_eq!(s.failure, Some(timeout_failure()));
     assert_eq!(s.attempt, 0);
@@ -248,12 +320,24 @@ pub async fn finish_past_deadline_is_timeout<B: Backend>(b: Arc<B>) {
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
     let stands = b
-        .finish(&job, Outcome::Done("1".into()), r.deadline_ms + 1, &timeout_failure())
+        .finish(
+            &job,
+            Outcome::Done("1".into()),
+            r.deadline_ms + 1,
+            &timeout_failure(),
+        )
         .await
         .unwrap();
     assert_eq!(stands, Status::Failed);
-    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
-    assert_eq!(s.failure.as_ref().map(Failure::kind), Some(FailureKind::Task));
+    let s = b
+        .poll(r.id, now(), &timeout_failure())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.failure.as_ref().map(Failure::kind),
+        Some(FailureKind::Task)
+    );
     assert_eq!(s.failure, Some(timeout_failure()));
 }
 
@@ -263,10 +347,18 @@ pub async fn progress_after_terminal_is_ignored<B: Backend>(b: Arc<B>) {
     run(&*b, &job).await;
     let p = Progress::new(1, Some(2), "one");
     b.progress(r.id, &p).await.unwrap();
-    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure()).await.unwrap();
-    b.progress(r.id, &Progress::new(2, Some(2), "late")).await.unwrap();
+    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
+        .await
+        .unwrap();
+    b.progress(r.id, &Progress::new(2, Some(2), "late"))
+        .await
+        .unwrap();
     b.retrying(r.id).await.unwrap();
-    let s = b.poll(r.id, now(), &timeout_failure()).await.unwrap().unwrap();
+    let s = b
+        .poll(r.id, now(), &timeout_failure())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.status, Status::Done);
     assert_eq!(s.progress, Some(p));
 }
@@ -286,11 +378,21 @@ pub async fn watch_wakes_on_every_change<B: Backend>(b: Arc<B>) {
     let mut watch = b.watch(r.id);
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
-    tokio::time::timeout(LONG, watch.changed()).await.expect("woken by begin");
-    b.progress(r.id, &Progress::new(1, None, "p")).await.unwrap();
-    tokio::time::timeout(LONG, watch.changed()).await.expect("woken by progress");
-    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure()).await.unwrap();
-    tokio::time::timeout(LONG, watch.changed()).await.expect("woken by finish");
+    tokio::time::timeout(LONG, watch.changed())
+        .await
+        .expect("woken by begin");
+    b.progress(r.id, &Progress::new(1, None, "p"))
+        .await
+        .unwrap();
+    tokio::time::timeout(LONG, watch.changed())
+        .await
+        .expect("woken by progress");
+    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
+        .await
+        .unwrap();
+    tokio::time::timeout(LONG, watch.changed())
+        .await
+        .expect("woken by finish");
     // Another request's change does not wake this watch.
     let other = create(&*b, 60_000).await;
     let other_job = fetch_one(&*b, other.id).await;
@@ -317,14 +419,27 @@ pub async fn fetch_honours_max_and_tasks<B: Backend>(b: Arc<B>) {
     got.sort();
     ids.sort();
     assert_eq!(got, ids, "each job of the task delivered once");
-    assert!(b.fetch(&[TASK], 10, Duration::from_millis(200)).await.unwrap().is_empty());
+    assert!(
+        b.fetch(&[TASK], 10, Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let others = b.fetch(&[OTHER_TASK], 10, LONG).await.unwrap();
-    assert_eq!(others.iter().map(|j| j.id).collect::<Vec<_>>(), vec![other.id]);
+    assert_eq!(
+        others.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![other.id]
+    );
 }
 
 pub async fn fetch_blocks_until_a_job_arrives<B: Backend>(b: Arc<B>) {
     // Make sure the queue exists and is empty.
-    assert!(b.fetch(&[TASK], 10, Duration::from_millis(100)).await.unwrap().is_empty());
+    assert!(
+        b.fetch(&[TASK], 10, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let fetcher = {
         let b = b.clone();
         tokio::spawn(async move { b.fetch(&[TASK], 10, LONG).await.unwrap() })
@@ -349,7 +464,12 @@ pub async fn released_job_is_delivered_again<B: Backend>(b: Arc<B>) {
 pub async fn records_expire_after_ttl<B: Backend>(b: Arc<B>) {
     let r = request(TASK, 500, Duration::from_secs(1));
     b.create(r.clone()).await.unwrap();
-    assert!(b.poll(r.id, now(), &timeout_failure()).await.unwrap().is_some());
+    assert!(
+        b.poll(r.id, now(), &timeout_failure())
+            .await
+            .unwrap()
+            .is_some()
+    );
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(b.poll(r.id, now(), &timeout_failure()).await.unwrap(), None);
 }
