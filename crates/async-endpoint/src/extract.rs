@@ -375,10 +375,9 @@ fn accepted(
         status,
         progress,
     };
-    let json = match serde_json::to_vec(&body) {
-        Ok(json) => json,
-        // Plain strings and numbers always serialize; keep the impossible path a clean 500.
-        Err(_) => return problem::internal(),
+    // Plain strings and numbers always serialize; keep the impossible path a clean 500.
+    let Ok(json) = serde_json::to_vec(&body) else {
+        return problem::internal();
     };
     let mut response = Response::new(Body::from(json));
     *response.status_mut() = StatusCode::ACCEPTED;

@@ -210,7 +210,7 @@ async fn run_attempts(engine: &Engine, job: &Job) {
             }
             Ok(Err(join_error)) => {
                 let detail = if join_error.is_panic() {
-                    panic_message(join_error.into_panic())
+                    panic_message(&*join_error.into_panic())
                 } else {
                     "cancelled".to_owned()
                 };
@@ -261,7 +261,7 @@ async fn finish(engine: &Engine, job: &Job, outcome: Outcome) {
     tracing::error!("outcome not recorded; the job will be redelivered or fail at its deadline");
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
