@@ -194,8 +194,12 @@ async fn waiting_poll_is_capped_by_max_wait() {
     let app = router(&endpoint);
     let a = start(&app, "hold=true").await;
     // Let it reach its steady state (running with progress) first.
-    let _ = poll(&app, "/job", &a.id(), &a.token(), Some(1)).await;
-    let _ = poll(&app, "/job", &a.id(), &a.token(), Some(1)).await;
+    for _ in 0..100 {
+        let p = poll(&app, "/job", &a.id(), &a.token(), Some(1)).await;
+        if !p.json()["progress"].is_null() {
+            break;
+        }
+    }
     let started = Instant::now();
     let p = poll(&app, "/job", &a.id(), &a.token(), Some(600)).await;
     assert_eq!(p.status, StatusCode::ACCEPTED);
@@ -236,17 +240,45 @@ async fn a_job_picked_up_after_its_deadline_does_not_run() {
         deadline: Some(Duration::from_millis(300)),
         ..Scripted::default()
     };
-    let endpoint = builder(task.clone()).concurrency(1).build().unwrap();
+    // No worker yet: the job waits in the queue past its deadline, unpolled.
+    let endpoint = builder(task.clone())
+        .in_process_workers(false)
+        .concurrency(1)
+        .build()
+        .unwrap();
     let app = router(&endpoint);
-    let first = start(&app, "text=first&sleep_ms=1000").await;
-    let second = start(&app, "text=second").await;
-    let f1 = until_final(&app, "/job", &first.id(), &first.token()).await;
-    let f2 = until_final(&app, "/job", &second.id(), &second.token()).await;
-    assert_eq!(f1.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(f2.status, StatusCode::UNPROCESSABLE_ENTITY);
-    // Give the single worker slot time to reach the second job, then check it never ran.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(task.runs(), vec!["first".to_owned()]);
+    let late = start(&app, "text=late").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            endpoint
+                .run_worker(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        })
+    };
+    // With one slot, jobs run in queue order: once the later `other` job is done (its deadline is
+    // the default 60 s), the late job was handled before it.
+    let fresh = get_uri(&app, "/other?text=fresh").await;
+    let fresh = until_final(&app, "/other", &fresh.id(), &fresh.token()).await;
+    assert_eq!(
+        fresh.status,
+        StatusCode::OK,
+        "the worker runs jobs within their deadline"
+    );
+    assert!(
+        task.runs().is_empty(),
+        "the late job ran: {:?}",
+        task.runs()
+    );
+    let f = poll(&app, "/job", &late.id(), &late.token(), None).await;
+    assert_eq!(f.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(f.json()["error"], "The request did not finish in time.");
+    let _ = stop.send(());
+    worker.await.unwrap();
 }
 
 #[tokio::test]

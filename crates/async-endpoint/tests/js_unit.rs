@@ -1,7 +1,7 @@
 //! Runs the JS client's unit tests (`node --test` in `js/`) as part of `cargo test`.
 //!
 //! The client (`assets/async_endpoint.js`) ships inside this crate, so its tests gate the crate too.
-//! They need Node.js ≥ 20 on `PATH` (or its path in the `NODE` environment variable) and nothing
+//! They need Node.js ≥ 18 on `PATH` (or its path in the `NODE` environment variable) and nothing
 //! else: no npm install. Without Node the test is skipped loudly on a developer machine and fails
 //! in CI (`CI=true`), so a CI image without Node cannot pass silently.
 
@@ -36,7 +36,7 @@ fn js_client_unit_tests_pass() {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             assert!(
                 !in_ci,
-                "node not found ({node:?}): the JS client tests must run in CI. Install Node.js >= 20 \
+                "node not found ({node:?}): the JS client tests must run in CI. Install Node.js >= 18 \
                  or set NODE to its path."
             );
             // Straight to the process's stderr: the test harness captures `eprintln!` of passing
@@ -45,7 +45,7 @@ fn js_client_unit_tests_pass() {
                 std::io::stderr(),
                 "\n==================================================================\n\
                  SKIPPED: node not found ({node:?}); the JS client tests did not run.\n\
-                 Install Node.js >= 20 (or set NODE) to run them.\n\
+                 Install Node.js >= 18 (or set NODE) to run them.\n\
                  =================================================================="
             );
             return;
