@@ -80,6 +80,7 @@ mod engine;
 mod error;
 mod extract;
 mod id;
+pub mod js;
 mod layer;
 mod problem;
 mod status;

@@ -427,3 +427,40 @@ async fn graceful_shutdown_lets_running_tasks_finish() {
     assert_eq!(p.status, StatusCode::ACCEPTED);
     assert_eq!(p.json()["status"], "queued");
 }
+
+#[tokio::test]
+async fn the_js_client_is_served_with_an_etag() {
+    let app = axum::Router::new().route(
+        async_endpoint::js::PATH,
+        axum::routing::get(async_endpoint::js::serve),
+    );
+    let a = get_uri(&app, "/async_endpoint.js").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(a.header("cache-control"), Some("no-cache"));
+    assert_eq!(a.body, async_endpoint::js::SOURCE.as_bytes());
+    let etag = a.header("etag").unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() > 10);
+    let again = send(
+        &app,
+        Request::get("/async_endpoint.js")
+            .header("if-none-match", &etag)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert!(again.body.is_empty());
+    let stale = send(
+        &app,
+        Request::get("/async_endpoint.js")
+            .header("if-none-match", "\"other\"")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::OK);
+}

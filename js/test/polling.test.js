@@ -1,0 +1,202 @@
+import test from "node:test";
+import assert from "node:assert/strict";
+import { asyncRequest, DEFAULTS } from "../../crates/async-endpoint/assets/async_endpoint.js";
+import { fakeClock, fakeFetch, opts, reply, accepted, gaps, flush, unhandled, ID, TOKEN } from "../test-support/fakes.js";
+
+test("resolves with the final answer after a few polls", async () => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [
+    accepted({}, { "retry-after": "1" }),
+    accepted({ status: "running" }, { "retry-after": "1" }),
+    reply(200, { some_data: "a", another_data: "b" }, { "content-type": "application/json", "x-app": "yes" }),
+  ]);
+  const result = await clock.run(asyncRequest("/my_endpoint", opts(clock, fetch)));
+  assert.equal(result.status, 200);
+  assert.deepEqual(result.body, { some_data: "a", another_data: "b" });
+  assert.equal(result.headers.get("x-app"), "yes");
+  assert.equal(result.id, ID);
+  assert.equal(fetch.calls.length, 3);
+  assert.deepEqual(gaps(fetch), [1000, 1000]);
+  assert.equal(clock.pending(), 0, "overall timeout timer is cleared on success");
+});
+
+test("a final 2xx other than 200 resolves, text bodies stay text", async () => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [accepted(), reply(201, "created, not JSON")]);
+  const result = await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  assert.equal(result.status, 201);
+  assert.equal(result.body, "created, not JSON");
+});
+
+test("an immediate final answer on start resolves without polling", async () => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [reply(200, { cached: true })]);
+  const result = await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  assert.deepEqual(result.body, { cached: true });
+  assert.equal(result.id, undefined);
+  assert.equal(fetch.calls.length, 1);
+});
+
+test("waiting polls: Prefer: wait=N is sent and a held poll is followed at once", async () => {
+  const clock = fakeClock();
+  const held = { "preference-applied": "wait=20", "retry-after": "3" };
+  const fetch = fakeFetch(clock, [
+    accepted({}, { "retry-after": "0" }),
+    // the server holds this poll for 20 s
+    () => new Promise((r) => clock.setTimeout(() => r(accepted({ status: "running" }, held)), 20000)),
+    accepted({ status: "running" }, held),
+    reply(200, { ok: 1 }),
+  ]);
+  const result = await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  assert.deepEqual(result.body, { ok: 1 });
+  assert.equal(fetch.calls[0].headers.get("prefer"), null, "the start request asks for no wait");
+  for (const c of fetch.calls.slice(1)) assert.equal(c.headers.get("prefer"), "wait=20");
+  // gap 1: Retry-After 0 on start; gap 2: the 20 s hold; gap 3: 0 ms although Retry-After said 3
+  assert.deepEqual(gaps(fetch), [0, 20000, 0]);
+});
+
+test("wait option sets Prefer, wait: 0 omits it", async () => {
+  for (const [wait, expected] of [[5, "wait=5"], [0, null]]) {
+    const clock = fakeClock();
+    const fetch = fakeFetch(clock, [accepted(), reply(200, {})]);
+    await clock.run(asyncRequest("/x", opts(clock, fetch, { wait })));
+    assert.equal(fetch.calls[1].headers.get("prefer"), expected);
+  }
+});
+
+test("Retry-After in seconds is honoured and clamped to maxDelay", async () => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [
+    accepted({}, { "retry-after": "2" }),
+    accepted({}, { "retry-after": "120" }),
+    accepted({}, { "retry-after": "0" }),
+    reply(200, {}),
+  ]);
+  await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  assert.deepEqual(gaps(fetch), [2000, DEFAULTS.maxDelay, 0]);
+});
+
+test("Retry-After as an HTTP-date is honoured and clamped to [0, maxDelay]", async () => {
+  const clock = fakeClock();
+  const at = (ms) => new Date(clock.now() + ms).toUTCString();
+  const fetch = fakeFetch(clock, [
+    () => accepted({}, { "retry-after": at(3000) }),
+    () => accepted({}, { "retry-after": at(3600 * 1000) }),
+    () => accepted({}, { "retry-after": at(-60000) }),
+    reply(200, {}),
+  ]);
+  await clock.run(asyncRequest("/x", opts(clock, fetch, { maxDelay: 4000 })));
+  assert.deepEqual(gaps(fetch), [3000, 4000, 0]);
+});
+
+test("a fractional or garbage Retry-After: fractions honoured, garbage ignored for backoff", async () => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [
+    accepted({}, { "retry-after": "1.5" }),
+    accepted({}, { "retry-after": "soon" }),
+    accepted({}, { "retry-after": "-3" }),
+    reply(200, {}),
+  ]);
+  await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  assert.deepEqual(gaps(fetch), [1500, DEFAULTS.minDelay, Math.round(DEFAULTS.minDelay * DEFAULTS.factor)]);
+});
+
+test("without hints, delays start short and grow to the cap", async () => {
+  const clock = fakeClock();
+  const steps = Array.from({ length: 12 }, () => accepted());
+  const fetch = fakeFetch(clock, [...steps, reply(200, {})]);
+  await clock.run(asyncRequest("/x", opts(clock, fetch, { timeout: 0 })));
+  const d = gaps(fetch);
+  assert.equal(d[0], DEFAULTS.minDelay);
+  for (let i = 1; i < d.length; i++) assert.ok(d[i] >= d[i - 1], `non-decreasing: ${d}`);
+  assert.ok(d[1] / d[0] >= 1.4 && d[1] / d[0] <= 2, `grows by ~1.5x: ${d}`);
+  assert.equal(d.at(-1), DEFAULTS.maxDelay, `reaches the cap: ${d}`);
+  assert.equal(d.filter((x) => x === DEFAULTS.maxDelay).length >= 3, true, "stays at the cap");
+});
+
+test("backoff has jitter: each delay is reduced by up to `jitter`", async () => {
+  const randoms = [0.9, 0.5, 0, 0.9, 0.5, 0.25];
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [...randoms.map(() => accepted()), reply(200, {})]);
+  let i = 0;
+  await clock.run(asyncRequest("/x", opts(clock, fetch, { random: () => randoms[i++], minDelay: 1000, factor: 2, maxDelay: 4000, jitter: 0.5 })));
+  // bases 1000, 2000, 4000, 4000, 4000, 4000 reduced by 0.5 * random
+  assert.deepEqual(gaps(fetch), [550, 1500, 4000, 2200, 3000, 3500]);
+});
+
+test("onProgress gets status and progress from every 202, onStart gets the state", async () => {
+  const clock = fakeClock();
+  const progress = { at: 1, total: 2, percent: 50, message: "calling the external API" };
+  const fetch = fakeFetch(clock, [
+    accepted({ status: "queued" }),
+    accepted({ status: "running", progress }),
+    accepted({ status: "retrying", progress: { at: 1, total: null, percent: null, message: "again" } }),
+    reply(200, {}),
+  ]);
+  const seen = [];
+  const started = [];
+  await clock.run(
+    asyncRequest("/x?q=1", opts(clock, fetch, { onProgress: (p) => seen.push(p), onStart: (s) => started.push(s) })),
+  );
+  assert.deepEqual(seen, [
+    { status: "queued", progress: null },
+    { status: "running", progress },
+    { status: "retrying", progress: { at: 1, total: null, percent: null, message: "again" } },
+  ]);
+  assert.equal(started.length, 1);
+  assert.deepEqual(started[0], { url: "/x?q=1", method: "GET", id: ID, token: TOKEN, headers: {} });
+});
+
+test("polls carry id and token in headers, never in the URL", async () => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [accepted(), accepted(), reply(200, {})]);
+  await clock.run(asyncRequest("/my_endpoint?param_1=a", opts(clock, fetch, { headers: { Accept: "application/json" } })));
+  assert.equal(fetch.calls[0].headers.get("async-request-id"), null);
+  for (const c of fetch.calls) {
+    assert.equal(c.url, "/my_endpoint?param_1=a");
+    assert.ok(!c.url.includes(ID) && !c.url.includes(TOKEN));
+    assert.equal(c.headers.get("accept"), "application/json");
+    assert.equal(c.init.cache, "no-store");
+    assert.ok(c.signal instanceof AbortSignal, "every fetch gets an abort signal");
+  }
+  for (const c of fetch.calls.slice(1)) {
+    assert.equal(c.headers.get("async-request-id"), ID);
+    assert.equal(c.headers.get("async-request-token"), TOKEN);
+  }
+});
+
+test("POST: same method and body on every poll; plain objects are sent as JSON", async () => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [accepted(), accepted(), reply(200, { done: true })]);
+  await clock.run(asyncRequest("/x", opts(clock, fetch, { method: "post", body: { param_1: "v1" } })));
+  for (const c of fetch.calls) {
+    assert.equal(c.method, "POST");
+    assert.equal(c.body, '{"param_1":"v1"}');
+    assert.equal(c.headers.get("content-type"), "application/json");
+  }
+});
+
+test("non-JSON-able bodies (FormData) are passed through untouched", async () => {
+  const clock = fakeClock();
+  const form = new FormData();
+  form.set("param_1", "v1");
+  const fetch = fakeFetch(clock, [accepted(), reply(200, {})]);
+  let state;
+  await clock.run(asyncRequest("/x", opts(clock, fetch, { method: "POST", body: form, onStart: (s) => (state = s) })));
+  assert.equal(fetch.calls[0].body, form);
+  assert.equal(fetch.calls[1].body, form);
+  assert.equal(state.body, undefined, "only string bodies go into the saved state");
+});
+
+test("extra fetch options go through `init`", async () => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [accepted(), reply(200, {})]);
+  await clock.run(asyncRequest("/x", opts(clock, fetch, { init: { credentials: "include" } })));
+  assert.equal(fetch.calls[0].init.credentials, "include");
+  assert.equal(fetch.calls[1].init.credentials, "include");
+});
+
+test("no unhandled rejections in this file", async () => {
+  await flush(5);
+  assert.deepEqual(unhandled, []);
+});
