@@ -61,7 +61,7 @@ test("503 while polling is retried, honouring Retry-After, then succeeds", async
     accepted({ status: "running" }, { "retry-after": "1" }),
     reply(200, { ok: true }),
   ]);
-  const result = await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  const result = await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0 })));
   assert.deepEqual(result.body, { ok: true });
   // 1 s (start), 2 s (503's Retry-After), backoff after the 502, 1 s
   assert.deepEqual(gaps(fetch), [1000, 2000, DEFAULTS.minDelay, 1000]);
@@ -228,7 +228,7 @@ test("abort while sleeping between polls", async () => {
       return accepted({}, { "retry-after": "5" });
     },
   ]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch, { signal: ac.signal }))));
+  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0, signal: ac.signal }))));
   assert.equal(e.kind, "aborted");
   assert.equal(fetch.calls.length, 1);
   assert.equal(clock.elapsed(), 0, "did not wait for the 5 s");

@@ -16,7 +16,8 @@ test("resolves with the final answer after a few polls", async () => {
   assert.equal(result.headers.get("x-app"), "yes");
   assert.equal(result.id, ID);
   assert.equal(fetch.calls.length, 3);
-  assert.deepEqual(gaps(fetch), [1000, 1000]);
+  // The first poll goes out at once (asking to wait); later ones honour Retry-After.
+  assert.deepEqual(gaps(fetch), [0, 1000]);
   assert.equal(clock.pending(), 0, "overall timeout timer is cleared on success");
 });
 
@@ -72,7 +73,7 @@ test("Retry-After in seconds is honoured and clamped to maxDelay", async () => {
     accepted({}, { "retry-after": "0" }),
     reply(200, {}),
   ]);
-  await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0 })));
   assert.deepEqual(gaps(fetch), [2000, DEFAULTS.maxDelay, 0]);
 });
 
@@ -85,7 +86,7 @@ test("Retry-After as an HTTP-date is honoured and clamped to [0, maxDelay]", asy
     () => accepted({}, { "retry-after": at(-60000) }),
     reply(200, {}),
   ]);
-  await clock.run(asyncRequest("/x", opts(clock, fetch, { maxDelay: 4000 })));
+  await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0, maxDelay: 4000 })));
   assert.deepEqual(gaps(fetch), [3000, 4000, 0]);
 });
 
@@ -97,7 +98,7 @@ test("a fractional or garbage Retry-After: fractions honoured, garbage ignored f
     accepted({}, { "retry-after": "-3" }),
     reply(200, {}),
   ]);
-  await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0 })));
   assert.deepEqual(gaps(fetch), [1500, DEFAULTS.minDelay, Math.round(DEFAULTS.minDelay * DEFAULTS.factor)]);
 });
 
@@ -105,7 +106,7 @@ test("without hints, delays start short and grow to the cap", async () => {
   const clock = fakeClock();
   const steps = Array.from({ length: 12 }, () => accepted());
   const fetch = fakeFetch(clock, [...steps, reply(200, {})]);
-  await clock.run(asyncRequest("/x", opts(clock, fetch, { timeout: 0 })));
+  await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0, timeout: 0 })));
   const d = gaps(fetch);
   assert.equal(d[0], DEFAULTS.minDelay);
   for (let i = 1; i < d.length; i++) assert.ok(d[i] >= d[i - 1], `non-decreasing: ${d}`);
@@ -119,7 +120,7 @@ test("backoff has jitter: each delay is reduced by up to `jitter`", async () => 
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [...randoms.map(() => accepted()), reply(200, {})]);
   let i = 0;
-  await clock.run(asyncRequest("/x", opts(clock, fetch, { random: () => randoms[i++], minDelay: 1000, factor: 2, maxDelay: 4000, jitter: 0.5 })));
+  await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0, random: () => randoms[i++], minDelay: 1000, factor: 2, maxDelay: 4000, jitter: 0.5 })));
   // bases 1000, 2000, 4000, 4000, 4000, 4000 reduced by 0.5 * random
   assert.deepEqual(gaps(fetch), [550, 1500, 4000, 2200, 3000, 3500]);
 });
@@ -199,4 +200,14 @@ test("extra fetch options go through `init`", async () => {
 test("no unhandled rejections in this file", async () => {
   await flush(5);
   assert.deepEqual(unhandled, []);
+});
+
+test("with waiting polls on, the first poll is sent at once; without, it honours Retry-After", async () => {
+  for (const [wait, firstGap] of [[20, 0], [0, 1000]]) {
+    const clock = fakeClock();
+    const fetch = fakeFetch(clock, [accepted({}, { "retry-after": "1" }), reply(200, {})]);
+    await clock.run(asyncRequest("/x", opts(clock, fetch, { wait })));
+    assert.deepEqual(gaps(fetch), [firstGap], `wait=${wait}`);
+    assert.equal(fetch.calls[1].headers.get("prefer"), wait ? `wait=${wait}` : null);
+  }
 });

@@ -297,7 +297,9 @@ async function run(req, options, resuming) {
       if (o.persistKey) persisted = saveState(o.persistKey, state, storage);
       if (o.onStart) o.onStart(state);
       progress(data);
-      delay = delayOf(res) ?? backoff();
+      // With waiting polls on, the first poll goes out at once: a server that holds it answers
+      // the moment the job finishes; one that does not answers at once with its Retry-After.
+      delay = o.wait > 0 ? 0 : delayOf(res) ?? backoff();
     } else if (o.persistKey) {
       persisted = true;
     }
