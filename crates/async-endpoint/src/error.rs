@@ -59,6 +59,10 @@ pub enum Error {
     /// The backend could not be reached (connection refused, timed out, …). Clients get a 503.
     #[error("backend unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend was reached but refused the operation (e.g. a Redis permission, type or
+    /// out-of-range error). Clients get a 500; the source says why.
+    #[error("backend refused the operation")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend answered with something this version does not understand.
     #[error("backend returned unexpected data: {0}")]
     Corrupt(String),

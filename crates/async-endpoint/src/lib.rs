@@ -55,6 +55,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `memory` | yes | [`backend::MemoryBackend`]: in-memory state and in-process workers |
+//! | `redis` | no | `backend::RedisBackend`: many web and worker processes over one Redis |
 //!
 //! ## Protocol
 //!
@@ -83,6 +84,8 @@ mod id;
 pub mod js;
 mod layer;
 mod problem;
+#[cfg(test)]
+mod proptests;
 mod status;
 mod task;
 mod token;

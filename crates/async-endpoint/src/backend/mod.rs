@@ -2,7 +2,8 @@
 //!
 //! A [`Backend`] stores one record per request and queues its job. Every transition is atomic:
 //! `queued → running → done | failed`, plus `retrying`; the first terminal state wins and nothing
-//! overwrites it. Implementations: [`MemoryBackend`] (feature `memory`, the default).
+//! overwrites it. Implementations: [`MemoryBackend`] (feature `memory`, the default) and
+//! `RedisBackend` (feature `redis`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,10 +15,14 @@ use crate::{Error, Failure, Progress, RequestId, Status};
 #[cfg(feature = "memory")]
 mod memory;
 mod notify;
+#[cfg(feature = "redis")]
+mod redis;
 
 #[cfg(feature = "memory")]
 pub use memory::MemoryBackend;
 pub use notify::{Notifier, Watch};
+#[cfg(feature = "redis")]
+pub use redis::{RedisBackend, RedisBackendBuilder};
 
 /// A request to store and enqueue.
 #[derive(Debug, Clone)]

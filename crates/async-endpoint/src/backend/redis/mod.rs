@@ -1,0 +1,626 @@
+//! The Redis backend (feature `redis`): many web and worker processes over one Redis.
+//!
+//! # Data layout
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `{prefix}:r:{<id>}` | hash | one record per request, TTL re-applied on every write |
+//! | `{prefix}:q:<task>` | stream + group `workers` | the task's queue: one entry `i=<id>` per job |
+//! | `{prefix}:n` | pub/sub channel | the id of every request that changed |
+//!
+//! Record fields are one letter (`t` task, `s` status, `a` attempts, `p` params, `g` progress,
+//! `o` output, `f` failure, `d` deadline, `l` TTL) and params are dropped once the request is
+//! terminal, so a record costs little beyond its params and output.
+//!
+//! # Round trips
+//!
+//! * start: one `EVALSHA` (store the record, `XADD` the job, trim the stream);
+//! * poll: one `EVALSHA` (read, and turn a passed deadline into a timeout);
+//! * worker: `XREADGROUP BLOCK` on a connection of its own, then one `EVALSHA` to begin, one per
+//!   progress update, one to finish (which also `XACK`s and `XDEL`s the entry);
+//! * waiting polls: one shared subscriber connection per process feeds a [`Notifier`].
+
+mod config;
+mod queue;
+mod scripts;
+mod subscriber;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{RedisError, Value};
+use serde::Serialize;
+
+pub use config::RedisBackendBuilder;
+
+use super::{Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, Watch};
+use crate::{Error, Failure, Progress, RequestId, Status};
+
+/// The consumer group every worker of every process joins, one per task stream.
+const GROUP: &str = "workers";
+
+/// Storage and queue in Redis: records in hashes, jobs in one stream per task with a consumer
+/// group, wake-ups over pub/sub. Use it for several web and worker processes.
+///
+/// Cheap to clone (clones share connections). Connections are made on first use and
+/// re-established by themselves after Redis restarts; while Redis is unreachable, starting and
+/// polling answer 503 and workers back off and retry.
+///
+/// Execution is at-least-once: a job whose worker dies is run again by another one after
+/// [`claim_idle`](RedisBackendBuilder::claim_idle), so tasks should be idempotent. Records and
+/// queues live in Redis, so use a Redis that persists (AOF) if requests must survive its restart.
+/// Scripts touch a record and its task's stream together, so Redis Cluster is not supported; a
+/// single Redis or a Sentinel-managed primary is.
+///
+/// ```no_run
+/// use async_endpoint::{AsyncEndpoint, backend::RedisBackend};
+/// # use async_endpoint::{AsyncTask, Failure, TaskContext};
+/// # struct Echo;
+/// # impl AsyncTask for Echo {
+/// #     const NAME: &'static str = "echo";
+/// #     type Params = String;
+/// #     type Output = String;
+/// #     async fn execute_task(&self, p: String, _: TaskContext) -> Result<String, Failure> { Ok(p) }
+/// # }
+/// # #[tokio::main] async fn main() -> Result<(), async_endpoint::Error> {
+/// // A web process whose jobs run in separate worker processes:
+/// let web = AsyncEndpoint::builder()
+///     .secret(b"at least 32 bytes of secret key material")
+///     .backend(RedisBackend::connect("redis://127.0.0.1:6379/").await?)
+///     .task(Echo)
+///     .in_process_workers(false)
+///     .build()?;
+///
+/// // A worker process (same secret, tasks and prefix):
+/// let worker = AsyncEndpoint::builder()
+///     .secret(b"at least 32 bytes of secret key material")
+///     .backend(RedisBackend::builder("redis://127.0.0.1:6379/").build()?)
+///     .task(Echo)
+///     .in_process_workers(false)
+///     .build()?;
+/// worker.run_worker(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.inner.settings.prefix)
+            .field("consumer", &self.inner.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    client: redis::Client,
+    settings: RedisBackendBuilder,
+    keys: Keys,
+    /// This process's consumer name: host, pid and random bits, so no two processes collide.
+    consumer: String,
+    /// Commands (scripts); multiplexed, reconnecting, made on first use.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
+    /// Blocking reads get a connection of their own, so they never hold up other commands.
+    blocking: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    notifier: Notifier,
+    subscriber_started: AtomicBool,
+    heartbeat_started: AtomicBool,
+    queue: Mutex<queue::QueueState>,
+    /// Entries delivered to this process and not yet terminal: (task, entry id) → heartbeat
+    /// until (unix ms). A heartbeat keeps them from being claimed by other workers.
+    in_flight: Mutex<HashMap<(String, String), u64>>,
+    /// The failure written when a job was delivered more than `max_deliveries` times.
+    poison_json: String,
+    scripts: scripts::Scripts,
+    /// Dropped with the backend; background tasks watch it and end.
+    closed: tokio::sync::watch::Sender<()>,
+}
+
+/// Key and channel names under the prefix.
+struct Keys {
+    prefix: String,
+    channel: String,
+}
+
+impl Keys {
+    fn record(&self, id: &RequestId) -> String {
+        // The id is the hash tag, so everything about one request maps to one slot.
+        format!("{}:r:{{{id}}}", self.prefix)
+    }
+
+    fn queue(&self, task: &str) -> String {
+        format!("{}:q:{task}", self.prefix)
+    }
+
+    fn task_of<'a>(&self, queue: &'a str) -> Option<&'a str> {
+        queue
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(":q:"))
+    }
+}
+
+impl RedisBackend {
+    /// Starts configuring a backend for the Redis at `url` (`redis://[user:pass@]host:port/db`,
+    /// `rediss://` for TLS is not compiled in). See [`RedisBackendBuilder`] for the settings.
+    ///
+    /// ```
+    /// use async_endpoint::backend::RedisBackend;
+    ///
+    /// let built = RedisBackend::builder("redis://127.0.0.1/").prefix("").build();
+    /// assert!(matches!(built, Err(async_endpoint::Error::Config { setting: "prefix", .. })));
+    /// ```
+    pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
+        RedisBackendBuilder::new(url)
+    }
+
+    /// A backend with the default settings, after checking that Redis answers (so a worker
+    /// process fails fast on a wrong URL). Use [`builder`](Self::builder) to start while Redis
+    /// is down.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), async_endpoint::Error> {
+    /// let redis = async_endpoint::backend::RedisBackend::connect("redis://127.0.0.1/").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+        let backend = Self::builder(url).build()?;
+        backend.ping().await?;
+        Ok(backend)
+    }
+
+    /// Checks that Redis answers (for health checks).
+    ///
+    /// ```no_run
+    /// # async fn f(redis: async_endpoint::backend::RedisBackend) {
+    /// if let Err(error) = redis.ping().await {
+    ///     eprintln!("Redis is not reachable: {error}");
+    /// }
+    /// # }
+    /// ```
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut conn = self.conn().await?;
+        self.bounded(redis::cmd("PING").query_async::<Value>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    /// The consumer name this process reads its task streams with (`host-pid-random`).
+    pub fn consumer_name(&self) -> &str {
+        &self.inner.consumer
+    }
+
+    pub(super) fn from_parts(client: redis::Client, settings: RedisBackendBuilder) -> Self {
+        let keys = Keys {
+            channel: format!("{}:n", settings.prefix),
+            prefix: settings.prefix.clone(),
+        };
+        let poison = crate::worker::default_internal_failure();
+        // A struct of two strings always serializes; the fallback is the same JSON by hand.
+        let poison_json = serde_json::to_string(&poison).unwrap_or_else(|_| {
+            r#"{"kind":"internal","message":"The request could not be completed because of an internal error."}"#.to_owned()
+        });
+        RedisBackend {
+            inner: Arc::new(Inner {
+                client,
+                keys,
+                consumer: consumer_name(),
+                conn: tokio::sync::OnceCell::new(),
+                blocking: tokio::sync::Mutex::new(None),
+                notifier: Notifier::default(),
+                subscriber_started: AtomicBool::new(false),
+                heartbeat_started: AtomicBool::new(false),
+                queue: Mutex::new(queue::QueueState::default()),
+                in_flight: Mutex::new(HashMap::new()),
+                poison_json,
+                scripts: scripts::Scripts::new(),
+                closed: tokio::sync::watch::channel(()).0,
+                settings,
+            }),
+        }
+    }
+
+    /// The shared command connection, made on first use (inside the runtime).
+    async fn conn(&self) -> Result<ConnectionManager, Error> {
+        let settings = &self.inner.settings;
+        self.inner
+            .conn
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(settings.connection_timeout))
+                    .set_response_timeout(Some(settings.response_timeout))
+                    // Fail a command fast while Redis is down (the caller answers 503 or backs
+                    // off); the next command starts a new reconnection attempt.
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                self.inner
+                    .client
+                    .get_connection_manager_lazy(config)
+                    .map_err(map_err)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Bounds a command by the connection and response timeouts together, so no call hangs.
+    async fn bounded<T>(
+        &self,
+        command: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, Error> {
+        self.bounded_raw(command).await?.map_err(map_err)
+    }
+
+    /// Like [`bounded`](Self::bounded), but hands Redis's own error back for inspection.
+    async fn bounded_raw<T>(
+        &self,
+        command: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<Result<T, RedisError>, Error> {
+        let settings = &self.inner.settings;
+        let bound = settings.connection_timeout * 2 + settings.response_timeout;
+        tokio::time::timeout(bound, command)
+            .await
+            .map_err(|elapsed| Error::Unavailable(Box::new(elapsed)))
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        // Critical sections are single map operations; a poisoned lock still holds a valid map.
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the shared subscriber on first use (it needs a runtime, which `watch` runs in).
+    fn ensure_subscriber(&self) {
+        let inner = &self.inner;
+        if inner.subscriber_started.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime: waiting polls still end at their bound and re-read.
+            return;
+        };
+        if inner
+            .subscriber_started
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            runtime.spawn(subscriber::run(subscriber::Subscriber {
+                client: inner.client.clone(),
+                channel: inner.keys.channel.clone(),
+                notifier: inner.notifier.clone(),
+                closed: inner.closed.subscribe(),
+                connection_timeout: inner.settings.connection_timeout,
+                response_timeout: inner.settings.response_timeout,
+            }));
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Wakes background tasks so they end (their receivers see the sender gone).
+        self.closed.send_replace(());
+    }
+}
+
+/// `host-pid-random`: unique per process, readable in `XINFO CONSUMERS`.
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect();
+    let mut random = [0u8; 4];
+    // Without OS randomness the pid still separates live processes; zeros are fine then.
+    let _ = getrandom::fill(&mut random);
+    let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}-{}-{random}", std::process::id())
+}
+
+/// Connection trouble, timeouts and "try again" answers are [`Error::Unavailable`] (clients get
+/// 503 and workers back off); anything else Redis refuses is [`Error::Backend`].
+fn map_err(error: RedisError) -> Error {
+    use redis::{ErrorKind, RetryMethod};
+    let transient = error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || matches!(error.kind(), ErrorKind::Parse)
+        || matches!(
+            error.retry_method(),
+            RetryMethod::Reconnect
+                | RetryMethod::ReconnectFromInitialConnections
+                | RetryMethod::WaitAndRetry
+                | RetryMethod::RetryImmediately
+        )
+        || matches!(
+            error.code(),
+            Some("OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN")
+        );
+    if transient {
+        Error::Unavailable(Box::new(error))
+    } else {
+        Error::Backend(Box::new(error))
+    }
+}
+
+fn corrupt(what: &str, value: &Value) -> Error {
+    Error::Corrupt(format!("{what}: {value:?}"))
+}
+
+/// A string-ish reply (bulk, simple, number); `None` for nil or anything else.
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn number(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => text(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+fn status_of(code: &str) -> Option<Status> {
+    Some(match code {
+        "q" => Status::Queued,
+        "r" => Status::Running,
+        "y" => Status::Retrying,
+        "d" => Status::Done,
+        "f" => Status::Failed,
+        _ => return None,
+    })
+}
+
+fn failure_json(failure: &Failure) -> Result<String, Error> {
+    serde_json::to_string(failure)
+        .map_err(|e| Error::Corrupt(format!("failure not encodable: {e}")))
+}
+
+/// Progress as stored: `{at, total, message}` (the percent is derived when read).
+#[derive(Serialize)]
+struct StoredProgress<'a> {
+    at: u64,
+    total: Option<u64>,
+    message: &'a str,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    task: &str,
+    json: Option<String>,
+) -> Result<Option<T>, Error> {
+    json.filter(|s| !s.is_empty())
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|source| Error::Decode {
+            task: task.to_owned(),
+            source,
+        })
+}
+
+impl Backend for RedisBackend {
+    async fn create(&self, request: NewRequest) -> Result<(), Error> {
+        let keys = &self.inner.keys;
+        let ttl_ms = request.ttl.as_millis().max(1) as u64;
+        let mut conn = self.conn().await?;
+        let id = request.id.to_string();
+        let mut call = self.inner.scripts.create.prepare_invoke();
+        call.key(keys.record(&request.id))
+            .key(keys.queue(request.task))
+            .arg(request.task)
+            .arg(&request.params)
+            .arg(request.deadline_ms)
+            .arg(ttl_ms)
+            .arg(&id);
+        self.bounded(call.invoke_async::<Value>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    async fn poll(
+        &self,
+        id: RequestId,
+        now_ms: u64,
+        timeout: &Failure,
+    ) -> Result<Option<Snapshot>, Error> {
+        let keys = &self.inner.keys;
+        let mut conn = self.conn().await?;
+        let mut call = self.inner.scripts.poll.prepare_invoke();
+        call.key(keys.record(&id))
+            .arg(now_ms)
+            .arg(failure_json(timeout)?)
+            .arg(&keys.channel)
+            .arg(id.to_string());
+        let reply = self.bounded(call.invoke_async::<Value>(&mut conn)).await?;
+        let fields = match reply {
+            Value::Nil => return Ok(None),
+            Value::Array(fields) if fields.len() == 8 => fields,
+            other => return Err(corrupt("poll reply", &other)),
+        };
+        let task = text(&fields[0]).ok_or_else(|| corrupt("record task", &fields[0]))?;
+        let status = text(&fields[1])
+            .as_deref()
+            .and_then(status_of)
+            .ok_or_else(|| corrupt("record status", &fields[1]))?;
+        let attempt = number(&fields[2]).unwrap_or(0).min(u64::from(u32::MAX)) as u32;
+        let progress: Option<Progress> = decode(&task, text(&fields[3]))?;
+        let output = text(&fields[4]);
+        let failure: Option<Failure> = decode(&task, text(&fields[5]))?;
+        let deadline_ms =
+            number(&fields[6]).ok_or_else(|| corrupt("record deadline", &fields[6]))?;
+        if number(&fields[7]) == Some(1) {
+            tracing::warn!(request_id = %id, "deadline passed: request failed with a timeout");
+        }
+        Ok(Some(Snapshot {
+            task,
+            status,
+            attempt,
+            progress,
+            output: if status == Status::Done { output } else { None },
+            failure: if status == Status::Failed {
+                failure
+            } else {
+                None
+            },
+            deadline_ms,
+        }))
+    }
+
+    fn watch(&self, id: RequestId) -> Watch {
+        self.ensure_subscriber();
+        self.inner.notifier.watch(id)
+    }
+
+    async fn fetch(
+        &self,
+        tasks: &[&'static str],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Job>, Error> {
+        queue::fetch(self, tasks, max, block).await
+    }
+
+    async fn begin(&self, job: &Job, now_ms: u64, timeout: &Failure) -> Result<Begin, Error> {
+        let inner = &self.inner;
+        let keys = &inner.keys;
+        let begun = async {
+            let mut conn = self.conn().await?;
+            let mut call = inner.scripts.begin.prepare_invoke();
+            call.key(keys.record(&job.id))
+                .key(keys.queue(&job.task))
+                .arg(now_ms)
+                .arg(failure_json(timeout)?)
+                .arg(&keys.channel)
+                .arg(job.id.to_string())
+                .arg(GROUP)
+                .arg(&job.receipt)
+                .arg(job.deliveries)
+                .arg(inner.settings.max_deliveries)
+                .arg(&inner.poison_json);
+            self.bounded(call.invoke_async::<Value>(&mut conn)).await
+        }
+        .await;
+        let reply = match begun {
+            Ok(reply) => reply,
+            Err(error) => {
+                // The worker drops the job; stop vouching for it so it is claimed after the
+                // idle bound instead of kept alive by our heartbeat.
+                queue::forget(self, job);
+                return Err(error);
+            }
+        };
+        match reply {
+            Value::Array(fields) if fields.len() == 3 => {
+                let attempt = number(&fields[0]).ok_or_else(|| corrupt("attempt", &fields[0]))?;
+                let params = text(&fields[1]).unwrap_or_default();
+                let deadline_ms =
+                    number(&fields[2]).ok_or_else(|| corrupt("deadline", &fields[2]))?;
+                queue::vouch_until(self, job, deadline_ms.saturating_add(1000));
+                Ok(Begin::Run {
+                    params,
+                    attempt: attempt.min(u64::from(u32::MAX)) as u32,
+                    deadline_ms,
+                })
+            }
+            Value::Int(code) => {
+                queue::forget(self, job);
+                match code {
+                    1 => {
+                        tracing::warn!(request_id = %job.id, "deadline passed before the job started: request failed with a timeout");
+                    }
+                    2 => {
+                        tracing::error!(request_id = %job.id, deliveries = job.deliveries, max_deliveries = inner.settings.max_deliveries, "job delivered too often (its workers keep dying): request failed");
+                    }
+                    _ => {}
+                }
+                Ok(Begin::Skip)
+            }
+            other => Err(corrupt("begin reply", &other)),
+        }
+    }
+
+    async fn progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
+        let keys = &self.inner.keys;
+        let json = serde_json::to_string(&StoredProgress {
+            at: progress.at,
+            total: progress.total,
+            message: &progress.message,
+        })
+        .map_err(|e| Error::Corrupt(format!("progress not encodable: {e}")))?;
+        let mut conn = self.conn().await?;
+        let mut call = self.inner.scripts.progress.prepare_invoke();
+        call.key(keys.record(&id))
+            .arg(json)
+            .arg(&keys.channel)
+            .arg(id.to_string());
+        self.bounded(call.invoke_async::<Value>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    async fn retrying(&self, id: RequestId) -> Result<(), Error> {
+        let keys = &self.inner.keys;
+        let mut conn = self.conn().await?;
+        let mut call = self.inner.scripts.retrying.prepare_invoke();
+        call.key(keys.record(&id))
+            .arg(&keys.channel)
+            .arg(id.to_string());
+        self.bounded(call.invoke_async::<Value>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    async fn finish(
+        &self,
+        job: &Job,
+        outcome: Outcome,
+        now_ms: u64,
+        timeout: &Failure,
+    ) -> Result<Status, Error> {
+        let keys = &self.inner.keys;
+        let (kind, value) = match outcome {
+            Outcome::Done(output) => ("d", output),
+            Outcome::Failed(failure) => ("f", failure_json(&failure)?),
+        };
+        let mut conn = self.conn().await?;
+        let mut call = self.inner.scripts.finish.prepare_invoke();
+        call.key(keys.record(&job.id))
+            .key(keys.queue(&job.task))
+            .arg(now_ms)
+            .arg(failure_json(timeout)?)
+            .arg(&keys.channel)
+            .arg(job.id.to_string())
+            .arg(GROUP)
+            .arg(&job.receipt)
+            .arg(kind)
+            .arg(value);
+        let reply = self.bounded(call.invoke_async::<Value>(&mut conn)).await?;
+        queue::forget(self, job);
+        text(&reply)
+            .as_deref()
+            .and_then(status_of)
+            .ok_or_else(|| corrupt("finish reply", &reply))
+    }
+
+    async fn release(&self, job: &Job) -> Result<(), Error> {
+        queue::release(self, job).await
+    }
+}

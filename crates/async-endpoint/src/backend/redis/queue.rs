@@ -1,0 +1,514 @@
+//! The queue side: one stream per task with the consumer group `workers`.
+//!
+//! * Jobs are read with `XREADGROUP … BLOCK` on a connection of their own, so a job enqueued by
+//!   any process starts within milliseconds.
+//! * Entries leave the stream (`XACK` + `XDEL`) when their record reaches a terminal state, so a
+//!   stream holds only live jobs; `XADD … MINID ~` also trims entries older than the TTL (their
+//!   deadlines have passed, so nothing that could still run is ever trimmed).
+//! * A heartbeat (`XCLAIM … JUSTID` by this consumer, every `claim_idle / 3`) keeps the entries
+//!   this process is working on from looking idle; entries of dead workers go idle and are
+//!   claimed with `XAUTOCLAIM` (bounded by `claim_batch`) every `claim_idle / 4`, their delivery
+//!   count read from the pending list.
+//! * Groups are created lazily (`XGROUP CREATE … 0 MKSTREAM`) and again after `NOGROUP`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Weak;
+use std::time::Duration;
+
+use redis::streams::StreamReadReply;
+use redis::{AsyncConnectionConfig, RedisError, Value};
+use tokio::time::Instant;
+
+use super::{GROUP, Inner, RedisBackend, corrupt, map_err, number, text};
+use crate::backend::Job;
+use crate::engine::now_ms;
+use crate::{Error, RequestId};
+
+/// Consumers with nothing pending and idle this long are deleted (at least; see `reap_idle`).
+const REAP_IDLE: Duration = Duration::from_secs(3600);
+/// How often one process looks for such consumers.
+const REAP_EVERY: Duration = Duration::from_secs(600);
+/// Most ids in one heartbeat `XCLAIM`.
+const HEARTBEAT_CHUNK: usize = 256;
+
+/// Per-process queue bookkeeping.
+#[derive(Default)]
+pub(super) struct QueueState {
+    /// Tasks whose group is known to exist.
+    groups: HashSet<String>,
+    /// When the next `XAUTOCLAIM` round is due.
+    next_claim: Option<Instant>,
+    /// Where each task's `XAUTOCLAIM` scan continues.
+    cursors: HashMap<String, String>,
+    /// When the next consumer clean-up is due.
+    next_reap: Option<Instant>,
+}
+
+fn claim_interval(claim_idle: Duration) -> Duration {
+    (claim_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(10))
+}
+
+fn heartbeat_interval(claim_idle: Duration) -> Duration {
+    (claim_idle / 3).max(Duration::from_millis(30))
+}
+
+fn is_nogroup(error: &RedisError) -> bool {
+    error.code() == Some("NOGROUP") || error.to_string().contains("NOGROUP")
+}
+
+/// Records that this process works on `job` and keeps it alive until `until_ms`.
+pub(super) fn vouch_until(b: &RedisBackend, job: &Job, until_ms: u64) {
+    if !job.receipt.is_empty() {
+        RedisBackend::lock(&b.inner.in_flight)
+            .insert((job.task.clone(), job.receipt.clone()), until_ms);
+    }
+}
+
+/// Stops keeping `job` alive (it is terminal, handed back, or dropped by the worker).
+pub(super) fn forget(b: &RedisBackend, job: &Job) {
+    RedisBackend::lock(&b.inner.in_flight).remove(&(job.task.clone(), job.receipt.clone()));
+}
+
+/// Time a fetched job is vouched for before `begin` extends it to its deadline.
+fn fresh_until(b: &RedisBackend) -> u64 {
+    now_ms().saturating_add(b.inner.settings.claim_idle.as_millis() as u64 * 2)
+}
+
+pub(super) async fn fetch(
+    b: &RedisBackend,
+    tasks: &[&'static str],
+    max: usize,
+    block: Duration,
+) -> Result<Vec<Job>, Error> {
+    if tasks.is_empty() || max == 0 {
+        tokio::time::sleep(block).await;
+        return Ok(Vec::new());
+    }
+    ensure_heartbeat(b);
+    ensure_groups(b, tasks).await?;
+    let claimed = claim_if_due(b, tasks, max).await?;
+    if !claimed.is_empty() {
+        return Ok(claimed);
+    }
+    read(b, tasks, max, block).await
+}
+
+async fn ensure_groups(b: &RedisBackend, tasks: &[&'static str]) -> Result<(), Error> {
+    let missing: Vec<&str> = {
+        let state = RedisBackend::lock(&b.inner.queue);
+        tasks
+            .iter()
+            .copied()
+            .filter(|t| !state.groups.contains(*t))
+            .collect()
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut conn = b.conn().await?;
+    for task in missing {
+        let created = b
+            .bounded_raw(
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(b.inner.keys.queue(task))
+                    .arg(GROUP)
+                    // From the start: jobs enqueued before any worker ran must be delivered.
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async::<Value>(&mut conn),
+            )
+            .await?;
+        match created {
+            Ok(_) => tracing::debug!(task, "consumer group created"),
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(map_err(e)),
+        }
+        RedisBackend::lock(&b.inner.queue)
+            .groups
+            .insert(task.to_owned());
+    }
+    Ok(())
+}
+
+fn forget_groups(b: &RedisBackend) {
+    let mut state = RedisBackend::lock(&b.inner.queue);
+    state.groups.clear();
+    state.cursors.clear();
+}
+
+/// Claims jobs idle longer than `claim_idle` (their worker died), when a round is due.
+async fn claim_if_due(
+    b: &RedisBackend,
+    tasks: &[&'static str],
+    max: usize,
+) -> Result<Vec<Job>, Error> {
+    let settings = &b.inner.settings;
+    let now = Instant::now();
+    let reap = {
+        let mut state = RedisBackend::lock(&b.inner.queue);
+        if state.next_claim.is_some_and(|at| at > now) {
+            return Ok(Vec::new());
+        }
+        state.next_claim = Some(now + claim_interval(settings.claim_idle));
+        let reap = state.next_reap.is_none_or(|at| at <= now);
+        if reap {
+            state.next_reap = Some(now + REAP_EVERY);
+        }
+        reap
+    };
+    let mut conn = b.conn().await?;
+    if reap {
+        reap_consumers(b, &mut conn, tasks).await;
+    }
+    let mut jobs = Vec::new();
+    for task in tasks {
+        let left = max.saturating_sub(jobs.len()).min(settings.claim_batch);
+        if left == 0 {
+            break;
+        }
+        let start = RedisBackend::lock(&b.inner.queue)
+            .cursors
+            .get(*task)
+            .cloned()
+            .unwrap_or_else(|| "0-0".to_owned());
+        let mut call = b.inner.scripts.claim.prepare_invoke();
+        call.key(b.inner.keys.queue(task))
+            .arg(GROUP)
+            .arg(&b.inner.consumer)
+            .arg(settings.claim_idle.as_millis() as u64)
+            .arg(&start)
+            .arg(left);
+        let reply = match b.bounded_raw(call.invoke_async::<Value>(&mut conn)).await? {
+            Ok(reply) => reply,
+            Err(e) if is_nogroup(&e) => {
+                forget_groups(b);
+                return Ok(jobs);
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        let Value::Array(items) = reply else {
+            return Err(corrupt("claim reply", &reply));
+        };
+        let mut items = items.into_iter();
+        let next = items.next().as_ref().and_then(text).unwrap_or_default();
+        RedisBackend::lock(&b.inner.queue)
+            .cursors
+            .insert((*task).to_owned(), next);
+        for item in items {
+            let Value::Array(fields) = &item else {
+                return Err(corrupt("claimed entry", &item));
+            };
+            let (Some(receipt), Some(id), Some(deliveries)) = (
+                fields.first().and_then(text),
+                fields.get(1).and_then(text),
+                fields.get(2).and_then(number),
+            ) else {
+                return Err(corrupt("claimed entry", &item));
+            };
+            let job = Job {
+                id: match id.parse::<RequestId>() {
+                    Ok(id) => id,
+                    Err(_) => {
+                        discard(b, task, &receipt).await;
+                        continue;
+                    }
+                },
+                task: (*task).to_owned(),
+                receipt,
+                deliveries: deliveries.min(u64::from(u32::MAX)) as u32,
+            };
+            tracing::warn!(request_id = %job.id, task, deliveries = job.deliveries, "claimed a job whose worker went silent");
+            vouch_until(b, &job, fresh_until(b));
+            jobs.push(job);
+        }
+    }
+    Ok(jobs)
+}
+
+/// Deletes consumers left behind by exited processes (nothing pending, long idle).
+async fn reap_consumers(
+    b: &RedisBackend,
+    conn: &mut redis::aio::ConnectionManager,
+    tasks: &[&'static str],
+) {
+    let idle = REAP_IDLE.max(b.inner.settings.claim_idle * 10);
+    for task in tasks {
+        let mut call = b.inner.scripts.reap.prepare_invoke();
+        call.key(b.inner.keys.queue(task))
+            .arg(GROUP)
+            .arg(idle.as_millis() as u64);
+        match b.bounded(call.invoke_async::<Value>(conn)).await {
+            Ok(Value::Int(n)) if n > 0 => {
+                tracing::debug!(task, deleted = n, "idle consumers deleted");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(
+                    task,
+                    error = &error as &dyn std::error::Error,
+                    "consumer clean-up skipped"
+                );
+            }
+        }
+    }
+}
+
+/// Acknowledges and deletes an entry that cannot be a job of ours (malformed id).
+async fn discard(b: &RedisBackend, task: &str, receipt: &str) {
+    tracing::error!(
+        task,
+        receipt,
+        "stream entry without a valid request id: deleted"
+    );
+    let Ok(mut conn) = b.conn().await else { return };
+    let queue = b.inner.keys.queue(task);
+    let mut pipe = redis::pipe();
+    pipe.cmd("XACK")
+        .arg(&queue)
+        .arg(GROUP)
+        .arg(receipt)
+        .cmd("XDEL")
+        .arg(&queue)
+        .arg(receipt);
+    let _ = b.bounded(pipe.query_async::<Value>(&mut conn)).await;
+}
+
+/// Reads new jobs, blocking up to `block`. The read runs in a task of its own: if the caller
+/// stops waiting (a worker shutting down drops `fetch`), entries that still arrive are handed
+/// straight back instead of sitting in this consumer's pending list until `claim_idle`.
+async fn read(
+    b: &RedisBackend,
+    tasks: &[&'static str],
+    max: usize,
+    block: Duration,
+) -> Result<Vec<Job>, Error> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reader = b.clone();
+    let streams: Vec<&'static str> = tasks.to_vec();
+    tokio::spawn(async move {
+        let result = read_group(&reader, &streams, max, block).await;
+        if let Err(Ok(per_stream)) = tx.send(result) {
+            for job in per_stream.into_iter().flatten() {
+                if let Err(error) = release(&reader, &job).await {
+                    tracing::warn!(request_id = %job.id, error = &error as &dyn std::error::Error, "could not hand back a job read during shutdown; it will be claimed after the idle bound");
+                }
+            }
+        }
+    });
+    let per_stream = match rx.await {
+        Ok(result) => result?,
+        // The reader task panicked or was cancelled with the runtime.
+        Err(closed) => return Err(Error::Unavailable(Box::new(closed))),
+    };
+    // Round-robin across tasks, so a backlog in one never starves another.
+    let mut queues: Vec<VecDeque<Job>> = per_stream.into_iter().map(VecDeque::from).collect();
+    let mut jobs = Vec::new();
+    while jobs.len() < max && queues.iter().any(|q| !q.is_empty()) {
+        for q in &mut queues {
+            if jobs.len() < max {
+                if let Some(job) = q.pop_front() {
+                    jobs.push(job);
+                }
+            }
+        }
+    }
+    for job in queues.into_iter().flatten() {
+        if let Err(error) = release(b, &job).await {
+            tracing::warn!(request_id = %job.id, error = &error as &dyn std::error::Error, "could not hand back an extra job; it will be claimed after the idle bound");
+        }
+    }
+    Ok(jobs)
+}
+
+/// One `XREADGROUP` over every task's stream; the jobs come back per stream.
+async fn read_group(
+    b: &RedisBackend,
+    tasks: &[&'static str],
+    max: usize,
+    block: Duration,
+) -> Result<Vec<Vec<Job>>, Error> {
+    let settings = &b.inner.settings;
+    let mut slot = b.inner.blocking.lock().await;
+    let conn = match slot.as_mut() {
+        Some(conn) => conn,
+        None => {
+            // No response timeout on this connection: the blocking read is bounded below, with
+            // the block time added.
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(settings.connection_timeout))
+                .set_response_timeout(None);
+            let conn = b
+                .bounded(
+                    b.inner
+                        .client
+                        .get_multiplexed_async_connection_with_config(&config),
+                )
+                .await?;
+            slot.insert(conn)
+        }
+    };
+    let per_stream = max.div_ceil(tasks.len()).max(1);
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(GROUP)
+        .arg(&b.inner.consumer)
+        .arg("COUNT")
+        .arg(per_stream);
+    if !block.is_zero() {
+        cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+    }
+    cmd.arg("STREAMS");
+    for task in tasks {
+        cmd.arg(b.inner.keys.queue(task));
+    }
+    for _ in tasks {
+        cmd.arg(">");
+    }
+    let bound = block + settings.response_timeout;
+    let reply = match tokio::time::timeout(bound, cmd.query_async::<Value>(conn)).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) if is_nogroup(&e) => {
+            // Redis lost the stream (restart without persistence): re-create on the next fetch.
+            tracing::warn!("consumer group missing: re-creating it");
+            forget_groups(b);
+            return Ok(Vec::new());
+        }
+        Ok(Err(e)) => {
+            let error = map_err(e);
+            if error.is_unavailable() {
+                *slot = None;
+            }
+            return Err(error);
+        }
+        Err(elapsed) => {
+            // The connection may be dead without having noticed; start afresh next time.
+            *slot = None;
+            return Err(Error::Unavailable(Box::new(elapsed)));
+        }
+    };
+    drop(slot);
+    if reply == Value::Nil {
+        return Ok(Vec::new());
+    }
+    let parsed: StreamReadReply =
+        redis::from_redis_value(reply.clone()).map_err(|_| corrupt("XREADGROUP reply", &reply))?;
+    let mut per_stream = Vec::with_capacity(parsed.keys.len());
+    for key in parsed.keys {
+        let Some(task) = b.inner.keys.task_of(&key.key).map(str::to_owned) else {
+            continue;
+        };
+        let mut jobs = Vec::with_capacity(key.ids.len());
+        for entry in key.ids {
+            let id = entry
+                .map
+                .get("i")
+                .and_then(text)
+                .and_then(|s| s.parse::<RequestId>().ok());
+            let Some(id) = id else {
+                discard(b, &task, &entry.id).await;
+                continue;
+            };
+            let prior = entry.map.get("n").and_then(number).unwrap_or(0);
+            let job = Job {
+                id,
+                task: task.clone(),
+                receipt: entry.id,
+                deliveries: prior.saturating_add(1).min(u64::from(u32::MAX)) as u32,
+            };
+            vouch_until(b, &job, fresh_until(b));
+            jobs.push(job);
+        }
+        per_stream.push(jobs);
+    }
+    Ok(per_stream)
+}
+
+/// Hands `job` back: re-added at the tail of its stream if this consumer still owns it.
+pub(super) async fn release(b: &RedisBackend, job: &Job) -> Result<(), Error> {
+    forget(b, job);
+    if job.receipt.is_empty() {
+        return Ok(());
+    }
+    let mut conn = b.conn().await?;
+    let mut call = b.inner.scripts.release.prepare_invoke();
+    call.key(b.inner.keys.queue(&job.task))
+        .arg(GROUP)
+        .arg(&job.receipt)
+        .arg(job.id.to_string())
+        .arg(job.deliveries.saturating_sub(1))
+        .arg(&b.inner.consumer);
+    b.bounded(call.invoke_async::<Value>(&mut conn))
+        .await
+        .map(drop)
+}
+
+fn ensure_heartbeat(b: &RedisBackend) {
+    use std::sync::atomic::Ordering;
+    let inner = &b.inner;
+    if inner
+        .heartbeat_started
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        let every = heartbeat_interval(inner.settings.claim_idle);
+        tokio::spawn(heartbeat(
+            std::sync::Arc::downgrade(inner),
+            inner.closed.subscribe(),
+            every,
+        ));
+    }
+}
+
+/// Every `claim_idle / 3`, re-claims (`XCLAIM … JUSTID`, which resets the idle time without
+/// counting a delivery) the entries this process is still working on.
+async fn heartbeat(
+    inner: Weak<Inner>,
+    mut closed: tokio::sync::watch::Receiver<()>,
+    every: Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = closed.changed() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let b = RedisBackend { inner };
+        let now = now_ms();
+        let mut by_task: HashMap<String, Vec<String>> = HashMap::new();
+        {
+            let mut in_flight = RedisBackend::lock(&b.inner.in_flight);
+            in_flight.retain(|_, until| *until > now);
+            for (task, receipt) in in_flight.keys() {
+                by_task
+                    .entry(task.clone())
+                    .or_default()
+                    .push(receipt.clone());
+            }
+        }
+        if by_task.is_empty() {
+            continue;
+        }
+        let Ok(mut conn) = b.conn().await else {
+            continue;
+        };
+        for (task, receipts) in by_task {
+            for chunk in receipts.chunks(HEARTBEAT_CHUNK) {
+                let mut cmd = redis::cmd("XCLAIM");
+                cmd.arg(b.inner.keys.queue(&task))
+                    .arg(GROUP)
+                    .arg(&b.inner.consumer)
+                    .arg(0)
+                    .arg(chunk)
+                    .arg("JUSTID");
+                if let Err(error) = b.bounded(cmd.query_async::<Value>(&mut conn)).await {
+                    tracing::debug!(
+                        task,
+                        error = &error as &dyn std::error::Error,
+                        "heartbeat failed; will try again"
+                    );
+                }
+            }
+        }
+    }
+}

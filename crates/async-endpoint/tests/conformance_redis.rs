@@ -1,0 +1,80 @@
+//! The backend conformance suite against the Redis backend, each test on a private redis-server
+//! (skipped with a loud message when redis-server is not installed; failing under `CI=true`).
+#![cfg(feature = "redis")]
+
+mod conformance;
+mod redis_support;
+
+use std::time::Duration;
+
+use async_endpoint::backend::{
+    Backend, Begin, Job, NewRequest, Outcome, RedisBackend, Snapshot, Watch,
+};
+use async_endpoint::{Error, Failure, Progress, RequestId, Status};
+use redis_support::RedisServer;
+
+/// A Redis backend that owns its private server, so the server lives exactly as long as the test.
+struct Served {
+    backend: RedisBackend,
+    _server: RedisServer,
+}
+
+async fn served() -> Option<Served> {
+    let server = redis_support::start()?;
+    let backend = RedisBackend::builder(server.url())
+        .claim_idle(Duration::from_secs(5))
+        .build()
+        .expect("valid settings");
+    Some(Served {
+        backend,
+        _server: server,
+    })
+}
+
+conformance::suite!(served());
+
+impl Backend for Served {
+    async fn create(&self, request: NewRequest) -> Result<(), Error> {
+        self.backend.create(request).await
+    }
+    async fn poll(
+        &self,
+        id: RequestId,
+        now_ms: u64,
+        timeout: &Failure,
+    ) -> Result<Option<Snapshot>, Error> {
+        self.backend.poll(id, now_ms, timeout).await
+    }
+    fn watch(&self, id: RequestId) -> Watch {
+        self.backend.watch(id)
+    }
+    async fn fetch(
+        &self,
+        tasks: &[&'static str],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Job>, Error> {
+        self.backend.fetch(tasks, max, block).await
+    }
+    async fn begin(&self, job: &Job, now_ms: u64, timeout: &Failure) -> Result<Begin, Error> {
+        self.backend.begin(job, now_ms, timeout).await
+    }
+    async fn progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
+        self.backend.progress(id, progress).await
+    }
+    async fn retrying(&self, id: RequestId) -> Result<(), Error> {
+        self.backend.retrying(id).await
+    }
+    async fn finish(
+        &self,
+        job: &Job,
+        outcome: Outcome,
+        now_ms: u64,
+        timeout: &Failure,
+    ) -> Result<Status, Error> {
+        self.backend.finish(job, outcome, now_ms, timeout).await
+    }
+    async fn release(&self, job: &Job) -> Result<(), Error> {
+        self.backend.release(job).await
+    }
+}
