@@ -30,7 +30,7 @@ pub const TOKEN_PARAM: &str = "async_request_token";
 const PREFER: HeaderName = HeaderName::from_static("prefer");
 const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 /// Longest id/token value looked at; anything longer is malformed.
-const MAX_CREDENTIAL_LEN: usize = 128;
+pub(crate) const MAX_CREDENTIAL_LEN: usize = 128;
 /// Extra time a waiting poll gives a request past its deadline, so the poll sees the timeout.
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
 
@@ -77,7 +77,7 @@ impl<T> std::fmt::Debug for AsyncRequest<T> {
 }
 
 /// What the client asked for.
-enum Call {
+pub(crate) enum Call {
     Start,
     Poll {
         id: String,
@@ -416,7 +416,7 @@ fn backend_error(engine: &Engine, error: &Error) -> Response {
 }
 
 /// Finds id and token in the headers or the query string.
-fn call(parts: &Parts) -> Call {
+pub(crate) fn call(parts: &Parts) -> Call {
     let query = parts.uri.query().unwrap_or("");
     let from_query = |name: &'static str| {
         form_urlencoded::parse(query.as_bytes())
@@ -445,7 +445,7 @@ fn call(parts: &Parts) -> Call {
 
 /// The one non-empty value among `values`; repeats must agree. `Err` when they do not, or a value
 /// is longer than any genuine credential.
-fn one(values: impl Iterator<Item = String>) -> Result<Option<String>, ()> {
+pub(crate) fn one(values: impl Iterator<Item = String>) -> Result<Option<String>, ()> {
     let mut found: Option<String> = None;
     for value in values {
         if value.is_empty() {
@@ -465,7 +465,7 @@ fn one(values: impl Iterator<Item = String>) -> Result<Option<String>, ()> {
 
 /// `Prefer: wait=N` (RFC 7240): the first well-formed `wait` preference, in seconds. Malformed
 /// preferences are ignored, as the RFC asks.
-fn requested_wait(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn requested_wait(headers: &HeaderMap) -> Option<u64> {
     headers
         .get_all(PREFER)
         .iter()

@@ -55,7 +55,6 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `memory` | yes | [`backend::MemoryBackend`]: in-memory state and in-process workers |
-//! | `redis` | no | `backend::RedisBackend`: many web and worker processes over one Redis |
 //!
 //! ## Protocol
 //!
