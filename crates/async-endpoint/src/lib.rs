@@ -55,6 +55,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `memory` | yes | [`backend::MemoryBackend`]: in-memory state and in-process workers |
+//! | `redis` | no | `backend::RedisBackend`: many web and worker processes over one Redis |
 //!
 //! ## Protocol
 //!
