@@ -135,6 +135,7 @@ pub fn in_ci() -> bool {
 /// test) and returns, so the caller returns too.
 ///
 /// `test` names the test, `why` says what is missing.
+#[track_caller]
 pub fn skip_or_fail(test: &str, why: &str) {
     assert!(
         !in_ci(),
@@ -338,17 +339,17 @@ impl fmt::Debug for Browser {
 impl Browser {
     /// Launches with [`Options::default`].
     pub fn launch() -> Result<Browser, Error> {
-        Self::launch_with(Options::default())
+        Self::launch_with(&Options::default())
     }
 
     /// Starts `chromedriver --port=<free port>` on loopback and opens a session for headless
     /// Chromium (see the crate docs for the flags).
-    pub fn launch_with(options: Options) -> Result<Browser, Error> {
+    pub fn launch_with(options: &Options) -> Result<Browser, Error> {
         browser_available().map_err(Error::Unavailable)?;
         // A free port can be taken between our probe and chromedriver's bind: try a few times.
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::start(&options) {
+            match Self::start(options) {
                 Ok(browser) => return Ok(browser),
                 Err(e) => last = e.to_string(),
             }
