@@ -10,7 +10,7 @@ function fakeJQuery() {
   function Deferred() {
     let state = "pending";
     let args = [];
-    const lists = { resolved: [], rejected: [], always: [] };
+    const lists = { resolved: [], rejected: [], always: [], progress: [] };
     const add = (which, when) =>
       function (...fns) {
         for (const f of fns.flat()) state === "pending" ? lists[which].push(f) : when(state) && f(...args);
@@ -21,6 +21,10 @@ function fakeJQuery() {
       done: add("resolved", (s) => s === "resolved"),
       fail: add("rejected", (s) => s === "rejected"),
       always: add("always", () => true),
+      progress(...fns) {
+        lists.progress.push(...fns.flat());
+        return this;
+      },
       then(ok, ko) {
         const next = Deferred();
         const wrap = (fn, settle) => (...a) => {
@@ -45,7 +49,11 @@ function fakeJQuery() {
       for (const f of [...lists[s], ...lists.always]) f(...a);
       return deferred;
     };
-    return Object.assign(deferred, { resolve: settle("resolved"), reject: settle("rejected") });
+    const notify = (...a) => {
+      if (state === "pending") for (const f of lists.progress) f(...a);
+      return deferred;
+    };
+    return Object.assign(deferred, { resolve: settle("resolved"), reject: settle("rejected"), notify });
   }
   return { Deferred };
 }
@@ -167,6 +175,7 @@ test("real jQuery 3: .success/.error/.done/.always", { skip: !existsSync(JQUERY)
     const clock = fakeClock();
     const out = {};
     const p = $.getAsyncRequest("/x", 10000, opts(clock, fakeFetch(clock, steps)))
+      .progress((u) => (out.progress = u.progress))
       .success((r) => (out.success = r))
       .error((r) => (out.error = r))
       .always(() => (out.always = true));
@@ -174,8 +183,11 @@ test("real jQuery 3: .success/.error/.done/.always", { skip: !existsSync(JQUERY)
     out.state = p.state();
     return out;
   };
-  assert.deepEqual(await run([accepted(), reply(200, { a: 1 })]), { success: { a: 1 }, always: true, state: "resolved" });
-  assert.deepEqual(await run([accepted(), reply(422, { error: "no" })]), { error: { error: "no" }, always: true, state: "rejected" });
+  assert.deepEqual(await run([accepted(), reply(200, { a: 1 })]), { progress: null, success: { a: 1 }, always: true, state: "resolved" });
+  const step = { at: 1, total: 2, percent: 50, message: "half" };
+  const withProgress = await run([accepted(), accepted({ status: "running", progress: step }), reply(200, { a: 2 })]);
+  assert.deepEqual(withProgress.progress, step, "jQuery's .progress(fn) receives progress updates");
+  assert.deepEqual(await run([accepted(), reply(422, { error: "no" })]), { progress: null, error: { error: "no" }, always: true, state: "rejected" });
   const timedOut = await run([accepted(), hang]);
   assert.equal(timedOut.error.kind, "timeout");
 });

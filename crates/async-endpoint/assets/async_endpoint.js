@@ -417,6 +417,12 @@ export function installJQuery($) {
     const deferred = $.Deferred();
     const opts = { ...options };
     if (timeout != null) opts.timeout = timeout;
+    // Progress also reaches jQuery's own `.progress(fn)`.
+    const userProgress = opts.onProgress;
+    opts.onProgress = (update) => {
+      if (userProgress) userProgress(update);
+      deferred.notify(update);
+    };
     // Blocks, not expressions: returning the (thenable) Deferred would make the native promise
     // adopt its rejection and report it as unhandled.
     asyncRequest(url, opts).then(

@@ -490,9 +490,11 @@ const PAGE: &str = r#"<!doctype html>
     $.getAsyncRequest("/broken", 10000).success(function(r){ record("jq-failure", {callback: "success", arg: r}); }).error(function(r){ record("jq-failure", {callback: "error", arg: r}); });
     $.getAsyncRequest("/forever", 10000).success(function(r){ record("jq-timeout", {callback: "success", arg: r}); }).error(function(r){ record("jq-timeout", {callback: "error", arg: r}); });
 
-    // Progress: the plugin takes asyncRequest options as a third argument.
+    // Progress: jQuery's own .progress(fn) (the plugin also takes asyncRequest options, e.g.
+    // onProgress, as a third argument).
     var updates = [], always = false;
-    var p = $.getAsyncRequest("/report?who=jquery-progress", 10000, { onProgress: function (u) { updates.push(u); } });
+    var p = $.getAsyncRequest("/report?who=jquery-progress", 10000);
+    p.progress(function (u) { updates.push(u); });
     p.always(function () { always = true; });
     p.then(function (r) { return r.who + " seen by then"; })
       .done(function (v) { record("jq-progress", {then: v, always: always, updates: updates}); })
