@@ -41,6 +41,11 @@ macro_rules! suite {
             fetch_blocks_until_a_job_arrives,
             released_job_is_delivered_again,
             records_expire_after_ttl,
+            duplicate_delivery_first_outcome_wins,
+            finish_exactly_at_the_deadline_stands,
+            finish_racing_a_deadline_poll_agree,
+            progress_racing_finish_changes_nothing_after,
+            polls_racing_finish_agree,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -472,4 +477,292 @@ pub async fn records_expire_after_ttl<B: Backend>(b: Arc<B>) {
     );
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(b.poll(r.id, now(), &timeout_failure()).await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Races: the first terminal state wins and every observer agrees.
+
+/// The same job delivered twice (a hand-back and a second delivery while the first still runs,
+/// as when a worker is presumed dead): both runs may start, both finish at once with different
+/// outcomes, and exactly one outcome stands for everybody.
+pub async fn duplicate_delivery_first_outcome_wins<B: Backend>(b: Arc<B>) {
+    for round in 0..5 {
+        let r = create(&*b, 60_000).await;
+        let first = fetch_one(&*b, r.id).await;
+        run(&*b, &first).await;
+        b.release(&first).await.unwrap();
+        let second = fetch_one(&*b, r.id).await;
+        assert_eq!(second.id, r.id);
+        // The second delivery of a running job may run (at-least-once).
+        run(&*b, &second).await;
+        let finishers: Vec<_> = [(first, "first"), (second, "second")]
+            .into_iter()
+            .map(|(job, who)| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let outcome = if round % 2 == 0 {
+                        Outcome::Done(format!("\"{who}\""))
+                    } else {
+                        Outcome::Failed(Failure::new(who))
+                    };
+                    b.finish(&job, outcome, now(), &timeout_failure())
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut stands = Vec::new();
+        for f in finishers {
+            stands.push(f.await.unwrap());
+        }
+        assert_eq!(
+            stands[0], stands[1],
+            "both finishers see the outcome that stands"
+        );
+        let s = b
+            .poll(r.id, now(), &timeout_failure())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.status, stands[0]);
+        match s.status {
+            Status::Done => {
+                let out = s.output.as_deref().unwrap();
+                assert!(out == "\"first\"" || out == "\"second\"", "{out}");
+                assert_eq!(s.failure, None);
+            }
+            Status::Failed => {
+                let m = s.failure.as_ref().map(Failure::message).unwrap();
+                assert!(m == "first" || m == "second", "{m}");
+                assert_eq!(s.output, None);
+            }
+            other => panic!("not terminal: {other:?}"),
+        }
+        // A third delivery of the finished job does not run.
+        let again = Job {
+            deliveries: 3,
+            ..fetch_or_clone(&*b, r.id).await
+        };
+        assert_eq!(
+            b.begin(&again, now(), &timeout_failure()).await.unwrap(),
+            Begin::Skip
+        );
+        assert_eq!(
+            b.poll(r.id, now(), &timeout_failure())
+                .await
+                .unwrap()
+                .unwrap(),
+            s
+        );
+    }
+}
+
+/// A job delivered again if the backend still has it queued, else a clone of the delivery.
+async fn fetch_or_clone<B: Backend>(b: &B, id: RequestId) -> Job {
+    let jobs = b
+        .fetch(&[TASK], 100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    jobs.into_iter().find(|j| j.id == id).unwrap_or(Job {
+        id,
+        task: TASK.to_owned(),
+        receipt: String::new(),
+        deliveries: 1,
+    })
+}
+
+/// The deadline is the last moment a request may still finish: a poll exactly at it does not
+/// time the request out, and an outcome written exactly at it stands.
+pub async fn finish_exactly_at_the_deadline_stands<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    let at = r.deadline_ms;
+    let s = b.poll(r.id, at, &timeout_failure()).await.unwrap().unwrap();
+    assert_eq!(
+        s.status,
+        Status::Running,
+        "a poll exactly at the deadline is not past it"
+    );
+    let stands = b
+        .finish(&job, Outcome::Done("7".into()), at, &timeout_failure())
+        .await
+        .unwrap();
+    assert_eq!(stands, Status::Done);
+    // Later polls, past the deadline, see the outcome that was written in time.
+    let s = b
+        .poll(r.id, at + 1, &timeout_failure())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.status, Status::Done);
+    assert_eq!(s.output.as_deref(), Some("7"));
+}
+
+/// A worker finishing exactly at the deadline while a poll arrives one millisecond after it:
+/// either may win, but the finisher, the racing poll and every later poll agree.
+pub async fn finish_racing_a_deadline_poll_agree<B: Backend>(b: Arc<B>) {
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let r = create(&*b, 60_000).await;
+        let job = fetch_one(&*b, r.id).await;
+        run(&*b, &job).await;
+        let finisher = {
+            let (b, job) = (b.clone(), job.clone());
+            tokio::spawn(async move {
+                b.finish(
+                    &job,
+                    Outcome::Done("1".into()),
+                    r.deadline_ms,
+                    &timeout_failure(),
+                )
+                .await
+                .unwrap()
+            })
+        };
+        let poller = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                b.poll(r.id, r.deadline_ms + 1, &timeout_failure())
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+        };
+        let stands = finisher.await.unwrap();
+        let polled = poller.await.unwrap();
+        assert!(
+            polled.status.is_terminal(),
+            "past the deadline a poll sees a final state"
+        );
+        let last = b
+            .poll(r.id, now(), &timeout_failure())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stands, polled.status, "finisher and racing poll agree");
+        assert_eq!(last, polled, "later polls see what the racing poll saw");
+        match last.status {
+            Status::Done => assert_eq!(last.output.as_deref(), Some("1")),
+            Status::Failed => assert_eq!(last.failure, Some(timeout_failure())),
+            other => panic!("not terminal: {other:?}"),
+        }
+        seen.insert(last.status);
+    }
+    eprintln!("finish vs deadline poll: outcomes seen {seen:?}");
+}
+
+/// Progress written while and after the request finishes: the outcome is untouched and, once
+/// it stands, nothing about the record changes any more.
+pub async fn progress_racing_finish_changes_nothing_after<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    let writers: Vec<_> = (0..20u64)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                b.progress(r.id, &Progress::new(i, Some(20), format!("step {i}")))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    let stands = b
+        .finish(
+            &job,
+            Outcome::Done("\"ok\"".into()),
+            now(),
+            &timeout_failure(),
+        )
+        .await
+        .unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(stands, Status::Done);
+    let after = b
+        .poll(r.id, now(), &timeout_failure())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.status, Status::Done);
+    assert_eq!(after.output.as_deref(), Some("\"ok\""));
+    if let Some(p) = &after.progress {
+        assert!(p.message.starts_with("step "), "{p:?}");
+    }
+    for i in 0..10u64 {
+        b.progress(r.id, &Progress::new(100 + i, None, "late"))
+            .await
+            .unwrap();
+        b.retrying(r.id).await.unwrap();
+    }
+    assert_eq!(
+        b.poll(r.id, now(), &timeout_failure())
+            .await
+            .unwrap()
+            .unwrap(),
+        after,
+        "nothing changes once terminal"
+    );
+}
+
+/// 50 concurrent pollers while the request finishes: each sees the request under way until it
+/// sees it final, never under way again after, and all see the same final snapshot.
+pub async fn polls_racing_finish_agree<B: Backend>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    let pollers: Vec<_> = (0..50)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let mut under_way = 0u32;
+                let give_up = std::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    let s = b
+                        .poll(r.id, now(), &timeout_failure())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    if s.status.is_terminal() {
+                        // Once final, it stays final.
+                        for _ in 0..3 {
+                            let again = b.poll(r.id, now(), &timeout_failure()).await.unwrap();
+                            assert_eq!(again.as_ref(), Some(&s));
+                        }
+                        return (s, under_way);
+                    }
+                    under_way += 1;
+                    assert!(
+                        std::time::Instant::now() < give_up,
+                        "never saw the request finish"
+                    );
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stands = b
+        .finish(
+            &job,
+            Outcome::Done("\"final\"".into()),
+            now(),
+            &timeout_failure(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stands, Status::Done);
+    let mut finals = Vec::new();
+    for p in pollers {
+        finals.push(p.await.unwrap());
+    }
+    assert!(
+        finals.iter().all(|(s, _)| s == &finals[0].0),
+        "every poll agrees"
+    );
+    assert_eq!(finals[0].0.output.as_deref(), Some("\"final\""));
+    let polls_before: u32 = finals.iter().map(|(_, n)| n).sum();
+    assert!(polls_before > 0, "the polls raced the finish");
 }
