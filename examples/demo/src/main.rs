@@ -1,105 +1,118 @@
 //! The async-endpoint demo: `cargo run -p demo`, then open the URL it prints.
 //!
-//! A form calls a deliberately slow fake external API through async-endpoint. `PORT` sets the port
-//! (default 3000).
+//! - `cargo run -p demo`: page, endpoints and workers in one process, state in memory.
+//! - `REDIS_URL=redis://127.0.0.1:6379/ cargo run -p demo`: the same on Redis.
+//! - `… cargo run -p demo -- web` / `-- worker` (or `DEMO_ROLE`): web-only and worker-only
+//!   processes on one Redis, to run several of each.
+//!
+//! `PORT` (default 3000; 0 picks a free one), `SECRET`, `TOKIO_WORKER_THREADS` (default 2).
+//! Ctrl-C or SIGTERM shuts down gracefully.
 
-use std::time::Duration;
+use std::process::ExitCode;
 
-use async_endpoint::{AsyncEndpoint, AsyncRequest, AsyncTask, Failure, TaskContext};
-use axum::extract::Query;
-use axum::response::{Html, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use demo::{Role, Settings};
 
-/// What the slow call needs: how long it takes and whether it fails.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-struct SlowParams {
-    seconds: u64,
-    fail: bool,
-}
-
-/// What the slow call returns.
-#[derive(Debug, Serialize, Deserialize)]
-struct SlowOutput {
-    answer: String,
-    took_seconds: u64,
-}
-
-/// Calls the slow fake API, reporting progress every second.
-struct SlowCall;
-
-impl AsyncTask for SlowCall {
-    const NAME: &'static str = "slow_call";
-    type Params = SlowParams;
-    type Output = SlowOutput;
-
-    async fn execute_task(&self, p: SlowParams, ctx: TaskContext) -> Result<SlowOutput, Failure> {
-        let seconds = p.seconds.clamp(1, 30);
-        for s in 0..seconds {
-            ctx.progress(
-                s,
-                Some(seconds),
-                format!("waiting for the external API ({s}/{seconds} s)"),
-            )
-            .await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_endpoint=info".into()),
+        )
+        .init();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("demo: {error}");
+            return ExitCode::from(2);
         }
-        if p.fail {
-            return Err(Failure::new("The external API said no."));
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.runtime_threads)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("demo: cannot start the Tokio runtime: {error}");
+            return ExitCode::FAILURE;
         }
-        Ok(SlowOutput {
-            answer: "42".into(),
-            took_seconds: seconds,
-        })
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("demo: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-async fn slow(request: AsyncRequest<SlowCall>, Query(params): Query<SlowParams>) -> Response {
-    request
-        .init(params)
-        .handle(
-            |out| Json(json!({ "answer": out.answer, "took_seconds": out.took_seconds })),
-            |failure| Json(json!({ "error": failure.message() })),
-        )
+// The URL line is the demo's user interface (and what the tests read), so it goes to stdout.
+#[allow(clippy::print_stdout)]
+async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let endpoint = demo::endpoint(&settings).await?;
+    let backend = if settings.redis_url.is_some() {
+        "Redis"
+    } else {
+        "in-memory"
+    };
+    if settings.role == Role::Worker {
+        println!(
+            "async-endpoint demo worker (pid {}, {backend} backend) running; Ctrl-C to stop",
+            std::process::id()
+        );
+        endpoint.run_worker(shutdown_signal()).await;
+        tracing::info!("worker stopped");
+        return Ok(());
+    }
+    let app = demo::router(
+        &endpoint,
+        &settings,
+        settings.runtime_threads,
+        demo::load_jquery(),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", settings.port))
         .await
-}
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
-}
-
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let port: u16 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(3000);
-    let endpoint = AsyncEndpoint::builder()
-        .secret(
-            std::env::var("SECRET")
-                .unwrap_or_else(|_| "demo secret: change me, at least 32 bytes long".into()),
-        )
-        .task(SlowCall)
-        .build()?;
-    let app = Router::new()
-        .route("/", get(index))
-        .route("/slow", get(slow))
-        .layer(endpoint.layer());
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    tracing::info!("demo listening on http://{}", listener.local_addr()?);
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", settings.port))?;
+    println!(
+        "async-endpoint demo ({}, {backend} backend, pid {}) listening on http://{}/",
+        settings.role.label(),
+        std::process::id(),
+        listener.local_addr()?
+    );
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
+    tracing::info!("HTTP server stopped; stopping workers");
     endpoint.shutdown().await;
     Ok(())
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
 }

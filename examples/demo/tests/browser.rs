@@ -1,0 +1,277 @@
+//! The demo page in a real browser (headless Chromium through `browser-harness`): the built
+//! `demo` binary is started on a free port; the test starts requests from the form and checks
+//! that progress advances and the result shows, that a failure shows the error, that the
+//! synchronous buttons and the jQuery example answer, and that the heartbeat stalls while the
+//! blocking client holds every runtime thread. It saves a screenshot to `target/demo.png`.
+//!
+//! Skips loudly without chromium/chromedriver (fails when `CI=true`).
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use browser_harness::{Browser, Options};
+use serde_json::Value;
+use support::Demo;
+
+/// Bounds for things that take seconds when the machine is idle; generous for a loaded one.
+const LONG: Duration = Duration::from_secs(60);
+
+/// Sets the form: query, delay (s), failure rate (%), requests at once.
+fn set_form(browser: &Browser, q: &str, delay_s: u32, fail: u32, count: u32) {
+    browser
+        .execute(
+            "const [q, delay, fail, count] = arguments;
+             const set = (id, v) => {
+               const input = document.getElementById(id);
+               input.value = String(v);
+               input.dispatchEvent(new Event('input', { bubbles: true }));
+             };
+             set('q', q); set('delay', delay); set('fail', fail);
+             document.querySelector(`input[name=count][value='${count}']`).click();",
+            &[q.into(), delay_s.into(), fail.into(), count.into()],
+        )
+        .expect("set the form");
+}
+
+/// `document.querySelector('.card[data-n="n"]')` as a JS expression.
+fn card(n: u32) -> String {
+    format!("document.querySelector('.card[data-n=\"{n}\"]')")
+}
+
+/// Where screenshots go: the target directory (the built binary's profile directory's parent).
+fn screenshot_path(name: &str) -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_demo"));
+    exe.parent()
+        .and_then(|profile| profile.parent())
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        .join(name)
+}
+
+#[test]
+fn demo_page_in_chromium() {
+    if !browser_harness::browser_or_skip("demo_page_in_chromium") {
+        return;
+    }
+    let demo = Demo::start(&[], &[]);
+    let url = demo.url();
+    let browser =
+        Browser::launch_with(&Options::default().window(1280, 1200)).expect("launch chromium");
+    browser.goto(&format!("{url}/")).expect("open the page");
+    assert_eq!(browser.title().expect("title"), "async-endpoint · demo");
+    browser
+        .wait_for("document.querySelector('#facts b')", LONG)
+        .expect("server facts load from /api/info");
+    let facts = browser.text("#facts").expect("facts");
+    assert!(facts.contains("memory"), "facts: {facts}");
+
+    // 1. One request: progress strictly between 0 and 100 is seen, then it advances, then the result.
+    set_form(&browser, "browser", 4, 0, 1);
+    browser.click("#start").expect("click start");
+    let c1 = card(1);
+    let first = browser
+        .wait_for(
+            &format!("{c1} && {c1}.dataset.state === 'running' && +{c1}.dataset.percent > 0 && +{c1}.dataset.percent < 100 && +{c1}.dataset.percent"),
+            LONG,
+        )
+        .expect("progress between 0 and 100 while running");
+    let first = first.as_f64().expect("percent is a number");
+    browser
+        .wait_for(
+            &format!("+{c1}.dataset.percent > {first} || {c1}.dataset.state === 'done'"),
+            LONG,
+        )
+        .expect("progress advances");
+    browser
+        .wait_for(&format!("{c1}.dataset.state === 'done'"), LONG)
+        .expect("the request finishes");
+    let result = browser.text(".card[data-n=\"1\"] .result").expect("result");
+    assert!(result.contains("results for “browser”"), "result: {result}");
+    assert!(result.contains("worker pid"), "result: {result}");
+    assert_eq!(
+        browser
+            .execute(&format!("return {c1}.dataset.percent;"), &[])
+            .expect("percent"),
+        Value::from("100")
+    );
+
+    // 2. A failure shows the task's error message.
+    set_form(&browser, "failing", 2, 100, 1);
+    browser.click("#start").expect("click start");
+    let c2 = card(2);
+    browser
+        .wait_for(&format!("{c2} && {c2}.dataset.state === 'failed'"), LONG)
+        .expect("the request fails");
+    let error = browser.text(".card[data-n=\"2\"] .result").expect("error");
+    assert!(
+        error.contains("The external API answered 503 Service Unavailable"),
+        "error: {error}"
+    );
+    assert!(
+        browser
+            .text(".card[data-n=\"2\"] .chip")
+            .expect("chip")
+            .contains("422"),
+        "the failure is the 422 answer"
+    );
+
+    // 3. The original jQuery call (jQuery is served when libjs-jquery is installed).
+    let has_jquery = browser
+        .execute(
+            "return !document.getElementById('jquery-panel').hidden;",
+            &[],
+        )
+        .expect("jquery panel");
+    if std::path::Path::new(demo::JQUERY_PATH).exists() {
+        assert_eq!(
+            has_jquery,
+            Value::Bool(true),
+            "jQuery is installed: the example shows"
+        );
+        set_form(&browser, "jquery", 2, 0, 1);
+        browser
+            .click("#jquery-run")
+            .expect("run the jQuery example");
+        browser
+            .wait_for(
+                "document.getElementById('jquery-out').dataset.state === 'done'",
+                LONG,
+            )
+            .expect("$.getAsyncRequest(url, 10000).success(...) is called");
+        let out = browser.text("#jquery-out").expect("jquery output");
+        assert!(out.contains("results for “jquery”"), "jQuery output: {out}");
+    } else {
+        assert_eq!(
+            has_jquery,
+            Value::Bool(false),
+            "no jQuery: the example is hidden"
+        );
+    }
+
+    // 4. Synchronous, awaiting: one answer after the whole delay.
+    set_form(&browser, "hello", 2, 0, 1);
+    browser.click("#sync-await").expect("click await");
+    browser
+        .wait_for(
+            "document.getElementById('sync-await-out').dataset.state === 'done'",
+            LONG,
+        )
+        .expect("the awaiting handler answers");
+    let out = browser.text("#sync-await-out").expect("await output");
+    assert!(out.starts_with("200 after"), "await output: {out}");
+
+    // 5. Synchronous, blocking: one call per runtime thread stalls the whole server, so the
+    //    heartbeat shows a stall. (Behaviour, not speed: the calls block for 5 s and a stall is
+    //    reported after 0.4 s without an answer.)
+    set_form(&browser, "hello", 5, 0, 1);
+    browser.click("#sync-blocking").expect("click blocking");
+    browser
+        .wait_for(
+            "document.getElementById('hb-status').dataset.state === 'stalled'",
+            LONG,
+        )
+        .expect("the heartbeat stalls while the runtime threads are blocked");
+    browser
+        .wait_for(
+            "document.getElementById('sync-blocking-out').dataset.state === 'done'",
+            LONG,
+        )
+        .expect("the blocking handlers answer");
+    browser
+        .wait_for(
+            "document.getElementById('hb-status').dataset.state !== 'stalled'",
+            LONG,
+        )
+        .expect("the heartbeat recovers");
+    let misses = browser
+        .execute(
+            "return document.querySelectorAll('#hb i.miss').length;",
+            &[],
+        )
+        .expect("count missed beats");
+    assert!(misses.as_u64().unwrap_or(0) > 0, "missed beats are drawn");
+
+    // 6. Several at once, for the screenshot: three running cards above the finished ones.
+    set_form(&browser, "weather in Lisbon", 12, 20, 3);
+    browser.click("#start").expect("click start");
+    browser
+        .wait_for(
+            "[3, 4, 5].map(n => document.querySelector(`.card[data-n=\"${n}\"]`)).every(c => c && +c.dataset.percent >= 25) || [...document.querySelectorAll('.card')].some(c => +c.dataset.n > 2 && ['done', 'failed', 'error'].includes(c.dataset.state))",
+            LONG,
+        )
+        .expect("three requests run at once, each with its own progress");
+    let running = browser
+        .execute(
+            "return [...document.querySelectorAll('.card')].filter(c => c.dataset.state === 'running').length;",
+            &[],
+        )
+        .expect("count running cards");
+    assert!(running.as_u64().unwrap_or(0) >= 1, "requests run at once");
+    let path = screenshot_path("demo.png");
+    browser.screenshot_png(&path).expect("save the screenshot");
+    let size = std::fs::metadata(&path).expect("screenshot written").len();
+    assert!(size > 10_000, "the screenshot has content ({size} bytes)");
+
+    // No script errors or failed loads on the page.
+    let severe: Vec<_> = browser
+        .console_logs()
+        .expect("console logs")
+        .into_iter()
+        .filter(|l| l.level == "SEVERE")
+        // The failures this test asks for are logged by Chromium as failed loads; they are not
+        // page errors.
+        .filter(|l| !l.message.contains("status of 422"))
+        .collect();
+    assert!(severe.is_empty(), "console errors: {severe:#?}");
+}
+
+#[test]
+fn demo_page_fits_a_phone_screen() {
+    if !browser_harness::browser_or_skip("demo_page_fits_a_phone_screen") {
+        return;
+    }
+    let demo = Demo::start(&[], &[]);
+    let browser =
+        Browser::launch_with(&Options::default().window(390, 900)).expect("launch chromium");
+    browser
+        .goto(&format!("{}/", demo.url()))
+        .expect("open the page");
+    browser
+        .wait_for("document.querySelector('#facts b')", LONG)
+        .expect("server facts load");
+    set_form(&browser, "phone", 1, 0, 1);
+    browser.click("#start").expect("click start");
+    browser
+        .wait_for(
+            &format!("{c} && {c}.dataset.state === 'done'", c = card(1)),
+            LONG,
+        )
+        .expect("the request finishes");
+    // One column, nothing wider than the screen.
+    let overflow = browser
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            &[],
+        )
+        .expect("measure");
+    assert_eq!(
+        overflow,
+        Value::from(0),
+        "no horizontal scrolling on a phone"
+    );
+    let columns = browser
+        .execute(
+            "return getComputedStyle(document.querySelector('.layout')).gridTemplateColumns.split(' ').length;",
+            &[],
+        )
+        .expect("grid columns");
+    assert_eq!(
+        columns,
+        Value::from(1),
+        "the panels stack on a narrow screen"
+    );
+    browser
+        .screenshot_png(screenshot_path("demo-phone.png"))
+        .expect("save the screenshot");
+}
