@@ -41,12 +41,13 @@ async function loadInfo() {
   try {
     const info = await (await fetch("/api/info", { cache: "no-store" })).json();
     runtimeThreads = info.runtime_threads;
-    $id("threads").textContent = String(runtimeThreads);
+    $id("threads").textContent = runtimeThreads === 1 ? "1 user" : `${runtimeThreads} users`;
     facts.replaceChildren(
       el("span", {}, "backend ", el("b", { textContent: info.backend })),
       el("span", {}, "role ", el("b", { textContent: info.role })),
       el("span", {}, "pid ", el("b", { textContent: String(info.pid) })),
-      el("span", {}, el("b", { textContent: String(info.runtime_threads) }), " runtime threads"),
+      el("span", {}, el("b", { textContent: String(info.runtime_threads) }),
+        info.runtime_threads === 1 ? " runtime thread" : " runtime threads"),
     );
     if (info.jquery && window.jQuery && window.jQuery.getAsyncRequest) $id("jquery-panel").hidden = false;
   } catch (e) {

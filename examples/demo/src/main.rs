@@ -83,7 +83,8 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    tracing::info!("HTTP server stopped; stopping workers");
+    tracing::info!("HTTP server stopped");
+    // Stops this process's workers (role `all`); a no-op for web-only processes.
     endpoint.shutdown().await;
     Ok(())
 }

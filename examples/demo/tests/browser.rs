@@ -161,36 +161,19 @@ fn demo_page_in_chromium() {
     let out = browser.text("#sync-await-out").expect("await output");
     assert!(out.starts_with("200 after"), "await output: {out}");
 
-    // 5. Synchronous, blocking: one call per runtime thread stalls the whole server, so the
-    //    heartbeat shows a stall. (Behaviour, not speed: the calls block for 5 s and a stall is
-    //    reported after 0.4 s without an answer.)
+    // 5. Synchronous, blocking: one call per runtime thread (two here). Which thread each lands
+    //    on is the scheduler's business, so the stall itself is asserted in the one-thread test
+    //    below; here both users get their answer, and the screenshot shows the heartbeat.
     set_form(&browser, "hello", 5, 0, 1);
     browser.click("#sync-blocking").expect("click blocking");
-    browser
-        .wait_for(
-            "document.getElementById('hb-status').dataset.state === 'stalled'",
-            LONG,
-        )
-        .expect("the heartbeat stalls while the runtime threads are blocked");
     browser
         .wait_for(
             "document.getElementById('sync-blocking-out').dataset.state === 'done'",
             LONG,
         )
         .expect("the blocking handlers answer");
-    browser
-        .wait_for(
-            "document.getElementById('hb-status').dataset.state !== 'stalled'",
-            LONG,
-        )
-        .expect("the heartbeat recovers");
-    let misses = browser
-        .execute(
-            "return document.querySelectorAll('#hb i.miss').length;",
-            &[],
-        )
-        .expect("count missed beats");
-    assert!(misses.as_u64().unwrap_or(0) > 0, "missed beats are drawn");
+    let out = browser.text("#sync-blocking-out").expect("blocking output");
+    assert_eq!(out.matches("200 after").count(), 2, "two users: {out}");
 
     // 6. Several at once, for the screenshot: three running cards above the finished ones.
     set_form(&browser, "weather in Lisbon", 12, 20, 3);
@@ -227,11 +210,12 @@ fn demo_page_in_chromium() {
 }
 
 #[test]
-fn demo_page_fits_a_phone_screen() {
-    if !browser_harness::browser_or_skip("demo_page_fits_a_phone_screen") {
+fn on_one_runtime_thread_a_blocking_call_stalls_everything_and_the_page_fits_a_phone() {
+    let name = "on_one_runtime_thread_a_blocking_call_stalls_everything_and_the_page_fits_a_phone";
+    if !browser_harness::browser_or_skip(name) {
         return;
     }
-    let demo = Demo::start(&[], &[]);
+    let demo = Demo::start(&[], &[("TOKIO_WORKER_THREADS", "1")]);
     let browser =
         Browser::launch_with(&Options::default().window(390, 900)).expect("launch chromium");
     browser
@@ -240,14 +224,13 @@ fn demo_page_fits_a_phone_screen() {
     browser
         .wait_for("document.querySelector('#facts b')", LONG)
         .expect("server facts load");
-    set_form(&browser, "phone", 1, 0, 1);
-    browser.click("#start").expect("click start");
-    browser
-        .wait_for(
-            &format!("{c} && {c}.dataset.state === 'done'", c = card(1)),
-            LONG,
-        )
-        .expect("the request finishes");
+    assert!(
+        browser
+            .text("#facts")
+            .expect("facts")
+            .contains("1 runtime thread")
+    );
+
     // One column, nothing wider than the screen.
     let overflow = browser
         .execute(
@@ -271,6 +254,52 @@ fn demo_page_fits_a_phone_screen() {
         Value::from(1),
         "the panels stack on a narrow screen"
     );
+
+    // With the only runtime thread asleep in a blocking client, the heartbeat gets no answer
+    // (reported after 0.4 s; the call blocks for 4 s), then recovers.
+    set_form(&browser, "phone", 4, 0, 1);
+    browser
+        .wait_for(
+            "document.querySelectorAll('#hb i:not(.none)').length > 0",
+            LONG,
+        )
+        .expect("the heartbeat beats");
+    browser.click("#sync-blocking").expect("click blocking");
+    browser
+        .wait_for(
+            "document.getElementById('hb-status').dataset.state === 'stalled'",
+            LONG,
+        )
+        .expect("the heartbeat stalls while the only runtime thread is blocked");
+    browser
+        .wait_for(
+            "document.getElementById('sync-blocking-out').dataset.state === 'done'",
+            LONG,
+        )
+        .expect("the blocking handler answers");
+    browser
+        .wait_for(
+            "document.getElementById('hb-status').dataset.state !== 'stalled'",
+            LONG,
+        )
+        .expect("the heartbeat recovers");
+    let misses = browser
+        .execute(
+            "return document.querySelectorAll('#hb i.miss').length;",
+            &[],
+        )
+        .expect("count missed beats");
+    assert!(misses.as_u64().unwrap_or(0) > 0, "missed beats are drawn");
+
+    // The async path works on one thread too.
+    set_form(&browser, "phone", 1, 0, 1);
+    browser.click("#start").expect("click start");
+    browser
+        .wait_for(
+            &format!("{c} && {c}.dataset.state === 'done'", c = card(1)),
+            LONG,
+        )
+        .expect("the request finishes");
     browser
         .screenshot_png(screenshot_path("demo-phone.png"))
         .expect("save the screenshot");

@@ -102,7 +102,7 @@ async fn start_and_poll(app: &Router, uri: &str) -> (Reply, Vec<Value>) {
 async fn lookup_starts_with_202_reports_progress_and_ends_with_200() {
     let (endpoint, app) = app(None).await;
     let (done, progress) =
-        start_and_poll(&app, "/api/lookup?q=tea&delay_ms=1500&fail_rate=0").await;
+        start_and_poll(&app, "/api/lookup?q=tea&delay_ms=3000&fail_rate=0").await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     let body = done.json();
     assert!(
@@ -112,7 +112,7 @@ async fn lookup_starts_with_202_reports_progress_and_ends_with_200() {
         "{body}"
     );
     assert!(
-        body["took_ms"].as_u64().is_some_and(|ms| ms >= 1500),
+        body["took_ms"].as_u64().is_some_and(|ms| ms >= 3000),
         "{body}"
     );
     assert_eq!(body["worker_pid"], std::process::id(), "in-process worker");
