@@ -37,7 +37,16 @@ fn unique_dir() -> PathBuf {
     std::env::temp_dir().join(format!("ae-redis-test-{}-{n}", std::process::id()))
 }
 
-fn free_port() -> u16 {
+/// Without redis-server: fails under `CI=true`, otherwise says loudly that the test is skipped.
+fn skip_or_fail() {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("redis-server not found on PATH, and CI=true: install Redis to run the Redis tests");
+    }
+    eprintln!("\n*** SKIPPED: redis-server not found on PATH; Redis tests did not run ***\n");
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -45,6 +54,26 @@ fn free_port() -> u16 {
 }
 
 impl RedisServer {
+    /// Starts a private server on `port` (which the caller knows to be free).
+    pub fn start_at(port: u16) -> Option<RedisServer> {
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir: unique_dir(),
+            persistent: false,
+        };
+        std::fs::create_dir_all(&server.dir).expect("temp dir");
+        match server.spawn() {
+            Ok(true) => Some(server),
+            Ok(false) => panic!("redis-server did not start on port {port}"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                skip_or_fail();
+                None
+            }
+            Err(e) => panic!("could not start redis-server: {e}"),
+        }
+    }
+
     fn start(persistent: bool) -> Option<RedisServer> {
         let dir = unique_dir();
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -59,14 +88,7 @@ impl RedisServer {
                 Ok(true) => return Some(server),
                 Ok(false) => continue, // port taken in the meantime: try another
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if std::env::var("CI").is_ok_and(|v| v == "true") {
-                        panic!(
-                            "redis-server not found on PATH, and CI=true: install Redis to run the Redis tests"
-                        );
-                    }
-                    eprintln!(
-                        "\n*** SKIPPED: redis-server not found on PATH; Redis tests did not run ***\n"
-                    );
+                    skip_or_fail();
                     return None;
                 }
                 Err(e) => panic!("could not start redis-server: {e}"),
@@ -258,12 +280,18 @@ pub fn collect_lines(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<Vec<S
     lines
 }
 
-/// Waits until a line starting with `prefix` shows up; returns it.
+/// Waits until a line containing `prefix` shows up; returns the line from `prefix` on.
 pub fn wait_line(lines: &std::sync::Mutex<Vec<String>>, prefix: &str, within: Duration) -> String {
     let until = Instant::now() + within;
     loop {
-        if let Some(l) = lines.lock().unwrap().iter().find(|l| l.starts_with(prefix)) {
-            return l.clone();
+        // The test harness may print its own text before ours on the same line.
+        if let Some(at) = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.find(prefix).map(|i| l[i..].to_owned()))
+        {
+            return at;
         }
         assert!(
             Instant::now() < until,

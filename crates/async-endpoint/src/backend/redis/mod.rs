@@ -110,6 +110,10 @@ struct Inner {
     blocking: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     notifier: Notifier,
     subscriber_started: AtomicBool,
+    /// Set by the subscriber once its first subscription is active.
+    subscribed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// An operation stopped waiting for the first subscription: wake everyone once it is active.
+    missed: Arc<AtomicBool>,
     heartbeat_started: AtomicBool,
     queue: Mutex<queue::QueueState>,
     /// Entries delivered to this process and not yet terminal: (task, entry id) → heartbeat
@@ -214,6 +218,8 @@ impl RedisBackend {
                 blocking: tokio::sync::Mutex::new(None),
                 notifier: Notifier::default(),
                 subscriber_started: AtomicBool::new(false),
+                subscribed: Arc::new(tokio::sync::watch::channel(false).0),
+                missed: Arc::new(AtomicBool::new(false)),
                 heartbeat_started: AtomicBool::new(false),
                 queue: Mutex::new(queue::QueueState::default()),
                 in_flight: Mutex::new(HashMap::new()),
@@ -272,6 +278,30 @@ impl RedisBackend {
         m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Right after the first `watch`, holds reads and writes until the shared subscription is
+    /// active (bounded), so no change made meanwhile goes unnotified. This happens once per
+    /// process; later reconnects wake every waiter instead (spurious wake-ups are harmless
+    /// there, and a re-read tells them apart).
+    async fn await_subscriber(&self) {
+        let inner = &self.inner;
+        if !inner.subscriber_started.load(Ordering::Acquire) || inner.missed.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let mut ready = inner.subscribed.subscribe();
+        if *ready.borrow() {
+            return;
+        }
+        let bound = inner.settings.connection_timeout + inner.settings.response_timeout;
+        if tokio::time::timeout(bound, ready.wait_for(|ready| *ready))
+            .await
+            .is_err()
+        {
+            // Stop holding anyone up; the subscriber wakes every waiter once it gets through.
+            inner.missed.store(true, Ordering::Release);
+        }
+    }
+
     /// Starts the shared subscriber on first use (it needs a runtime, which `watch` runs in).
     fn ensure_subscriber(&self) {
         let inner = &self.inner;
@@ -292,6 +322,8 @@ impl RedisBackend {
                 channel: inner.keys.channel.clone(),
                 notifier: inner.notifier.clone(),
                 closed: inner.closed.subscribe(),
+                subscribed: inner.subscribed.clone(),
+                missed: inner.missed.clone(),
                 connection_timeout: inner.settings.connection_timeout,
                 response_timeout: inner.settings.response_timeout,
             }));
@@ -441,6 +473,7 @@ impl Backend for RedisBackend {
         now_ms: u64,
         timeout: &Failure,
     ) -> Result<Option<Snapshot>, Error> {
+        self.await_subscriber().await;
         let keys = &self.inner.keys;
         let mut conn = self.conn().await?;
         let mut call = self.inner.scripts.poll.prepare_invoke();
@@ -499,6 +532,7 @@ impl Backend for RedisBackend {
     }
 
     async fn begin(&self, job: &Job, now_ms: u64, timeout: &Failure) -> Result<Begin, Error> {
+        self.await_subscriber().await;
         let inner = &self.inner;
         let keys = &inner.keys;
         let begun = async {
@@ -558,6 +592,7 @@ impl Backend for RedisBackend {
     }
 
     async fn progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
+        self.await_subscriber().await;
         let keys = &self.inner.keys;
         let json = serde_json::to_string(&StoredProgress {
             at: progress.at,
@@ -577,6 +612,7 @@ impl Backend for RedisBackend {
     }
 
     async fn retrying(&self, id: RequestId) -> Result<(), Error> {
+        self.await_subscriber().await;
         let keys = &self.inner.keys;
         let mut conn = self.conn().await?;
         let mut call = self.inner.scripts.retrying.prepare_invoke();
@@ -595,6 +631,7 @@ impl Backend for RedisBackend {
         now_ms: u64,
         timeout: &Failure,
     ) -> Result<Status, Error> {
+        self.await_subscriber().await;
         let keys = &self.inner.keys;
         let (kind, value) = match outcome {
             Outcome::Done(output) => ("d", output),

@@ -2,10 +2,13 @@
 //! id each) into [`Notifier::notify`] calls, so waiting polls wake without polling Redis.
 //!
 //! It reconnects forever with backoff (100 ms doubling to 5 s). Messages published while it was
-//! disconnected are lost, so after every (re)subscription it wakes every waiter
-//! ([`Notifier::notify_all`]); each re-reads its request once. A PING every
+//! disconnected are lost, so after every re-subscription it wakes every waiter
+//! ([`Notifier::notify_all`]); each re-reads its request once. (The first subscription needs no
+//! such wake-up: until it is active, reads and writes of this process wait for it, bounded.) A PING every
 //! [`PING_EVERY`] detects a connection that died silently.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -25,6 +28,8 @@ pub(super) struct Subscriber {
     pub(super) closed: tokio::sync::watch::Receiver<()>,
     pub(super) connection_timeout: Duration,
     pub(super) response_timeout: Duration,
+    pub(super) subscribed: Arc<tokio::sync::watch::Sender<bool>>,
+    pub(super) missed: Arc<AtomicBool>,
 }
 
 pub(super) async fn run(mut s: Subscriber) {
@@ -74,8 +79,12 @@ pub(super) async fn run(mut s: Subscriber) {
             tracing::info!("wake-up subscriber reconnected");
         }
         backoff = BACKOFF_MIN;
-        // Anything published while we were not subscribed is lost: let every waiter re-read.
-        s.notifier.notify_all();
+        if *s.subscribed.borrow() || s.missed.swap(false, Ordering::AcqRel) {
+            // Anything published while we were not subscribed is lost: every waiter re-reads.
+            s.notifier.notify_all();
+        }
+        // The first time, operations waited for this (see `await_subscriber`): nothing was lost.
+        s.subscribed.send_replace(true);
         let (mut sink, mut messages) = pubsub.split();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

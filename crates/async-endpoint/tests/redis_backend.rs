@@ -1,0 +1,235 @@
+//! Redis-specific behaviour beyond the conformance suite: 503 while Redis is unreachable and
+//! recovery when it appears, poison jobs stopped by `max_deliveries`, bounded streams, and the
+//! memory a record costs. Each test runs its own private redis-server.
+#![cfg(feature = "redis")]
+
+mod redis_support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_endpoint::backend::{Backend, Begin, NewRequest, Outcome, RedisBackend};
+use async_endpoint::{
+    AsyncEndpoint, AsyncRequest, AsyncTask, Failure, FailureKind, RequestId, Status, TaskContext,
+};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+
+const TASK: &str = "redis_task";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn request(params: &str) -> NewRequest {
+    let created = now();
+    NewRequest {
+        id: RequestId::random(),
+        task: TASK,
+        params: params.to_owned(),
+        created_ms: created,
+        deadline_ms: created + 60_000,
+        ttl: Duration::from_secs(3600),
+    }
+}
+
+fn timeout() -> Failure {
+    Failure::new("too late")
+}
+
+struct Upper;
+
+impl AsyncTask for Upper {
+    const NAME: &'static str = "upper";
+    type Params = String;
+    type Output = String;
+
+    async fn execute_task(&self, text: String, _ctx: TaskContext) -> Result<String, Failure> {
+        Ok(text.to_uppercase())
+    }
+}
+
+async fn upper(request: AsyncRequest<Upper>) -> Response {
+    request
+        .init("hello".to_owned())
+        .handle(Json, |f| Json(f.message().to_owned()))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_answers_503_then_recovers_by_itself() {
+    // Nothing listens on this port yet: the process must start anyway (lazy connection).
+    let port = redis_support::free_port();
+    let backend = RedisBackend::builder(format!("redis://127.0.0.1:{port}/"))
+        .connection_timeout(Duration::from_millis(300))
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .expect("builds without connecting");
+    let endpoint = AsyncEndpoint::builder()
+        .secret(b"redis-backend-tests-secret-0123456789abcdef")
+        .backend(backend)
+        .task(Upper)
+        .build()
+        .expect("endpoint");
+    let app = Router::new()
+        .route("/upper", get(upper))
+        .layer(endpoint.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let r = redis_support::get(web, "/upper", &[]).await.unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/problem+json")),
+        "{r:?}"
+    );
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+
+    let Some(_server) = redis_support::RedisServer::start_at(port) else {
+        return;
+    };
+    // Redis is up now: the same process starts and finishes requests without a restart.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let started = loop {
+        let r = redis_support::get(web, "/upper", &[]).await.unwrap();
+        if r.status == 202 {
+            break r.json();
+        }
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(std::time::Instant::now() < until, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let id = started["async_request_id"].as_str().unwrap().to_owned();
+    let token = started["async_request_token"].as_str().unwrap().to_owned();
+    loop {
+        let r = redis_support::get(
+            web,
+            "/upper",
+            &[
+                ("Async-Request-Id", &id),
+                ("Async-Request-Token", &token),
+                ("Prefer", "wait=5"),
+            ],
+        )
+        .await
+        .unwrap();
+        if r.status == 200 {
+            assert_eq!(r.json(), "HELLO");
+            break;
+        }
+        assert_eq!(r.status, 202, "{r:?}");
+        assert!(std::time::Instant::now() < until, "never finished");
+    }
+    endpoint.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_delivered_too_often_fails_instead_of_looping() {
+    let Some(server) = redis_support::start() else {
+        return;
+    };
+    let make = || {
+        RedisBackend::builder(server.url())
+            .claim_idle(Duration::from_millis(200))
+            .max_deliveries(2)
+            .build()
+            .unwrap()
+    };
+    let r = request(r#""x""#);
+    make().create(r.clone()).await.unwrap();
+    // Each "worker" takes the job and dies (is dropped) without finishing it.
+    let mut last = None;
+    for expected in 1..=3u32 {
+        let worker = make();
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let job = loop {
+            let jobs = worker
+                .fetch(&[TASK], 10, Duration::from_millis(200))
+                .await
+                .unwrap();
+            if let Some(job) = jobs.into_iter().find(|j| j.id == r.id) {
+                break job;
+            }
+            assert!(std::time::Instant::now() < until, "never redelivered");
+        };
+        assert_eq!(job.deliveries, expected);
+        last = Some(worker.begin(&job, now(), &timeout()).await.unwrap());
+    }
+    assert_eq!(last, Some(Begin::Skip), "the third delivery must not run");
+    let s = make().poll(r.id, now(), &timeout()).await.unwrap().unwrap();
+    assert_eq!(s.status, Status::Failed);
+    assert_eq!(s.failure.map(|f| f.kind()), Some(FailureKind::Internal));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_hold_only_live_jobs_and_records_stay_small() {
+    let Some(server) = redis_support::start() else {
+        return;
+    };
+    let b = RedisBackend::builder(server.url()).build().unwrap();
+    let params = r#"{"city":"Lisbon"}"#;
+    let output = r#"{"celsius":21.5}"#;
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let r = request(params);
+        b.create(r.clone()).await.unwrap();
+        ids.push(r.id);
+    }
+    let queued = server
+        .command(&format!("MEMORY USAGE ae:r:{{{}}}", ids[0]))
+        .unwrap();
+    let mut done = 0;
+    while done < ids.len() {
+        for job in b.fetch(&[TASK], 20, Duration::from_secs(1)).await.unwrap() {
+            assert!(matches!(
+                b.begin(&job, now(), &timeout()).await.unwrap(),
+                Begin::Run { .. }
+            ));
+            b.progress(
+                job.id,
+                &async_endpoint::Progress::new(1, Some(2), "half way"),
+            )
+            .await
+            .unwrap();
+            let stands = b
+                .finish(&job, Outcome::Done(output.to_owned()), now(), &timeout())
+                .await
+                .unwrap();
+            assert_eq!(stands, Status::Done);
+            done += 1;
+        }
+    }
+    // Finished jobs leave the stream: nothing piles up.
+    assert_eq!(server.command("XLEN ae:q:redis_task").unwrap(), ":0");
+    assert_eq!(
+        server
+            .command("XPENDING ae:q:redis_task workers - + 10")
+            .unwrap(),
+        "*0"
+    );
+    let finished = server
+        .command(&format!("MEMORY USAGE ae:r:{{{}}}", ids[0]))
+        .unwrap();
+    let bytes = |reply: &str| -> usize { reply.trim_start_matches(':').parse().unwrap() };
+    let ttl = server
+        .command(&format!("PTTL ae:r:{{{}}}", ids[0]))
+        .unwrap();
+    eprintln!(
+        "record memory: queued {} bytes, done {} bytes (params {} + output {} bytes); PTTL {ttl}",
+        bytes(&queued),
+        bytes(&finished),
+        params.len(),
+        output.len()
+    );
+    assert!(bytes(&ttl) > 3_000_000, "TTL re-applied on write: {ttl}");
+    assert!(
+        bytes(&finished) <= 512 + params.len() + output.len(),
+        "a finished record costs {} bytes",
+        bytes(&finished)
+    );
+}

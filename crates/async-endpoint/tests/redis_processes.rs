@@ -1,0 +1,424 @@
+//! Web and worker *processes* over one private Redis: requests started on one web process are
+//! polled on another, a worker killed with SIGKILL mid-task has its job finished by the other,
+//! and a Redis stop/restart mid-run leaves every request with a definite answer (503s, never
+//! 500s, while it is down).
+//!
+//! The processes are this test binary itself, re-executed with `AE_REDIS_NODE=web|worker` and
+//! the filter `node` (an ignored test that runs the node): real separate processes, with no
+//! extra binary target in the published crate and no cargo invocation from inside a test.
+#![cfg(feature = "redis")]
+
+mod redis_support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_endpoint::backend::RedisBackend;
+use async_endpoint::{AsyncEndpoint, AsyncRequest, AsyncTask, Failure, TaskContext};
+use axum::extract::Query;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use redis_support::{HttpResponse, collect_lines, get as http_get, wait_line};
+use serde::{Deserialize, Serialize};
+
+const SECRET: &[u8] = b"redis-process-tests-secret-0123456789abcdef";
+/// Generous bound for anything that should take a few seconds on a busy 2-core machine.
+const PATIENCE: Duration = Duration::from_secs(45);
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Params {
+    ms: u64,
+    text: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Out {
+    text: String,
+    pid: u32,
+    attempt: u32,
+}
+
+/// Sleeps `ms` in 100 ms steps, reporting progress; says `RUN <id> <pid>` when it starts.
+struct Sleepy;
+
+impl AsyncTask for Sleepy {
+    const NAME: &'static str = "sleepy";
+    type Params = Params;
+    type Output = Out;
+
+    async fn execute_task(&self, p: Params, ctx: TaskContext) -> Result<Out, Failure> {
+        let pid = std::process::id();
+        say(&format!("RUN {} {pid}", ctx.request_id()));
+        let steps = p.ms.div_ceil(100);
+        for step in 0..steps {
+            ctx.progress(step, Some(steps), "sleeping").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Out {
+            text: p.text,
+            pid,
+            attempt: ctx.attempt(),
+        })
+    }
+}
+
+/// Writes a marker line for the parent test to read (on a line of its own: the harness may have
+/// printed part of a line already).
+fn say(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "\n{text}");
+    let _ = out.flush();
+}
+
+async fn job(Query(params): Query<Params>, request: AsyncRequest<Sleepy>) -> Response {
+    request
+        .init(params)
+        .handle(Json, |f| {
+            Json(serde_json::json!({ "error": f.message() })).into_response()
+        })
+        .await
+}
+
+/// The node: a web or worker process, configured by environment variables.
+#[test]
+#[ignore = "helper process for the multi-process tests, started by them"]
+fn node() {
+    let Ok(role) = std::env::var("AE_REDIS_NODE") else {
+        return;
+    };
+    let url = std::env::var("AE_REDIS_URL").expect("AE_REDIS_URL");
+    let claim_idle: u64 = std::env::var("AE_CLAIM_IDLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        if std::env::var("AE_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("async_endpoint=debug")
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+        let backend = RedisBackend::builder(url)
+            .prefix("e2e")
+            .claim_idle(Duration::from_millis(claim_idle))
+            .response_timeout(Duration::from_millis(500))
+            .connection_timeout(Duration::from_millis(500))
+            .build()
+            .expect("backend");
+        let endpoint = AsyncEndpoint::builder()
+            .secret(SECRET)
+            .backend(backend)
+            .task(Sleepy)
+            .in_process_workers(false)
+            .concurrency(4)
+            .shutdown_grace(Duration::from_secs(5))
+            .build()
+            .expect("endpoint");
+        match role.as_str() {
+            "web" => {
+                let app = Router::new()
+                    .route("/job", get(job))
+                    .layer(endpoint.layer());
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let port = listener.local_addr().expect("addr").port();
+                say(&format!("LISTENING {port}"));
+                axum::serve(listener, app).await.expect("serve");
+            }
+            _ => {
+                say(&format!("READY {}", std::process::id()));
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("signal");
+                endpoint
+                    .run_worker(async move {
+                        term.recv().await;
+                    })
+                    .await;
+                say("STOPPED");
+            }
+        }
+    });
+}
+
+/// A spawned node, killed (SIGKILL) on drop.
+struct Node {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    pid: u32,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    fn spawn(role: &str, url: &str, claim_idle_ms: u64) -> Node {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut child = Command::new(exe)
+            .args([
+                "node",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("AE_REDIS_NODE", role)
+            .env("AE_REDIS_URL", url)
+            .env("AE_CLAIM_IDLE_MS", claim_idle_ms.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node");
+        let lines = collect_lines(&mut child);
+        let pid = child.id();
+        Node { child, lines, pid }
+    }
+
+    fn web(url: &str, claim_idle_ms: u64) -> (Node, u16) {
+        let node = Node::spawn("web", url, claim_idle_ms);
+        let line = wait_line(&node.lines, "LISTENING ", PATIENCE);
+        let port = line["LISTENING ".len()..].parse().expect("port");
+        (node, port)
+    }
+
+    fn worker(url: &str, claim_idle_ms: u64) -> Node {
+        let node = Node::spawn("worker", url, claim_idle_ms);
+        wait_line(&node.lines, "READY ", PATIENCE);
+        node
+    }
+
+    fn ran(&self, id: &str) -> bool {
+        let prefix = format!("RUN {id} ");
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(&prefix))
+    }
+}
+
+struct Started {
+    id: String,
+    token: String,
+    text: String,
+}
+
+async fn start(port: u16, ms: u64, text: &str) -> Started {
+    let r = http_get(port, &format!("/job?ms={ms}&text={text}"), &[])
+        .await
+        .expect("start request");
+    assert_eq!(r.status, 202, "start answered {r:?}");
+    let body = r.json();
+    Started {
+        id: body["async_request_id"].as_str().expect("id").to_owned(),
+        token: body["async_request_token"]
+            .as_str()
+            .expect("token")
+            .to_owned(),
+        text: text.to_owned(),
+    }
+}
+
+async fn poll(port: u16, s: &Started, wait: u64) -> std::io::Result<HttpResponse> {
+    let prefer = format!("wait={wait}");
+    let mut headers = vec![
+        ("Async-Request-Id", s.id.as_str()),
+        ("Async-Request-Token", s.token.as_str()),
+    ];
+    if wait > 0 {
+        headers.push(("Prefer", prefer.as_str()));
+    }
+    http_get(port, "/job", &headers).await
+}
+
+/// Polls (waiting polls) until the request is finished; never accepts a 500.
+async fn until_finished(port: u16, s: &Started) -> HttpResponse {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let r = poll(port, s, 5).await.expect("poll");
+        assert_ne!(r.status, 500, "a poll answered 500: {r:?}");
+        if r.status != 202 && r.status != 503 {
+            return r;
+        }
+        assert!(Instant::now() < until, "request {} never finished", s.id);
+        if r.status == 503 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn is_problem_503(r: &HttpResponse) -> bool {
+    r.status == 503
+        && r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/problem+json"))
+        && r.header("retry-after").is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_web_and_two_worker_processes_share_requests() {
+    let Some(server) = redis_support::start() else {
+        return;
+    };
+    let url = server.url();
+    let w1 = Node::worker(&url, 30_000);
+    let w2 = Node::worker(&url, 30_000);
+    let (_a, port_a) = Node::web(&url, 30_000);
+    let (_b, port_b) = Node::web(&url, 30_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut started = Vec::new();
+    for i in 0..16 {
+        let port = if i % 2 == 0 { port_a } else { port_b };
+        started.push((i, start(port, 300, &format!("t{i}")).await));
+    }
+    let mut handles = Vec::new();
+    for (i, s) in started {
+        // Polled on the *other* web process.
+        let port = if i % 2 == 0 { port_b } else { port_a };
+        handles.push(tokio::spawn(async move {
+            let r = until_finished(port, &s).await;
+            (s, r)
+        }));
+    }
+    let mut pids = std::collections::HashSet::new();
+    for h in handles {
+        let (s, r) = h.await.expect("poller");
+        assert_eq!(r.status, 200, "request {} answered {r:?}", s.id);
+        let out: Out = serde_json::from_str(&r.body).expect("output");
+        assert_eq!(out.text, s.text);
+        assert_eq!(out.attempt, 1);
+        pids.insert(out.pid);
+    }
+    assert!(
+        pids.iter().all(|p| *p == w1.pid || *p == w2.pid),
+        "only the workers run tasks: {pids:?}"
+    );
+    assert_eq!(pids.len(), 2, "both worker processes took jobs: {pids:?}");
+
+    // A token from one process is checked by the other, and a forged one is refused.
+    let s = start(port_a, 0, "x").await;
+    let forged = Started {
+        token: format!("{}x", s.token),
+        ..s
+    };
+    let r = poll(port_b, &forged, 0).await.expect("poll");
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_of_a_worker_killed_mid_task_is_finished_by_the_other() {
+    let Some(server) = redis_support::start() else {
+        return;
+    };
+    let url = server.url();
+    let claim_idle = 1_000;
+    let w1 = Node::worker(&url, claim_idle);
+    let w2 = Node::worker(&url, claim_idle);
+    let (_web, port) = Node::web(&url, claim_idle);
+
+    let s = start(port, 3_000, "survivor").await;
+    let until = Instant::now() + PATIENCE;
+    let (mut victim, survivor) = loop {
+        if w1.ran(&s.id) {
+            break (w1, w2);
+        }
+        if w2.ran(&s.id) {
+            break (w2, w1);
+        }
+        assert!(Instant::now() < until, "no worker started the job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    victim.child.kill().expect("SIGKILL");
+    let _ = victim.child.wait();
+
+    let r = until_finished(port, &s).await;
+    assert_eq!(r.status, 200, "answered {r:?}");
+    let out: Out = serde_json::from_str(&r.body).expect("output");
+    assert_eq!(out.pid, survivor.pid, "the surviving worker finished it");
+    assert_eq!(out.attempt, 2, "the claimed job is a second attempt");
+    assert!(survivor.ran(&s.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_run_leaves_every_request_with_an_answer() {
+    let Some(mut server) = redis_support::start_persistent() else {
+        return;
+    };
+    let url = server.url();
+    let _worker = Node::worker(&url, 2_000);
+    let (_web, port) = Node::web(&url, 2_000);
+
+    let mut started = Vec::new();
+    for i in 0..8 {
+        started.push(start(port, 1_500, &format!("r{i}")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.stop();
+
+    // While Redis is down: 503 problem+json with Retry-After, for starts, polls and waiting
+    // polls; never a 500.
+    let down_until = Instant::now() + Duration::from_secs(3);
+    let mut answers = 0;
+    while Instant::now() < down_until {
+        for s in &started {
+            let r = poll(port, s, 0).await.expect("poll");
+            assert!(
+                is_problem_503(&r),
+                "poll while Redis is down answered {r:?}"
+            );
+            answers += 1;
+        }
+        let r = http_get(port, "/job?ms=1&text=down", &[])
+            .await
+            .expect("start");
+        assert!(
+            is_problem_503(&r),
+            "start while Redis is down answered {r:?}"
+        );
+        let r = poll(port, &started[0], 1).await.expect("waiting poll");
+        assert!(
+            is_problem_503(&r),
+            "waiting poll while Redis is down answered {r:?}"
+        );
+    }
+    assert!(answers > 0);
+
+    server.restart();
+    let mut done = 0;
+    for s in &started {
+        let r = until_finished(port, s).await;
+        assert!(
+            r.status == 200 || r.status == 422,
+            "request {} has no definite answer: {r:?}",
+            s.id
+        );
+        if r.status == 200 {
+            let out: Out = serde_json::from_str(&r.body).expect("output");
+            assert_eq!(out.text, s.text);
+            done += 1;
+        }
+    }
+    eprintln!(
+        "after the Redis restart: {done} of {} requests done, the rest failed",
+        started.len()
+    );
+    // New requests work again, end to end.
+    let s = start(port, 0, "after").await;
+    assert_eq!(until_finished(port, &s).await.status, 200);
+}
