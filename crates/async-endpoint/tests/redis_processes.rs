@@ -1,5 +1,6 @@
 //! Web and worker *processes* over one private Redis: requests started on one web process are
-//! polled on another, a worker killed with SIGKILL mid-task has its job finished by the other,
+//! polled on another, a worker killed with SIGKILL mid-task has its job finished by the other, a
+//! worker stopped with SIGTERM mid-task finishes it within its grace period or hands it back,
 //! and a Redis stop/restart mid-run leaves every request with a definite answer (503s, never
 //! 500s, while it is down).
 //!
@@ -353,6 +354,83 @@ async fn job_of_a_worker_killed_mid_task_is_finished_by_the_other() {
     assert_eq!(out.pid, survivor.pid, "the surviving worker finished it");
     assert_eq!(out.attempt, 2, "the claimed job is a second attempt");
     assert!(survivor.ran(&s.id));
+}
+
+/// Sends SIGTERM and waits for a graceful exit (the worker prints `STOPPED` and exits 0).
+fn terminate(node: &mut Node) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &node.pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(sent.success());
+    let status = node.child.wait().expect("wait");
+    assert!(status.success(), "worker exited with {status}");
+    assert!(
+        node.lines.lock().unwrap().iter().any(|l| l == "STOPPED"),
+        "the worker did not shut down gracefully"
+    );
+}
+
+/// Waits until one of the two workers has started `id`; returns (that one, the other).
+async fn runner_of(a: Node, b: Node, id: &str) -> (Node, Node) {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        if a.ran(id) {
+            return (a, b);
+        }
+        if b.ran(id) {
+            return (b, a);
+        }
+        assert!(Instant::now() < until, "no worker started the job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_task_finishes_within_the_grace_period_or_hands_the_job_back() {
+    let Some(server) = redis_support::start() else {
+        return;
+    };
+    let url = server.url();
+    // claim_idle is long, so a job can only move to the other worker by being handed back.
+    let w1 = Node::worker(&url, 60_000);
+    let w2 = Node::worker(&url, 60_000);
+    let (_web, port) = Node::web(&url, 60_000);
+
+    // A task shorter than the 5 s grace period: the terminated worker finishes it, then exits.
+    let short = start(port, 1_500, "short").await;
+    let (mut victim, other) = runner_of(w1, w2, &short.id).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    terminate(&mut victim);
+    let r = until_finished(port, &short).await;
+    assert_eq!(r.status, 200, "answered {r:?}");
+    let out: Out = serde_json::from_str(&r.body).expect("output");
+    assert_eq!(
+        out.pid, victim.pid,
+        "the terminated worker finished its task"
+    );
+    assert_eq!(out.attempt, 1);
+
+    // A task longer than the grace period: handed back at once when the grace ends, and finished
+    // by the other worker well before the 60 s claim timeout could have moved it.
+    let w3 = Node::worker(&url, 60_000);
+    let long = start(port, 8_000, "long").await;
+    let (mut victim, survivor) = runner_of(other, w3, &long.id).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let terminated_at = Instant::now();
+    terminate(&mut victim);
+    let r = until_finished(port, &long).await;
+    assert_eq!(r.status, 200, "answered {r:?}");
+    let out: Out = serde_json::from_str(&r.body).expect("output");
+    assert_eq!(
+        out.pid, survivor.pid,
+        "the other worker finished the handed-back job"
+    );
+    assert_eq!(out.attempt, 2);
+    assert!(
+        terminated_at.elapsed() < Duration::from_secs(55),
+        "the job was handed back, not left for the claim timeout"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
