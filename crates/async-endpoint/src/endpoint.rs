@@ -116,6 +116,7 @@ impl AsyncEndpoint {
 /// | `old_secret` | none | keys still accepted for verification (rotation) |
 /// | `task` | at least one | a task type the endpoint runs |
 /// | `backend` | in-memory | storage and queue |
+/// | `redis` | none | shorthand for the Redis backend at a URL (feature `redis`) |
 /// | `deadline` | 60 s | time from start until an unfinished request fails (per-task override) |
 /// | `ttl` | 1 h | how long a record (and its token) lives after its last write; > every deadline |
 /// | `max_params_bytes` | 64 KiB | largest serialized params |
@@ -134,6 +135,8 @@ pub struct AsyncEndpointBuilder {
     old_secrets: Vec<Vec<u8>>,
     tasks: Vec<(&'static str, Arc<dyn ErasedTask>)>,
     backend: Option<SharedBackend>,
+    #[cfg(feature = "redis")]
+    redis_url: Option<String>,
     owner: Option<OwnerFn>,
     in_process_workers: bool,
     deadline: Duration,
@@ -155,6 +158,8 @@ impl Default for AsyncEndpointBuilder {
             old_secrets: Vec::new(),
             tasks: Vec::new(),
             backend: None,
+            #[cfg(feature = "redis")]
+            redis_url: None,
             owner: None,
             in_process_workers: true,
             deadline: Duration::from_secs(60),
@@ -203,6 +208,21 @@ impl AsyncEndpointBuilder {
     /// Uses `backend` for storage and queue instead of the in-memory default.
     pub fn backend<B: Backend>(mut self, backend: B) -> Self {
         self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// Uses the Redis backend at `url` with its default settings (feature `redis`); shorthand
+    /// for `.backend(RedisBackend::builder(url).build()?)`, whose builder has the other settings.
+    /// Nothing connects until the first command, so a bad URL is reported by `build()` but an
+    /// unreachable Redis is not (requests answer 503 until it is back).
+    ///
+    /// ```
+    /// # use async_endpoint::AsyncEndpoint;
+    /// let builder = AsyncEndpoint::builder().redis("redis://127.0.0.1:6379/");
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
         self
     }
 
@@ -377,7 +397,22 @@ impl AsyncEndpointBuilder {
         if self.timeout_message.is_empty() {
             return bad("timeout_message", "must not be empty".into());
         }
-        let backend = match self.backend {
+        #[cfg(feature = "redis")]
+        let backend = match (self.backend, self.redis_url) {
+            (Some(_), Some(_)) => {
+                return bad(
+                    "backend",
+                    "both `.backend(..)` and `.redis(..)` were set".into(),
+                );
+            }
+            (None, Some(url)) => {
+                Some(Arc::new(crate::backend::RedisBackend::builder(url).build()?) as SharedBackend)
+            }
+            (backend, None) => backend,
+        };
+        #[cfg(not(feature = "redis"))]
+        let backend = self.backend;
+        let backend = match backend {
             Some(backend) => backend,
             None => default_backend()?,
         };

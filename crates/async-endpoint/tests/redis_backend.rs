@@ -233,3 +233,72 @@ async fn streams_hold_only_live_jobs_and_records_stay_small() {
         bytes(&finished)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builder_redis_shorthand_checks_the_url_and_runs_requests() {
+    let setting = |r: Result<AsyncEndpoint, async_endpoint::Error>| match r {
+        Err(async_endpoint::Error::Config { setting, .. }) => setting,
+        other => panic!("expected a config error, got {other:?}"),
+    };
+    let base = || AsyncEndpoint::builder().secret([9u8; 32]).task(Upper);
+    assert_eq!(setting(base().redis("not a url").build()), "url");
+    let both = base()
+        .backend(
+            RedisBackend::builder("redis://127.0.0.1:1/")
+                .build()
+                .unwrap(),
+        )
+        .redis("redis://127.0.0.1:1/")
+        .build();
+    assert_eq!(setting(both), "backend");
+
+    let Some(server) = redis_support::start() else {
+        return;
+    };
+    let endpoint = base().redis(server.url()).build().unwrap();
+    let app = Router::new()
+        .route("/upper", get(upper))
+        .layer(endpoint.layer());
+    let started = send(&app, "/upper", &[]).await;
+    assert_eq!(started.0, 202);
+    let body: serde_json::Value = serde_json::from_str(&started.1).unwrap();
+    let (id, token) = (
+        body["async_request_id"].as_str().unwrap().to_owned(),
+        body["async_request_token"].as_str().unwrap().to_owned(),
+    );
+    let mut last = (0, String::new());
+    for _ in 0..20 {
+        last = send(
+            &app,
+            "/upper",
+            &[
+                ("async-request-id", &id),
+                ("async-request-token", &token),
+                ("prefer", "wait=5"),
+            ],
+        )
+        .await;
+        if last.0 != 202 {
+            break;
+        }
+    }
+    assert_eq!(last, (200, "\"HELLO\"".to_owned()));
+    endpoint.shutdown().await;
+}
+
+async fn send(app: &Router, uri: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut request = http::Request::get(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
