@@ -1,0 +1,38 @@
+//! The benchmark runner of async-endpoint.
+//!
+//! ```sh
+//! cargo run --release -p bench            # full run (< 10 min on 2 cores): writes bench/results.md + PNGs
+//! cargo run --release -p bench -- --quick # quick run (< 2 min)
+//! cargo run --release -p bench -- --only 1,3   # some items only
+//! ```
+//!
+//! The same binary is the server under test (`bench serve <kind> …`) and the load generator
+//! (`bench load <kind> …`), so every measured party is a process of its own. Nothing here is a
+//! test: figures are ratios measured in one run on one machine.
+
+mod client;
+mod load;
+mod plots;
+mod procs;
+mod report;
+mod runner;
+mod servers;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("serve") => servers::main(&args[1..]),
+        Some("load") => load::main(&args[1..]),
+        _ => runner::main(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The servers under test, each run as its own process (`bench serve <kind> [--option value]…`):
+//!
+//! * `bare`: plain axum handlers: `/bare` (JSON), `/floor` (JSON of one Redis hash field read over
+//!   a `ConnectionManager`, the connection kind the Redis backend uses), `/slow-await` (awaits the
+//!   slow upstream), `/slow-blocking` (calls it with a blocking client, as a blocking SDK would);
+//! * `ae`: async-endpoint on the memory or Redis backend with the bench tasks, plus `/bare`;
+//! * `worker`: an async-endpoint worker-only process on Redis;
+//! * `upstream`: the slow fake upstream (answers after `--delay-ms`, default 1000).
+//!
+//! Each prints `READY <port>` once it listens on 127.0.0.1.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_endpoint::backend::{MemoryBackend, RedisBackend};
+use async_endpoint::{
+    AsyncEndpoint, AsyncEndpointBuilder, AsyncRequest, AsyncTask, Failure, TaskContext,
+};
+use axum::extract::Query;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::client;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub(crate) const SECRET: &[u8] = b"benchmark secret: 32 bytes or more of key material";
+/// The hash the floor handler reads.
+pub(crate) const FLOOR_KEY: &str = "bench:floor";
+
+/// `--key value` pairs.
+pub(crate) struct Opts(HashMap<String, String>);
+
+impl Opts {
+    pub(crate) fn parse(args: &[String]) -> Opts {
+        let mut map = HashMap::new();
+        let mut it = args.iter();
+        while let Some(k) = it.next() {
+            if let Some(k) = k.strip_prefix("--") {
+                map.insert(k.to_owned(), it.next().cloned().unwrap_or_default());
+            }
+        }
+        Opts(map)
+    }
+
+    pub(crate) fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    pub(crate) fn num(&self, k: &str, default: u64) -> u64 {
+        self.get(k).and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+}
+
+pub(crate) fn main(args: &[String]) -> Result<(), BoxError> {
+    let kind = args.first().map(String::as_str).unwrap_or("");
+    let opts = Opts::parse(args.get(1..).unwrap_or(&[]));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match kind {
+            "bare" => bare(&opts).await,
+            "ae" => ae(&opts).await,
+            "worker" => worker(&opts).await,
+            "upstream" => upstream(&opts).await,
+            other => Err(format!("unknown server kind {other:?}").into()),
+        }
+    })
+}
+
+async fn listen(app: Router) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "READY {port}")?;
+    out.flush()?;
+    drop(out);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn bare_json() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn bare(opts: &Opts) -> Result<(), BoxError> {
+    let upstream = Arc::new(opts.get("upstream").unwrap_or("127.0.0.1:9").to_owned());
+    let mut app = Router::new()
+        .route("/bare", get(bare_json))
+        .route("/fast", get(bare_json))
+        .route(
+            "/hold",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                Json(json!({ "status": "ok" }))
+            }),
+        );
+    if let Some(url) = opts.get("redis") {
+        let conn = redis::Client::open(url)?.get_connection_manager().await?;
+        app = app.route(
+            "/floor",
+            get(move || {
+                let mut conn = conn.clone();
+                async move {
+                    let value: redis::RedisResult<Option<String>> = redis::cmd("HGET")
+                        .arg(FLOOR_KEY)
+                        .arg("s")
+                        .query_async(&mut conn)
+                        .await;
+                    match value {
+                        Ok(v) => Json(json!({ "status": v })).into_response(),
+                        Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                    }
+                }
+            }),
+        );
+    }
+    let up = upstream.clone();
+    app = app
+        .route(
+            "/slow-await",
+            get(move || {
+                let up = up.clone();
+                async move {
+                    match client::async_get(&up, "/").await {
+                        Ok(body) => Json(json!({ "bytes": body.len() })).into_response(),
+                        Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/slow-blocking",
+            get(move || {
+                let up = upstream.clone();
+                async move {
+                    // Deliberately blocking inside the async handler, as a blocking SDK would.
+                    match client::blocking_get(&up, "/") {
+                        Ok(body) => Json(json!({ "bytes": body.len() })).into_response(),
+                        Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+                    }
+                }
+            }),
+        );
+    listen(app).await
+}
+
+/// The trivial job: doubles its input.
+struct Noop;
+impl AsyncTask for Noop {
+    const NAME: &'static str = "noop";
+    type Params = u64;
+    type Output = u64;
+    async fn execute_task(&self, n: u64, _ctx: TaskContext) -> Result<u64, Failure> {
+        Ok(n * 2)
+    }
+}
+
+/// Never finishes before its deadline: a request that stays pending.
+struct Park {
+    deadline: Duration,
+}
+impl AsyncTask for Park {
+    const NAME: &'static str = "park";
+    type Params = u64;
+    type Output = u64;
+    async fn execute_task(&self, n: u64, _ctx: TaskContext) -> Result<u64, Failure> {
+        tokio::time::sleep(Duration::from_secs(86_400)).await;
+        Ok(n)
+    }
+    fn deadline(&self) -> Option<Duration> {
+        Some(self.deadline)
+    }
+}
+
+/// Sleeps the given milliseconds and answers the wall-clock time it finished (unix ms, fractional).
+struct Timed;
+impl AsyncTask for Timed {
+    const NAME: &'static str = "timed";
+    type Params = u64;
+    type Output = f64;
+    async fn execute_task(&self, ms: u64, _ctx: TaskContext) -> Result<f64, Failure> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(wall_ms())
+    }
+}
+
+/// Calls the slow upstream, awaiting it.
+struct Upstream {
+    addr: String,
+}
+impl AsyncTask for Upstream {
+    const NAME: &'static str = "upstream";
+    type Params = u64;
+    type Output = usize;
+    async fn execute_task(&self, _n: u64, _ctx: TaskContext) -> Result<usize, Failure> {
+        client::async_get(&self.addr, "/")
+            .await
+            .map(|b| b.len())
+            .map_err(|_| Failure::new("upstream unreachable"))
+    }
+}
+
+/// Calls the slow upstream with the blocking client right inside the task.
+struct UpstreamBlocking {
+    addr: String,
+}
+impl AsyncTask for UpstreamBlocking {
+    const NAME: &'static str = "upstream_blocking";
+    type Params = u64;
+    type Output = usize;
+    async fn execute_task(&self, _n: u64, _ctx: TaskContext) -> Result<usize, Failure> {
+        client::blocking_get(&self.addr, "/")
+            .map(|b| b.len())
+            .map_err(|_| Failure::new("upstream unreachable"))
+    }
+}
+
+pub(crate) fn wall_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn builder(opts: &Opts) -> AsyncEndpointBuilder {
+    let ttl = Duration::from_millis(opts.num("ttl-ms", 3_600_000));
+    let deadline = Duration::from_millis(opts.num("deadline-ms", 3_000_000));
+    let upstream = opts.get("upstream").unwrap_or("127.0.0.1:9").to_owned();
+    AsyncEndpoint::builder()
+        .secret(SECRET)
+        .ttl(ttl)
+        .deadline(deadline)
+        .max_wait(Duration::from_secs(opts.num("max-wait-s", 25)))
+        .concurrency(opts.num("concurrency", 64) as usize)
+        .in_process_workers(opts.get("workers") != Some("off"))
+        .task(Noop)
+        .task(Park { deadline })
+        .task(Timed)
+        .task(Upstream {
+            addr: upstream.clone(),
+        })
+        .task(UpstreamBlocking { addr: upstream })
+}
+
+fn with_backend(
+    opts: &Opts,
+    builder: AsyncEndpointBuilder,
+) -> Result<AsyncEndpointBuilder, BoxError> {
+    Ok(match (opts.get("backend"), opts.get("redis")) {
+        (Some("redis"), Some(url)) => builder.backend(
+            RedisBackend::builder(url)
+                .prefix(opts.get("prefix").unwrap_or("ae"))
+                .build()?,
+        ),
+        (Some("redis"), None) => return Err("--backend redis needs --redis URL".into()),
+        _ => builder.backend(MemoryBackend::new()),
+    })
+}
+
+async fn done_json<T: serde::Serialize>(
+    r: AsyncRequest<impl AsyncTask<Params = u64, Output = T>>,
+    p: u64,
+) -> Response {
+    r.init(p)
+        .handle(|out| Json(out), |f| Json(f.message().to_owned()))
+        .await
+}
+
+#[derive(serde::Deserialize)]
+struct Ms {
+    ms: Option<u64>,
+}
+
+async fn ae(opts: &Opts) -> Result<(), BoxError> {
+    let endpoint = with_backend(opts, builder(opts))?.build()?;
+    let tasks = Router::new()
+        .route("/noop", get(|r: AsyncRequest<Noop>| done_json(r, 21)))
+        .route("/park", get(|r: AsyncRequest<Park>| done_json(r, 0)))
+        .route(
+            "/timed",
+            get(|r: AsyncRequest<Timed>, Query(q): Query<Ms>| done_json(r, q.ms.unwrap_or(0))),
+        )
+        .route("/slow", get(|r: AsyncRequest<Upstream>| done_json(r, 0)))
+        .route(
+            "/slow-blocking",
+            get(|r: AsyncRequest<UpstreamBlocking>| done_json(r, 0)),
+        )
+        .layer(endpoint.layer());
+    let app = Router::new()
+        .route("/bare", get(bare_json))
+        .route("/fast", get(bare_json))
+        .merge(tasks);
+    listen(app).await
+}
+
+async fn worker(opts: &Opts) -> Result<(), BoxError> {
+    let endpoint = with_backend(opts, builder(opts).in_process_workers(false))?.build()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "READY 0")?;
+    out.flush()?;
+    drop(out);
+    endpoint.run_worker(std::future::pending()).await;
+    Ok(())
+}
+
+async fn upstream(opts: &Opts) -> Result<(), BoxError> {
+    let delay = Duration::from_millis(opts.num("delay-ms", 1000));
+    let app = Router::new().route(
+        "/",
+        get(move || async move {
+            tokio::time::sleep(delay).await;
+            "upstream answer"
+        }),
+    );
+    listen(app).await
+}
