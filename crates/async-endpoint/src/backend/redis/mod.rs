@@ -15,7 +15,8 @@
 //! # Round trips
 //!
 //! * start: one `EVALSHA` (store the record, `XADD` the job, trim the stream);
-//! * poll: one `EVALSHA` (read, and turn a passed deadline into a timeout);
+//! * poll: one `HMGET`, no script; only an unfinished request found past its deadline takes a
+//!   second round trip, the `EVALSHA` that turns it into a timeout atomically;
 //! * worker: `XREADGROUP BLOCK` on a connection of its own, then one `EVALSHA` to begin, one per
 //!   progress update, one to finish (which also `XACK`s and `XDEL`s the entry);
 //! * waiting polls: one shared subscriber connection per process feeds a [`Notifier`].
@@ -389,6 +390,37 @@ fn map_err(error: RedisError) -> Error {
     }
 }
 
+/// A snapshot from the record fields `t s a g o f d`, in that order.
+fn snapshot(fields: &[Value]) -> Result<Snapshot, Error> {
+    let task = text(&fields[0]).ok_or_else(|| corrupt("record task", &fields[0]))?;
+    let status = text(&fields[1])
+        .as_deref()
+        .and_then(status_of)
+        .ok_or_else(|| corrupt("record status", &fields[1]))?;
+    let attempt = number(&fields[2]).unwrap_or(0).min(u64::from(u32::MAX)) as u32;
+    let progress: Option<Progress> = decode(&task, text(&fields[3]))?;
+    let output = if status == Status::Done {
+        text(&fields[4])
+    } else {
+        None
+    };
+    let failure: Option<Failure> = if status == Status::Failed {
+        decode(&task, text(&fields[5]))?
+    } else {
+        None
+    };
+    let deadline_ms = number(&fields[6]).ok_or_else(|| corrupt("record deadline", &fields[6]))?;
+    Ok(Snapshot {
+        task,
+        status,
+        attempt,
+        progress,
+        output,
+        failure,
+        deadline_ms,
+    })
+}
+
 fn corrupt(what: &str, value: &Value) -> Error {
     Error::Corrupt(format!("{what}: {value:?}"))
 }
@@ -475,9 +507,30 @@ impl Backend for RedisBackend {
     ) -> Result<Option<Snapshot>, Error> {
         self.await_subscriber().await;
         let keys = &self.inner.keys;
+        let key = keys.record(&id);
         let mut conn = self.conn().await?;
+        // The common case is a plain HMGET: one round trip and no script, as cheap as reading a
+        // hash can be. Only a request found unfinished past its deadline takes the script, which
+        // re-checks and writes the timeout atomically (a second round trip, once per request).
+        let mut read = redis::cmd("HMGET");
+        read.arg(&key).arg(&["t", "s", "a", "g", "o", "f", "d"]);
+        let fields: Vec<Value> = self.bounded(read.query_async(&mut conn)).await?;
+        if fields.len() != 7 {
+            return Err(Error::Corrupt(format!(
+                "HMGET reply of {} fields",
+                fields.len()
+            )));
+        }
+        if fields[0] == Value::Nil {
+            return Ok(None);
+        }
+        let unfinished = matches!(text(&fields[1]).as_deref(), Some("q" | "r" | "y"));
+        let past_deadline = number(&fields[6]).is_some_and(|deadline| now_ms > deadline);
+        if !(unfinished && past_deadline) {
+            return snapshot(&fields).map(Some);
+        }
         let mut call = self.inner.scripts.poll.prepare_invoke();
-        call.key(keys.record(&id))
+        call.key(&key)
             .arg(now_ms)
             .arg(failure_json(timeout)?)
             .arg(&keys.channel)
@@ -488,33 +541,10 @@ impl Backend for RedisBackend {
             Value::Array(fields) if fields.len() == 8 => fields,
             other => return Err(corrupt("poll reply", &other)),
         };
-        let task = text(&fields[0]).ok_or_else(|| corrupt("record task", &fields[0]))?;
-        let status = text(&fields[1])
-            .as_deref()
-            .and_then(status_of)
-            .ok_or_else(|| corrupt("record status", &fields[1]))?;
-        let attempt = number(&fields[2]).unwrap_or(0).min(u64::from(u32::MAX)) as u32;
-        let progress: Option<Progress> = decode(&task, text(&fields[3]))?;
-        let output = text(&fields[4]);
-        let failure: Option<Failure> = decode(&task, text(&fields[5]))?;
-        let deadline_ms =
-            number(&fields[6]).ok_or_else(|| corrupt("record deadline", &fields[6]))?;
         if number(&fields[7]) == Some(1) {
             tracing::warn!(request_id = %id, "deadline passed: request failed with a timeout");
         }
-        Ok(Some(Snapshot {
-            task,
-            status,
-            attempt,
-            progress,
-            output: if status == Status::Done { output } else { None },
-            failure: if status == Status::Failed {
-                failure
-            } else {
-                None
-            },
-            deadline_ms,
-        }))
+        snapshot(&fields[..7]).map(Some)
     }
 
     fn watch(&self, id: RequestId) -> Watch {
