@@ -302,3 +302,61 @@ async fn send(app: &Router, uri: &str, headers: &[(&str, &str)]) -> (u16, String
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_outlives_the_ttl() {
+    let Some(server) = redis_support::start() else {
+        return;
+    };
+    let b = RedisBackend::builder(server.url()).build().unwrap();
+    // A worker that starts before any enqueue creates the queue itself: it must expire too.
+    assert!(
+        b.fetch(&["idle_task"], 1, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let pttl = server.command("PTTL ae:q:idle_task").unwrap();
+    let pttl: i64 = pttl.trim_start_matches(':').parse().unwrap();
+    assert!(pttl > 0, "a worker-created queue expires (PTTL {pttl})");
+
+    // Requests with a 1 s TTL: some finished, some left queued or running.
+    let short = |params: &str| NewRequest {
+        ttl: Duration::from_secs(1),
+        deadline_ms: now() + 500,
+        ..request(params)
+    };
+    for i in 0..6 {
+        b.create(short(&format!("{i}"))).await.unwrap();
+    }
+    let jobs = b.fetch(&[TASK], 4, Duration::from_secs(1)).await.unwrap();
+    assert!(!jobs.is_empty());
+    for (n, job) in jobs.iter().enumerate() {
+        assert!(matches!(
+            b.begin(job, now(), &timeout()).await.unwrap(),
+            Begin::Run { .. }
+        ));
+        if n % 2 == 0 {
+            b.finish(job, Outcome::Done("1".into()), now(), &timeout())
+                .await
+                .unwrap();
+        }
+    }
+    let live = server.command("DBSIZE").unwrap();
+    assert_ne!(live, ":0");
+    // Past the TTL (plus Redis's expiry cycle), nothing of the library is left but the queue a
+    // worker created above (it expires after an hour).
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let left = server.command("DBSIZE").unwrap();
+        if left == ":1" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{left} keys left after the TTL"
+        );
+    }
+    assert_eq!(server.command("EXISTS ae:q:idle_task").unwrap(), ":1");
+}

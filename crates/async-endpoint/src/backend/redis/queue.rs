@@ -10,6 +10,8 @@
 //!   claimed with `XAUTOCLAIM` (bounded by `claim_batch`) every `claim_idle / 4`, their delivery
 //!   count read from the pending list.
 //! * Groups are created lazily (`XGROUP CREATE … 0 MKSTREAM`) and again after `NOGROUP`.
+//! * Streams expire like records: every enqueue re-applies the request TTL, and a stream a worker
+//!   had to create expires after an hour, so no key of the library outlives its use.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Weak;
@@ -28,6 +30,9 @@ use crate::{Error, RequestId};
 const REAP_IDLE: Duration = Duration::from_secs(3600);
 /// How often one process looks for such consumers.
 const REAP_EVERY: Duration = Duration::from_secs(600);
+/// Expiry of a queue stream created by a worker (not by an enqueue, which applies the request
+/// TTL): an idle queue's key goes away this long after its processes stop.
+const IDLE_QUEUE_EXPIRY: Duration = Duration::from_secs(3600);
 /// Most ids in one heartbeat `XCLAIM`.
 const HEARTBEAT_CHUNK: usize = 256;
 
@@ -107,22 +112,12 @@ async fn ensure_groups(b: &RedisBackend, tasks: &[&'static str]) -> Result<(), E
     }
     let mut conn = b.conn().await?;
     for task in missing {
-        let created = b
-            .bounded_raw(
-                redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(b.inner.keys.queue(task))
-                    .arg(GROUP)
-                    // From the start: jobs enqueued before any worker ran must be delivered.
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async::<Value>(&mut conn),
-            )
-            .await?;
-        match created {
-            Ok(_) => tracing::debug!(task, "consumer group created"),
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => return Err(map_err(e)),
+        let mut call = b.inner.scripts.group.prepare_invoke();
+        call.key(b.inner.keys.queue(task))
+            .arg(GROUP)
+            .arg(IDLE_QUEUE_EXPIRY.as_millis() as u64);
+        if b.bounded(call.invoke_async::<i64>(&mut conn)).await? == 1 {
+            tracing::debug!(task, "consumer group created");
         }
         RedisBackend::lock(&b.inner.queue)
             .groups

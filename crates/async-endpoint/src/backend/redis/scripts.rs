@@ -16,6 +16,7 @@ pub(super) struct Scripts {
     pub(super) release: Script,
     pub(super) claim: Script,
     pub(super) reap: Script,
+    pub(super) group: Script,
 }
 
 /// A record script: the shared helpers followed by its body.
@@ -35,6 +36,7 @@ impl Scripts {
             release: Script::new(include_str!("lua/release.lua")),
             claim: Script::new(include_str!("lua/claim.lua")),
             reap: Script::new(include_str!("lua/reap.lua")),
+            group: Script::new(include_str!("lua/group.lua")),
         }
     }
 }

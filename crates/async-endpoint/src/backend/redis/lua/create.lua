@@ -8,4 +8,6 @@ local now = redis.call('TIME')
 local minid = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
 if minid < 0 then minid = 0 end
 redis.call('XADD', KEYS[2], 'MINID', '~', string.format('%d', minid), '*', 'i', ARGV[5])
+-- The queue lives as long as its newest request could need it: an idle queue expires too.
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
