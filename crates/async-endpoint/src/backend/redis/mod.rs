@@ -14,7 +14,7 @@
 //!
 //! # Round trips
 //!
-//! * start: one `EVALSHA` (store the record, `XADD` the job, trim the stream);
+//! * start: one `EVALSHA` (store the record, `XADD` the job, trim the stream, re-apply its TTL);
 //! * poll: one `HMGET`, no script; only an unfinished request found past its deadline takes a
 //!   second round trip, the `EVALSHA` that turns it into a timeout atomically;
 //! * worker: `XREADGROUP BLOCK` on a connection of its own, then one `EVALSHA` to begin, one per
@@ -493,7 +493,8 @@ impl Backend for RedisBackend {
             .arg(&request.params)
             .arg(request.deadline_ms)
             .arg(ttl_ms)
-            .arg(&id);
+            .arg(&id)
+            .arg(request.created_ms);
         self.bounded(call.invoke_async::<Value>(&mut conn))
             .await
             .map(drop)

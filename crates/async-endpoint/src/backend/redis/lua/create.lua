@@ -1,11 +1,12 @@
 -- Stores a queued request and enqueues its job, atomically.
--- KEYS: record, queue stream.  ARGV: task, params, deadline_ms, ttl_ms, id.
+-- KEYS: record, queue stream.  ARGV: task, params, deadline_ms, ttl_ms, id, created_ms.
 redis.call('HSET', KEYS[1], 't', ARGV[1], 's', 'q', 'p', ARGV[2], 'd', ARGV[3], 'l', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 -- Trim entries older than the TTL: their requests are past their deadlines (deadline < TTL), so
 -- a delivery would only be skipped. Approximate (~) trimming frees whole stream nodes, cheaply.
-local now = redis.call('TIME')
-local minid = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
+-- ARGV[6] is the creation time (unix ms) from the web process: a clock skew of seconds only
+-- shifts this approximate trim, whose horizon is the TTL.
+local minid = tonumber(ARGV[6]) - tonumber(ARGV[4])
 if minid < 0 then minid = 0 end
 redis.call('XADD', KEYS[2], 'MINID', '~', string.format('%d', minid), '*', 'i', ARGV[5])
 -- The queue lives as long as its newest request could need it: an idle queue expires too.
