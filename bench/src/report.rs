@@ -57,7 +57,8 @@ pub(crate) fn render(
         md,
         "Written by `cargo run --release -p bench{}` ({} mode) in {:.0} s. Figures are ratios measured in one \
          run on one machine, every party (servers, wrk and load clients, redis-server) sharing its cores; \
-         nothing here is a test.\n",
+         nothing here is a test. On this shared machine single rows moved by up to ±20 % between two runs, \
+         so a ratio within that distance of its goal is not conclusive either way.\n",
         if run.quick { " -- --quick" } else { "" },
         if run.quick { "quick" } else { "full" },
         elapsed.as_secs_f64()
@@ -69,6 +70,13 @@ pub(crate) fn render(
         first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
     );
     let _ = writeln!(md, "| cores | {cores} |");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let _ = writeln!(
+        md,
+        "| load average (1/5/15 min) when the run ended | {} |",
+        load.join(" / ")
+    );
     let _ = writeln!(md, "| CPU | {} |", cpu_model());
     let _ = writeln!(md, "| OS | {} |", os());
     let _ = writeln!(md, "| rustc | {} |", first_line("rustc", &["--version"]));
