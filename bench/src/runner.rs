@@ -356,7 +356,7 @@ fn poll_cost(run: &mut Run) -> Result<(), BoxError> {
         headers,
         reference,
     };
-    let rows = vec![
+    let rows = [
         row(
             "(a) bare axum JSON handler",
             "bare",
