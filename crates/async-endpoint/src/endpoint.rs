@@ -125,6 +125,7 @@ impl AsyncEndpoint {
 /// | `concurrency` | 64 | tasks run at once per worker process |
 /// | `progress_interval` | 250 ms | minimum time between progress writes |
 /// | `shutdown_grace` | 30 s | time running tasks get to finish on shutdown |
+/// | `task_threads` | CPUs (≥ 2) | threads of the runtime tasks run on, apart from the app's; 0 = the app's |
 /// | `in_process_workers` | true | run workers inside this process |
 /// | `owner` | none | derives an owner from the request; tokens bind it |
 /// | `internal_error_message` | generic | client message for panics and internal errors |
@@ -147,6 +148,7 @@ pub struct AsyncEndpointBuilder {
     concurrency: usize,
     progress_interval: Duration,
     shutdown_grace: Duration,
+    task_threads: usize,
     internal_message: String,
     timeout_message: String,
 }
@@ -170,6 +172,7 @@ impl Default for AsyncEndpointBuilder {
             concurrency: 64,
             progress_interval: Duration::from_millis(250),
             shutdown_grace: Duration::from_secs(30),
+            task_threads: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             internal_message: default_internal_failure().message().to_owned(),
             timeout_message: default_timeout_failure().message().to_owned(),
         }
@@ -299,6 +302,16 @@ impl AsyncEndpointBuilder {
         self
     }
 
+    /// Threads of the runtime that task attempts run on (default: the number of CPUs, at least
+    /// 2). Tasks run apart from the app's runtime so that one that blocks — a blocking SDK call,
+    /// heavy computation — holds one of these threads and never stalls handlers, polls or the
+    /// worker itself. Raise it when tasks block often (each blocked task holds a thread), or wrap
+    /// such calls in `tokio::task::spawn_blocking`. `0` runs tasks on the app's own runtime.
+    pub fn task_threads(mut self, threads: usize) -> Self {
+        self.task_threads = threads;
+        self
+    }
+
     /// The client's message when a task panics or hits an internal error.
     pub fn internal_error_message(mut self, message: impl Into<String>) -> Self {
         self.internal_message = message.into();
@@ -420,6 +433,7 @@ impl AsyncEndpointBuilder {
         task_names.sort_unstable();
         let engine = Arc::new(Engine {
             backend,
+            task_runtime: crate::engine::TaskRuntime::new(self.task_threads),
             tasks,
             task_names,
             keys: Keyring::new(&secret, &self.old_secrets),

@@ -30,11 +30,66 @@ pub(crate) struct Config {
 
 pub(crate) struct Engine {
     pub(crate) backend: SharedBackend,
+    pub(crate) task_runtime: TaskRuntime,
     pub(crate) tasks: HashMap<&'static str, Arc<dyn ErasedTask>>,
     pub(crate) task_names: Vec<&'static str>,
     pub(crate) keys: Keyring,
     pub(crate) config: Config,
     pub(crate) owner: Option<OwnerFn>,
+}
+
+/// Where task attempts run. By default a multi-thread runtime of their own, made on first use,
+/// so a task that blocks (a blocking SDK, heavy CPU) holds one of *its* threads and never stalls
+/// the app's runtime: its handlers, polls, the worker loop and the backend connections keep going.
+/// With zero threads, attempts run on the app's runtime.
+pub(crate) struct TaskRuntime {
+    threads: usize,
+    runtime: std::sync::OnceLock<Option<tokio::runtime::Runtime>>,
+}
+
+impl TaskRuntime {
+    pub(crate) fn new(threads: usize) -> Self {
+        TaskRuntime {
+            threads,
+            runtime: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Spawns an attempt on the task runtime (or the current one with zero threads, or if the
+    /// task runtime could not be made).
+    pub(crate) fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if self.threads == 0 {
+            return tokio::spawn(future);
+        }
+        let runtime = self.runtime.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.threads)
+                .thread_name("async-endpoint-task")
+                .enable_all()
+                .build()
+                .map_err(|error| {
+                    tracing::error!(%error, "task runtime not created: tasks run on the app's runtime");
+                })
+                .ok()
+        });
+        match runtime {
+            Some(runtime) => runtime.spawn(future),
+            None => tokio::spawn(future),
+        }
+    }
+}
+
+impl Drop for TaskRuntime {
+    fn drop(&mut self) {
+        // `shutdown_background` never blocks, so this is safe inside an async context.
+        if let Some(Some(runtime)) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -189,7 +189,9 @@ async fn run_attempts(engine: &Engine, job: &Job) {
             config.progress_interval,
         );
         let remaining = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
-        let mut attempt_handle = AbortOnDrop(tokio::spawn(task.clone().run(params, ctx)));
+        // On the task runtime: an attempt that blocks holds one of its threads, not the app's.
+        let mut attempt_handle =
+            AbortOnDrop(engine.task_runtime.spawn(task.clone().run(params, ctx)));
         let failure = match tokio::time::timeout(remaining, &mut attempt_handle.0).await {
             Err(_) => {
                 tracing::warn!(attempt, "deadline passed while the task ran: cancelled");
