@@ -4,6 +4,7 @@
 //! cargo run --release -p bench            # full run (< 10 min on 2 cores): writes bench/results.md + PNGs
 //! cargo run --release -p bench -- --quick # quick run (< 2 min)
 //! cargo run --release -p bench -- --only 1,3   # some items only
+//! cargo run --release -p bench -- --only 6 --out results-load.md   # …written to another file
 //! ```
 //!
 //! The same binary is the server under test (`bench serve <kind> …`) and the load generator

@@ -12,6 +12,8 @@ use crate::plots;
 use crate::procs::{BoxError, Proc, Redis, Wrk, delta, rss, workspace_root, wrk};
 use crate::servers::FLOOR_KEY;
 
+pub(crate) mod cross;
+
 /// One measured item of the issue.
 type Item = fn(&mut Run) -> Result<(), BoxError>;
 
@@ -49,6 +51,14 @@ pub(crate) fn main(args: &[String]) -> Result<(), BoxError> {
         .nth(1)
         .map(|s| s.split(',').map(str::to_owned).collect())
         .unwrap_or_default();
+    // `--out results-load.md`: write the report under another name (a partial run with `--only`
+    // then leaves results.md alone).
+    let out_name = args
+        .iter()
+        .skip_while(|a| *a != "--out")
+        .nth(1)
+        .cloned()
+        .unwrap_or_else(|| "results.md".to_owned());
     let started = Instant::now();
     let tmp = std::env::temp_dir().join(format!("async-endpoint-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
@@ -73,12 +83,13 @@ pub(crate) fn main(args: &[String]) -> Result<(), BoxError> {
         queued_mem_per: None,
     };
     let want = |item: &str| only.is_empty() || only.iter().any(|o| o == item);
-    let items: [(&str, Item); 5] = [
+    let items: [(&str, Item); 6] = [
         ("1", poll_cost),
         ("2", throughput),
         ("3", isolation),
         ("4", footprint),
         ("5", js_delay),
+        ("6", cross::cross_processes),
     ];
     for (name, f) in items {
         if want(name) {
@@ -98,10 +109,10 @@ pub(crate) fn main(args: &[String]) -> Result<(), BoxError> {
     let out_dir = workspace_root().join("bench");
     let pngs = plots::draw(&run.figures, &out_dir);
     let report = crate::report::render(&run, elapsed, &pngs);
-    std::fs::write(out_dir.join("results.md"), report)?;
+    std::fs::write(out_dir.join(&out_name), report)?;
     log(&format!(
         "wrote {} in {:.0} s",
-        out_dir.join("results.md").display(),
+        out_dir.join(&out_name).display(),
         elapsed.as_secs_f64()
     ));
     let _ = std::fs::remove_dir_all(&run.tmp);

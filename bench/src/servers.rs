@@ -4,7 +4,7 @@
 //!   a `ConnectionManager`, the connection kind the Redis backend uses), `/slow-await` (awaits the
 //!   slow upstream), `/slow-blocking` (calls it with a blocking client, as a blocking SDK would);
 //! * `ae`: async-endpoint on the memory or Redis backend with the bench tasks, plus `/bare`;
-//! * `worker`: an async-endpoint worker-only process on Redis;
+//! * `worker`: an async-endpoint worker-only process on Redis (stops on SIGTERM);
 //! * `upstream`: the slow fake upstream (answers after `--delay-ms`, default 1000).
 //!
 //! Each prints `READY <port>` once it listens on 127.0.0.1.
@@ -178,6 +178,17 @@ impl AsyncTask for Park {
     }
 }
 
+/// Answers its tag with the id of the process that ran it (load across processes: `--echo 1`).
+struct Echo;
+impl AsyncTask for Echo {
+    const NAME: &'static str = "echo";
+    type Params = String;
+    type Output = (String, u32);
+    async fn execute_task(&self, tag: String, _ctx: TaskContext) -> Result<(String, u32), Failure> {
+        Ok((tag, std::process::id()))
+    }
+}
+
 /// Sleeps the given milliseconds and answers the wall-clock time it finished (unix ms, fractional).
 struct Timed;
 impl AsyncTask for Timed {
@@ -231,7 +242,15 @@ fn builder(opts: &Opts) -> AsyncEndpointBuilder {
     let ttl = Duration::from_millis(opts.num("ttl-ms", 3_600_000));
     let deadline = Duration::from_millis(opts.num("deadline-ms", 3_000_000));
     let upstream = opts.get("upstream").unwrap_or("127.0.0.1:9").to_owned();
-    AsyncEndpoint::builder()
+    let builder = AsyncEndpoint::builder();
+    // Only the processes of the load across processes know `echo`, so the other items' workers
+    // read the same streams as before.
+    let builder = if opts.get("echo").is_some() {
+        builder.task(Echo)
+    } else {
+        builder
+    };
+    builder
         .secret(SECRET)
         .ttl(ttl)
         .deadline(deadline)
@@ -272,6 +291,11 @@ async fn done_json<T: serde::Serialize>(
 }
 
 #[derive(serde::Deserialize)]
+struct Tag {
+    tag: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
 struct Ms {
     ms: Option<u64>,
 }
@@ -289,8 +313,20 @@ async fn ae(opts: &Opts) -> Result<(), BoxError> {
         .route(
             "/slow-blocking",
             get(|r: AsyncRequest<UpstreamBlocking>| done_json(r, 0)),
+        );
+    let tasks = if opts.get("echo").is_some() {
+        tasks.route(
+            "/echo",
+            get(|r: AsyncRequest<Echo>, Query(q): Query<Tag>| async move {
+                r.init(q.tag.unwrap_or_default())
+                    .handle(Json, |f| Json(f.message().to_owned()))
+                    .await
+            }),
         )
-        .layer(endpoint.layer());
+    } else {
+        tasks
+    }
+    .layer(endpoint.layer());
     let app = Router::new()
         .route("/bare", get(bare_json))
         .route("/fast", get(bare_json))
@@ -300,11 +336,16 @@ async fn ae(opts: &Opts) -> Result<(), BoxError> {
 
 async fn worker(opts: &Opts) -> Result<(), BoxError> {
     let endpoint = with_backend(opts, builder(opts).in_process_workers(false))?.build()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "READY 0")?;
     out.flush()?;
     drop(out);
-    endpoint.run_worker(std::future::pending()).await;
+    endpoint
+        .run_worker(async move {
+            term.recv().await;
+        })
+        .await;
     Ok(())
 }
 
