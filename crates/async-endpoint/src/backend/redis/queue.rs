@@ -9,9 +9,12 @@
 //!   this process is working on from looking idle; entries of dead workers go idle and are
 //!   claimed with `XAUTOCLAIM` (bounded by `claim_batch`) every `claim_idle / 4`, their delivery
 //!   count read from the pending list.
-//! * Groups are created lazily (`XGROUP CREATE … 0 MKSTREAM`) and again after `NOGROUP`.
-//! * Streams expire like records: every enqueue re-applies the request TTL, and a stream a worker
-//!   had to create expires after an hour, so no key of the library outlives its use.
+//! * Groups are created with the stream by the first enqueue, or by a worker on a stream that
+//!   lacks one, and looked up again after `NOGROUP`.
+//! * Streams expire like records: every enqueue re-applies the request TTL, and only an enqueue
+//!   creates a stream (with its group), never a worker, so no key of the library outlives its
+//!   use. A worker with no queue to read looks for one every 250 ms, so the first job after an
+//!   idle period longer than the TTL may wait that long; every other job starts at once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Weak;
@@ -30,9 +33,8 @@ use crate::{Error, RequestId};
 const REAP_IDLE: Duration = Duration::from_secs(3600);
 /// How often one process looks for such consumers.
 const REAP_EVERY: Duration = Duration::from_secs(600);
-/// Expiry of a queue stream created by a worker (not by an enqueue, which applies the request
-/// TTL): an idle queue's key goes away this long after its processes stop.
-const IDLE_QUEUE_EXPIRY: Duration = Duration::from_secs(3600);
+/// How often a worker with no queue to read looks for one to appear.
+const QUEUE_RECHECK: Duration = Duration::from_millis(250);
 /// Most ids in one heartbeat `XCLAIM`.
 const HEARTBEAT_CHUNK: usize = 256;
 
@@ -57,8 +59,12 @@ fn heartbeat_interval(claim_idle: Duration) -> Duration {
     (claim_idle / 3).max(Duration::from_millis(30))
 }
 
+/// The queue (or its group) is gone: `NOGROUP`, or `UNBLOCKED` when the stream expired under a
+/// blocking read. The worker looks the queues up again on its next fetch.
 fn is_nogroup(error: &RedisError) -> bool {
-    error.code() == Some("NOGROUP") || error.to_string().contains("NOGROUP")
+    matches!(error.code(), Some("NOGROUP" | "UNBLOCKED"))
+        || error.to_string().contains("NOGROUP")
+        || error.to_string().contains("UNBLOCKED")
 }
 
 /// Records that this process works on `job` and keeps it alive until `until_ms`.
@@ -90,16 +96,40 @@ pub(super) async fn fetch(
         return Ok(Vec::new());
     }
     ensure_heartbeat(b);
-    ensure_groups(b, tasks).await?;
-    let claimed = claim_if_due(b, tasks, max).await?;
+    // Only queues that exist can be read; a task nothing was enqueued for (within the TTL) has
+    // none, so look again every QUEUE_RECHECK until one appears or the block time is over.
+    let until = Instant::now() + block;
+    let ready = loop {
+        let ready = ensure_groups(b, tasks).await?;
+        if !ready.is_empty() {
+            break ready;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return Ok(Vec::new());
+        }
+        tokio::time::sleep(QUEUE_RECHECK.min(until - now)).await;
+    };
+    let claimed = claim_if_due(b, &ready, max).await?;
     if !claimed.is_empty() {
         return Ok(claimed);
     }
-    read(b, tasks, max, block).await
+    read(
+        b,
+        &ready,
+        max,
+        until.saturating_duration_since(Instant::now()),
+    )
+    .await
 }
 
-async fn ensure_groups(b: &RedisBackend, tasks: &[&'static str]) -> Result<(), Error> {
-    let missing: Vec<&str> = {
+/// The tasks whose queue exists with its consumer group (creating the group on a stream that
+/// lacks it). Tasks without a stream are left out and looked up again on the next fetch.
+async fn ensure_groups(
+    b: &RedisBackend,
+    tasks: &[&'static str],
+) -> Result<Vec<&'static str>, Error> {
+    let missing: Vec<&'static str> = {
         let state = RedisBackend::lock(&b.inner.queue);
         tasks
             .iter()
@@ -107,23 +137,27 @@ async fn ensure_groups(b: &RedisBackend, tasks: &[&'static str]) -> Result<(), E
             .filter(|t| !state.groups.contains(*t))
             .collect()
     };
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let mut conn = b.conn().await?;
-    for task in missing {
-        let mut call = b.inner.scripts.group.prepare_invoke();
-        call.key(b.inner.keys.queue(task))
-            .arg(GROUP)
-            .arg(IDLE_QUEUE_EXPIRY.as_millis() as u64);
-        if b.bounded(call.invoke_async::<i64>(&mut conn)).await? == 1 {
-            tracing::debug!(task, "consumer group created");
+    if !missing.is_empty() {
+        let mut conn = b.conn().await?;
+        for task in missing {
+            let mut call = b.inner.scripts.group.prepare_invoke();
+            call.key(b.inner.keys.queue(task)).arg(GROUP);
+            match b.bounded(call.invoke_async::<i64>(&mut conn)).await? {
+                -1 => continue,
+                1 => tracing::debug!(task, "consumer group created"),
+                _ => {}
+            }
+            RedisBackend::lock(&b.inner.queue)
+                .groups
+                .insert(task.to_owned());
         }
-        RedisBackend::lock(&b.inner.queue)
-            .groups
-            .insert(task.to_owned());
     }
-    Ok(())
+    let state = RedisBackend::lock(&b.inner.queue);
+    Ok(tasks
+        .iter()
+        .copied()
+        .filter(|t| state.groups.contains(*t))
+        .collect())
 }
 
 fn forget_groups(b: &RedisBackend) {
@@ -364,8 +398,9 @@ async fn read_group(
     let reply = match tokio::time::timeout(bound, cmd.query_async::<Value>(conn)).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) if is_nogroup(&e) => {
-            // Redis lost the stream (restart without persistence): re-create on the next fetch.
-            tracing::warn!("consumer group missing: re-creating it");
+            // The stream expired (idle past the TTL) or Redis lost it (restart without
+            // persistence): look the queues up again on the next fetch.
+            tracing::debug!("queue gone: looking it up again");
             forget_groups(b);
             return Ok(Vec::new());
         }

@@ -8,7 +8,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 -- shifts this approximate trim, whose horizon is the TTL.
 local minid = tonumber(ARGV[6]) - tonumber(ARGV[4])
 if minid < 0 then minid = 0 end
+local new_queue = redis.call('EXISTS', KEYS[2]) == 0
 redis.call('XADD', KEYS[2], 'MINID', '~', string.format('%d', minid), '*', 'i', ARGV[5])
+if new_queue then
+  -- From id 0, so this first entry is delivered too. A group made meanwhile by a worker is fine.
+  redis.pcall('XGROUP', 'CREATE', KEYS[2], 'workers', '0')
+end
 -- The queue lives as long as its newest request could need it: an idle queue expires too.
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
