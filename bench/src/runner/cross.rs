@@ -471,11 +471,14 @@ pub(super) fn cross_processes(run: &mut Run) -> Result<(), BoxError> {
                 .map(String::as_str)
                 .collect();
             format!(
-                "{} left: {records} request records, {} queue streams ({}); every stream a worker \
-                 creates gets a 1 h expiry, refreshed to the TTL only by enqueues",
+                "{} left: {records} request records, {} queue streams{}",
                 left.len(),
                 streams.len(),
-                streams.join(", ")
+                if streams.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", streams.join(", "))
+                }
             )
         },
         left.is_empty(),
