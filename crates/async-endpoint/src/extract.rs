@@ -15,7 +15,7 @@ use crate::backend::{NewRequest, Snapshot};
 use crate::engine::{Engine, now_ms};
 use crate::layer::EngineRef;
 use crate::problem;
-use crate::token::{Claims, TOKEN_LEN, TokenError};
+use crate::token::{Claims, TokenError};
 use crate::{AsyncTask, Error, Failure, Progress, RequestId, Status};
 
 /// Header carrying the request id on polls (the JS client's way).
@@ -29,7 +29,7 @@ pub const TOKEN_PARAM: &str = "async_request_token";
 
 const PREFER: HeaderName = HeaderName::from_static("prefer");
 const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
-/// Longest id/token value looked at; anything longer is malformed.
+/// Longest id/token value looked at (ids are 32 bytes, tokens 55); anything longer is malformed.
 pub(crate) const MAX_CREDENTIAL_LEN: usize = 128;
 /// Extra time a waiting poll gives a request past its deadline, so the poll sees the timeout.
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
@@ -451,7 +451,7 @@ pub(crate) fn one(values: impl Iterator<Item = String>) -> Result<Option<String>
         if value.is_empty() {
             continue;
         }
-        if value.len() > MAX_CREDENTIAL_LEN.max(TOKEN_LEN) {
+        if value.len() > MAX_CREDENTIAL_LEN {
             return Err(());
         }
         match &found {

@@ -2,11 +2,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::{Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, Watch};
+use crate::engine::now_ms;
 use crate::{Error, Failure, Progress, RequestId, Status};
 
 /// In-memory backend: one process, records with TTL, jobs in a FIFO queue.
@@ -98,12 +99,6 @@ impl Record {
     }
 }
 
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl MemoryBackend {
     /// An empty backend.
     pub fn new() -> Self {
@@ -113,13 +108,32 @@ impl MemoryBackend {
     /// Live (unexpired) records, after removing expired ones.
     pub fn len(&self) -> usize {
         let mut st = self.lock();
-        st.sweep(wall_ms());
+        st.sweep(now_ms());
         st.records.len()
     }
 
     /// True when no live record is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Applies `change` to a live record; when it reports a change, refreshes the TTL and wakes
+    /// the record's waiters.
+    fn update(&self, id: RequestId, change: impl FnOnce(&mut Record) -> bool) {
+        let now_ms = now_ms();
+        let changed = {
+            let mut st = self.lock();
+            st.live(&id, now_ms).is_some_and(|r| {
+                let changed = change(r);
+                if changed {
+                    r.touch(now_ms);
+                }
+                changed
+            })
+        };
+        if changed {
+            self.inner.notifier.notify(id);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -280,40 +294,22 @@ impl Backend for MemoryBackend {
     }
 
     async fn progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
-        let now_ms = wall_ms();
-        let updated = {
-            let mut st = self.lock();
-            match st.live(&id, now_ms) {
-                Some(r) if matches!(r.status, Status::Running | Status::Retrying) => {
-                    r.progress = Some(progress.clone());
-                    r.touch(now_ms);
-                    true
-                }
-                _ => false,
+        self.update(id, |r| {
+            matches!(r.status, Status::Running | Status::Retrying) && {
+                r.progress = Some(progress.clone());
+                true
             }
-        };
-        if updated {
-            self.inner.notifier.notify(id);
-        }
+        });
         Ok(())
     }
 
     async fn retrying(&self, id: RequestId) -> Result<(), Error> {
-        let now_ms = wall_ms();
-        let updated = {
-            let mut st = self.lock();
-            match st.live(&id, now_ms) {
-                Some(r) if r.status == Status::Running => {
-                    r.status = Status::Retrying;
-                    r.touch(now_ms);
-                    true
-                }
-                _ => false,
+        self.update(id, |r| {
+            r.status == Status::Running && {
+                r.status = Status::Retrying;
+                true
             }
-        };
-        if updated {
-            self.inner.notifier.notify(id);
-        }
+        });
         Ok(())
     }
 

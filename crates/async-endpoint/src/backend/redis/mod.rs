@@ -289,10 +289,11 @@ impl RedisBackend {
         {
             return;
         }
-        let mut ready = inner.subscribed.subscribe();
-        if *ready.borrow() {
+        // The common case, once subscribed: one atomic read, no receiver made.
+        if *inner.subscribed.borrow() {
             return;
         }
+        let mut ready = inner.subscribed.subscribe();
         let bound = inner.settings.connection_timeout + inner.settings.response_timeout;
         if tokio::time::timeout(bound, ready.wait_for(|ready| *ready))
             .await
