@@ -263,10 +263,33 @@ fn parse(raw: &[u8]) -> Option<HttpResponse> {
     })
 }
 
-/// Reads a child's stdout lines into a shared log (for `READY` / `RUN` markers).
-pub fn collect_lines(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+/// A child's stdout, read line by line on a thread into a shared log (for `READY` / `RUN`
+/// markers).
+pub struct Lines {
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Lines {
+    /// Every line read so far.
+    pub fn snapshot(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Every line the child wrote, read to the end of its output: call it once the child has
+    /// exited, so a check of its last lines never races the reader thread.
+    pub fn read_to_end(&mut self) -> Vec<String> {
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("stdout reader panicked");
+        }
+        self.snapshot()
+    }
+}
+
+/// Starts reading a child's stdout lines.
+pub fn collect_lines(child: &mut Child) -> Lines {
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    if let Some(out) = child.stdout.take() {
+    let reader = child.stdout.take().map(|out| {
         let sink = lines.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(out);
@@ -275,9 +298,9 @@ pub fn collect_lines(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<Vec<S
                 sink.lock().unwrap().push(line.trim_end().to_owned());
                 line.clear();
             }
-        });
-    }
-    lines
+        })
+    });
+    Lines { lines, reader }
 }
 
 /// Waits until a line containing `prefix` shows up; returns the line from `prefix` on.
