@@ -350,7 +350,8 @@ async fn fifty_concurrent_polls_agree_on_the_outcome() {
         polls.push(tokio::spawn(async move {
             let wait = if i % 2 == 0 { Some(5) } else { None };
             let mut answers = Vec::new();
-            for _ in 0..200 {
+            let give_up = std::time::Instant::now() + Duration::from_secs(60);
+            while std::time::Instant::now() < give_up {
                 let p = poll(&app, "/job", &id, &token, wait).await;
                 let done = p.status != StatusCode::ACCEPTED;
                 answers.push((p.status, p.body));

@@ -713,9 +713,11 @@ pub async fn polls_racing_finish_agree<B: Backend>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
+    let seen_under_way = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let pollers: Vec<_> = (0..50)
         .map(|_| {
             let b = b.clone();
+            let seen_under_way = seen_under_way.clone();
             tokio::spawn(async move {
                 let mut under_way = 0u32;
                 let give_up = std::time::Instant::now() + Duration::from_secs(60);
@@ -733,6 +735,9 @@ pub async fn polls_racing_finish_agree<B: Backend>(b: Arc<B>) {
                         }
                         return (s, under_way);
                     }
+                    if under_way == 0 {
+                        seen_under_way.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     under_way += 1;
                     assert!(
                         std::time::Instant::now() < give_up,
@@ -743,7 +748,16 @@ pub async fn polls_racing_finish_agree<B: Backend>(b: Arc<B>) {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Finish only once every poller has seen the request under way, so the polls really race
+    // the finish (a fixed pause could pass before a starved poller ran at all).
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while seen_under_way.load(std::sync::atomic::Ordering::SeqCst) < 50 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the pollers never saw the request under way"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let stands = b
         .finish(
             &job,
@@ -763,6 +777,8 @@ pub async fn polls_racing_finish_agree<B: Backend>(b: Arc<B>) {
         "every poll agrees"
     );
     assert_eq!(finals[0].0.output.as_deref(), Some("\"final\""));
-    let polls_before: u32 = finals.iter().map(|(_, n)| n).sum();
-    assert!(polls_before > 0, "the polls raced the finish");
+    assert!(
+        finals.iter().all(|(_, n)| *n > 0),
+        "every poller saw the request under way before it saw it final"
+    );
 }
