@@ -136,22 +136,62 @@ pub(crate) fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     stream.write_all(request.as_bytes()).expect("send request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read answer");
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head: {}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = &raw[split + 4..];
     let mut lines = head.lines();
     let status = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line: {head}"));
-    let headers = lines
+    // Field names are case-insensitive, values lose their optional whitespace (RFC 9110 5.5).
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
-    Answer {
+    let mut answer = Answer {
         status,
         headers,
-        body: body.to_owned(),
+        body: String::new(),
+    };
+    // The server may send any body chunked (RFC 9112 7.1), whatever its size.
+    let chunked = answer.header("transfer-encoding").is_some_and(|te| {
+        te.rsplit(',')
+            .next()
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    answer.body = String::from_utf8_lossy(&body).into_owned();
+    answer
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body (extensions and trailers ignored).
+pub(crate) fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or_else(|| panic!("chunk size line without CRLF"));
+        let line = String::from_utf8_lossy(&body[..line_end]);
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        assert!(body.len() >= size + 2, "chunk cut short");
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
     }
 }
 
