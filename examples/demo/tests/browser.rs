@@ -40,6 +40,45 @@ fn card(n: u32) -> String {
     format!("document.querySelector('.card[data-n=\"{n}\"]')")
 }
 
+/// Installs `window.__events`, a log of every change the page makes to a card's state or percent,
+/// to the heartbeat status, to an output's state, and of every missed heartbeat slot drawn. States
+/// that last a moment (a percent, a stall) are checked in this log afterwards, so they cannot
+/// slip between two polls of the test on a slow machine.
+fn record_events(browser: &Browser) {
+    browser
+        .execute(
+            "if (window.__events) return;
+             const events = (window.__events = []);
+             new MutationObserver((records) => {
+               for (const r of records) {
+                 const t = r.target;
+                 if (r.type === 'childList') {
+                   for (const n of r.addedNodes) if (n.classList && n.classList.contains('miss')) events.push({ miss: true });
+                 } else if (t.classList.contains('card')) {
+                   events.push({ card: +t.dataset.n, state: t.dataset.state, percent: +t.dataset.percent });
+                 } else if (t.id === 'hb-status') {
+                   events.push({ hb: t.dataset.state });
+                 } else if (t.id) {
+                   events.push({ out: t.id, state: t.dataset.state });
+                 }
+               }
+             }).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-state', 'data-percent'] });",
+            &[],
+        )
+        .expect("install the event recorder");
+}
+
+/// The events recorded so far (see [`record_events`]).
+fn events(browser: &Browser) -> Vec<Value> {
+    match browser
+        .execute("return window.__events;", &[])
+        .expect("read the events")
+    {
+        Value::Array(events) => events,
+        other => panic!("no event log: {other}"),
+    }
+}
+
 /// Where screenshots go: the target directory (the built binary's profile directory's parent).
 fn screenshot_path(name: &str) -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_demo"));
@@ -66,26 +105,31 @@ fn demo_page_in_chromium() {
     let facts = browser.text("#facts").expect("facts");
     assert!(facts.contains("memory"), "facts: {facts}");
 
+    record_events(&browser);
+
     // 1. One request: progress strictly between 0 and 100 is seen, then it advances, then the result.
     set_form(&browser, "browser", 4, 0, 1);
     browser.click("#start").expect("click start");
     let c1 = card(1);
-    let first = browser
-        .wait_for(
-            &format!("{c1} && {c1}.dataset.state === 'running' && +{c1}.dataset.percent > 0 && +{c1}.dataset.percent < 100 && +{c1}.dataset.percent"),
-            LONG,
-        )
-        .expect("progress between 0 and 100 while running");
-    let first = first.as_f64().expect("percent is a number");
     browser
-        .wait_for(
-            &format!("+{c1}.dataset.percent > {first} || {c1}.dataset.state === 'done'"),
-            LONG,
-        )
-        .expect("progress advances");
-    browser
-        .wait_for(&format!("{c1}.dataset.state === 'done'"), LONG)
+        .wait_for(&format!("{c1} && {c1}.dataset.state === 'done'"), LONG)
         .expect("the request finishes");
+    let card1: Vec<(String, f64)> = events(&browser)
+        .iter()
+        .filter(|e| e["card"] == 1)
+        .map(|e| {
+            let state = e["state"].as_str().unwrap_or_default().to_owned();
+            (state, e["percent"].as_f64().unwrap_or(f64::NAN))
+        })
+        .collect();
+    let first = card1
+        .iter()
+        .position(|(state, p)| state == "running" && *p > 0.0 && *p < 100.0)
+        .unwrap_or_else(|| panic!("progress between 0 and 100 while running: {card1:?}"));
+    assert!(
+        card1[first + 1..].iter().any(|(_, p)| *p > card1[first].1),
+        "progress advances: {card1:?}"
+    );
     let result = browser.text(".card[data-n=\"1\"] .result").expect("result");
     assert!(result.contains("results for “browser”"), "result: {result}");
     assert!(result.contains("worker pid"), "result: {result}");
@@ -133,13 +177,25 @@ fn demo_page_in_chromium() {
         browser
             .click("#jquery-run")
             .expect("run the jQuery example");
+        // The page's snippet gives up after 10 s (its verbatim timeout) for a 2 s request: wait
+        // for either end, so a failure shows its message at once.
         browser
             .wait_for(
-                "document.getElementById('jquery-out').dataset.state === 'done'",
+                "['done', 'failed'].includes(document.getElementById('jquery-out').dataset.state)",
                 LONG,
             )
-            .expect("$.getAsyncRequest(url, 10000).success(...) is called");
+            .expect("$.getAsyncRequest(url, 10000) calls back");
         let out = browser.text("#jquery-out").expect("jquery output");
+        assert_eq!(
+            browser
+                .execute(
+                    "return document.getElementById('jquery-out').dataset.state;",
+                    &[]
+                )
+                .expect("jquery state"),
+            Value::from("done"),
+            "$.getAsyncRequest(url, 10000).success(...) is called: {out}"
+        );
         assert!(out.contains("results for “jquery”"), "jQuery output: {out}");
     } else {
         assert_eq!(
@@ -183,14 +239,34 @@ fn demo_page_in_chromium() {
             "[3, 4, 5].map(n => document.querySelector(`.card[data-n=\"${n}\"]`)).every(c => c && +c.dataset.percent >= 25) || [...document.querySelectorAll('.card')].some(c => +c.dataset.n > 2 && ['done', 'failed', 'error'].includes(c.dataset.state))",
             LONG,
         )
-        .expect("three requests run at once, each with its own progress");
-    let running = browser
-        .execute(
-            "return [...document.querySelectorAll('.card')].filter(c => c.dataset.state === 'running').length;",
-            &[],
+        .expect("the three requests show progress");
+    // From the event log: all three were running at the same moment (each runs 6 s or more, so
+    // none ends before the others have started).
+    let at_once = browser
+        .wait_for(
+            "(() => {
+               const running = new Set(), ended = new Set();
+               let most = 0;
+               for (const e of window.__events) {
+                 if (![3, 4, 5].includes(e.card)) continue;
+                 if (e.state === 'running' && !ended.has(e.card)) running.add(e.card);
+                 if (['done', 'failed', 'error'].includes(e.state)) { running.delete(e.card); ended.add(e.card); }
+                 most = Math.max(most, running.size);
+               }
+               return (most === 3 || ended.size === 3) && { most };
+             })()",
+            LONG,
         )
-        .expect("count running cards");
-    assert!(running.as_u64().unwrap_or(0) >= 1, "requests run at once");
+        .expect("the three requests run or end");
+    assert_eq!(
+        at_once["most"],
+        3,
+        "three requests run at once, each with its own progress: {:?}",
+        events(&browser)
+            .iter()
+            .filter(|e| e["card"].as_u64().is_some_and(|n| n > 2))
+            .collect::<Vec<_>>()
+    );
     let path = screenshot_path("demo.png");
     browser.screenshot_png(&path).expect("save the screenshot");
     let size = std::fs::metadata(&path).expect("screenshot written").len();
@@ -224,6 +300,7 @@ fn on_one_runtime_thread_a_blocking_call_stalls_everything_and_the_page_fits_a_p
     browser
         .wait_for("document.querySelector('#facts b')", LONG)
         .expect("server facts load");
+    record_events(&browser);
     assert!(
         browser
             .text("#facts")
@@ -256,7 +333,8 @@ fn on_one_runtime_thread_a_blocking_call_stalls_everything_and_the_page_fits_a_p
     );
 
     // With the only runtime thread asleep in a blocking client, the heartbeat gets no answer
-    // (reported after 0.4 s; the call blocks for 4 s), then recovers.
+    // (reported after 0.4 s; the call blocks for 4 s), then recovers. Shown by order in the
+    // event log: a stall and missed beats after the click, before the blocking answer arrives.
     set_form(&browser, "phone", 4, 0, 1);
     browser
         .wait_for(
@@ -265,12 +343,6 @@ fn on_one_runtime_thread_a_blocking_call_stalls_everything_and_the_page_fits_a_p
         )
         .expect("the heartbeat beats");
     browser.click("#sync-blocking").expect("click blocking");
-    browser
-        .wait_for(
-            "document.getElementById('hb-status').dataset.state === 'stalled'",
-            LONG,
-        )
-        .expect("the heartbeat stalls while the only runtime thread is blocked");
     browser
         .wait_for(
             "document.getElementById('sync-blocking-out').dataset.state === 'done'",
@@ -283,13 +355,22 @@ fn on_one_runtime_thread_a_blocking_call_stalls_everything_and_the_page_fits_a_p
             LONG,
         )
         .expect("the heartbeat recovers");
-    let misses = browser
-        .execute(
-            "return document.querySelectorAll('#hb i.miss').length;",
-            &[],
-        )
-        .expect("count missed beats");
-    assert!(misses.as_u64().unwrap_or(0) > 0, "missed beats are drawn");
+    let log = events(&browser);
+    let blocking = |state: &str| {
+        log.iter()
+            .position(|e| e["out"] == "sync-blocking-out" && e["state"] == state)
+            .unwrap_or_else(|| panic!("no `{state}` of the blocking output: {log:?}"))
+    };
+    let (clicked, answered) = (blocking("waiting"), blocking("done"));
+    let during = &log[clicked..answered];
+    assert!(
+        during.iter().any(|e| e["hb"] == "stalled"),
+        "the heartbeat stalls while the only runtime thread is blocked: {during:?}"
+    );
+    assert!(
+        during.iter().any(|e| e["miss"] == true),
+        "missed beats are drawn: {during:?}"
+    );
 
     // The async path works on one thread too.
     set_form(&browser, "phone", 1, 0, 1);
