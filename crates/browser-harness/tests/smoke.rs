@@ -72,12 +72,17 @@ fn every_command_works_on_a_real_page() -> Result<(), Error> {
         .unwrap_err();
     assert!(matches!(never, Error::Timeout { .. }), "{never}");
 
-    let logs = browser.console_logs()?;
-    assert!(
-        logs.iter()
-            .any(|l| l.message.contains("logged from the page")),
-        "console: {logs:?}"
-    );
+    // chromedriver collects console messages from DevTools events, which may arrive after the
+    // page's state is visible: wait for the message (each call drains what it returns).
+    let mut logs = Vec::new();
+    let logged = browser.wait_until("the console message", Duration::from_secs(30), |b| {
+        logs.extend(b.console_logs()?);
+        Ok(logs
+            .iter()
+            .any(|l| l.message.contains("logged from the page"))
+            .then_some(()))
+    });
+    assert!(logged.is_ok(), "console: {logs:?}");
 
     let png = browser.screenshot()?;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
