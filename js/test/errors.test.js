@@ -266,6 +266,9 @@ test("no unhandled rejections on any error path, with real timers", async () => 
   ];
   const kinds = (await Promise.allSettled(runs)).map((r) => r.reason && r.reason.kind);
   assert.deepEqual(kinds, ["failed", "network", "timeout", "aborted", "protocol", "network"]);
+  // Ordering, not a guess: Node runs timers in expiry order, so every timer of ≤ 20 ms the runs
+  // left behind (1–2 ms backoff sleeps, the 2 ms abort, the 5 ms timeout) has fired before this
+  // one, however slow the machine; flush then lets their rejections be reported.
   await new Promise((r) => setTimeout(r, 20));
   await flush(5);
   assert.deepEqual(unhandled, []);
