@@ -265,6 +265,53 @@ test("abort during the start request", async (t) => {
   assert.equal(fetch.calls[0].signal.aborted, true);
 });
 
+test("the overall timeout is an AbortSignal.timeout; its TimeoutError reaches the fetch", async (t) => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [accepted(), hang]);
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { timeout: 1234.5 })));
+  assert.equal(e.kind, "timeout");
+  assert.deepEqual(clock.timeouts, [1235], "whole milliseconds, rounded up");
+  assert.equal(fetch.calls[1].signal.reason.name, "TimeoutError");
+});
+
+test("the caller's own AbortSignal.timeout is an abort, not the overall timeout", async (t) => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [accepted(), hang]);
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { timeout: 9000, signal: AbortSignal.timeout(3000) })));
+  assert.equal(e.kind, "aborted");
+  assert.equal(e.cause.name, "TimeoutError");
+  assert.equal(clock.elapsed(), 3000);
+});
+
+test("without AbortSignal.any and AbortSignal.timeout (older browsers), timeout and abort still work", async (t) => {
+  const { any, timeout } = Object.getOwnPropertyDescriptors(AbortSignal);
+  for (const [key, descriptor] of [["any", any], ["timeout", timeout]]) {
+    t.after(() => Object.defineProperty(AbortSignal, key, descriptor));
+  }
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [accepted(), hang]);
+  usePlatform(t, clock, fetch);
+  delete AbortSignal.any;
+  delete AbortSignal.timeout;
+  const e = await rejection(clock.run(asyncRequest("/x", { timeout: 4000 })));
+  assert.equal(e.kind, "timeout");
+  assert.equal(clock.elapsed(), 4000, "the fallback's timer runs on setTimeout");
+  assert.equal(fetch.calls[1].signal.aborted, true);
+
+  const clock2 = fakeClock();
+  const ac = new AbortController();
+  const fetch2 = fakeFetch(clock2, [accepted(), (call) => (setImmediate(() => ac.abort(new Error("left"))), hang(call))]);
+  usePlatform(t, clock2, fetch2);
+  delete AbortSignal.any;
+  delete AbortSignal.timeout;
+  const e2 = await rejection(clock2.run(asyncRequest("/x", { signal: ac.signal })));
+  assert.equal(e2.kind, "aborted");
+  assert.equal(e2.cause.message, "left");
+  assert.equal(fetch2.calls[1].signal.aborted, true);
+});
+
 test("an error thrown by onProgress rejects the request with that error", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted()]);

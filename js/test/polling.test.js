@@ -19,7 +19,13 @@ test("resolves with the final answer after a few polls", async (t) => {
   assert.equal(fetch.calls.length, 3);
   // The first poll goes out at once (asking to wait); later ones honour Retry-After.
   assert.deepEqual(gaps(fetch), [0, 1000]);
-  assert.equal(clock.pending(), 0, "overall timeout timer is cleared on success");
+  assert.equal(clock.pending(), 0, "no sleep timer left");
+  // The overall timeout (an AbortSignal.timeout, which cannot be cleared) firing later changes nothing.
+  assert.deepEqual(clock.timeouts, [DEFAULTS.timeout]);
+  await clock.run(new Promise((r) => clock.setTimeout(r, DEFAULTS.timeout)));
+  await flush();
+  assert.equal(fetch.calls.length, 3);
+  assert.deepEqual(unhandled, []);
 });
 
 test("a final 2xx other than 200 resolves, text bodies stay text", async (t) => {
