@@ -13,24 +13,37 @@ export async function flush(turns = 3) {
 /**
  * A virtual clock. Timers never fire on their own: `run(promise)` lets the client run until it
  * waits, then jumps to the earliest timer, fires it, and repeats until the promise settles.
+ * `timeoutSignal(ms)` is `AbortSignal.timeout(ms)` on this clock: like the platform's, its timer
+ * cannot be cleared, so `pending()` counts only `setTimeout` timers (the ones a client must clear).
  */
 export function fakeClock(start = Date.UTC(2024, 0, 1)) {
   let now = start;
   let seq = 0;
   const timers = new Map();
+  const add = (ms, fn, signal = false) => {
+    const id = ++seq;
+    timers.set(id, { at: now + Math.max(0, Number(ms) || 0), fn, signal });
+    return id;
+  };
   const clock = {
     /** every delay ever passed to setTimeout, in call order */
     delays: [],
+    /** every delay ever passed to AbortSignal.timeout, in call order */
+    timeouts: [],
     now: () => now,
     elapsed: () => now - start,
-    pending: () => timers.size,
+    pending: () => [...timers.values()].filter((t) => !t.signal).length,
     setTimeout: (fn, ms) => {
-      const id = ++seq;
       clock.delays.push(ms);
-      timers.set(id, { at: now + Math.max(0, Number(ms) || 0), fn });
-      return id;
+      return add(ms, fn);
     },
     clearTimeout: (id) => void timers.delete(id),
+    timeoutSignal: (ms) => {
+      clock.timeouts.push(ms);
+      const ctl = new AbortController();
+      add(ms, () => ctl.abort(new DOMException("The operation was aborted due to timeout", "TimeoutError")), true);
+      return ctl.signal;
+    },
     async run(promise) {
       let settled = false;
       promise.then(
@@ -51,6 +64,44 @@ export function fakeClock(start = Date.UTC(2024, 0, 1)) {
   };
   return clock;
 }
+
+let restorePlatform = null;
+
+/**
+ * Puts fakes where the client finds the platform, until test `t` ends: `fetch` becomes
+ * `globalThis.fetch`; with a clock, `setTimeout`/`clearTimeout`, `Date.now` and `AbortSignal.timeout`
+ * run on it; `Math.random` returns `random()` (0 by default, which makes backoff exact). Calling it
+ * again in the same test swaps in other fakes. Tests stub the globals the client calls rather than
+ * pass it test options; node:test runs the tests of a file one at a time, so this is safe.
+ */
+export function usePlatform(t, clock, fetch, random = () => 0) {
+  if (restorePlatform) restorePlatform();
+  const saved = [];
+  const patch = (obj, key, value) => {
+    saved.push([obj, key, Object.getOwnPropertyDescriptor(obj, key)]);
+    Object.defineProperty(obj, key, { value, writable: true, configurable: true });
+  };
+  patch(globalThis, "fetch", fetch);
+  patch(Math, "random", random);
+  if (clock) {
+    patch(globalThis, "setTimeout", clock.setTimeout);
+    patch(globalThis, "clearTimeout", clock.clearTimeout);
+    patch(Date, "now", clock.now);
+    patch(AbortSignal, "timeout", clock.timeoutSignal);
+  }
+  const restore = () => {
+    for (const [obj, key, descriptor] of saved.reverse()) Object.defineProperty(obj, key, descriptor);
+    if (restorePlatform === restore) restorePlatform = null;
+  };
+  restorePlatform = restore;
+  t.after(() => restorePlatform === restore && restore());
+}
+
+/**
+ * The client's backoff when the server gives no hint, as js/README.md documents it: 250 ms growing
+ * ×1.5 to a 5 s cap (which also clamps Retry-After), each delay reduced by a random 0..25 %.
+ */
+export const BACKOFF = Object.freeze({ minDelay: 250, maxDelay: 5000, factor: 1.5, jitter: 0.25 });
 
 /** A response double: what the client reads (status, headers.get, text()). */
 export function reply(status, body, headers = {}) {
@@ -107,18 +158,6 @@ export function fakeFetch(clock, steps) {
   };
   fetch.calls = calls;
   return fetch;
-}
-
-/** Client options wired to the fakes; random() = 0 makes backoff exact unless a test overrides it. */
-export function opts(clock, fetch, extra = {}) {
-  return {
-    fetch,
-    setTimeout: clock.setTimeout,
-    clearTimeout: clock.clearTimeout,
-    now: clock.now,
-    random: () => 0,
-    ...extra,
-  };
 }
 
 /** Await a rejection and return the error (fails if it resolves). */

@@ -2,15 +2,16 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import { asyncRequest, AsyncRequestError, DEFAULTS } from "../../crates/async-endpoint/assets/async_endpoint.js";
 import {
-  fakeClock, fakeFetch, opts, reply, accepted, problem, hang, networkError, rejection, gaps, flush, unhandled,
+  fakeClock, fakeFetch, usePlatform, BACKOFF, reply, accepted, problem, hang, networkError, rejection, gaps, flush, unhandled,
 } from "../test-support/fakes.js";
 
 const FAILURE = { error: "My custom error message" };
 
-test("422 (the app's failed answer) rejects with kind failed, status and parsed body", async () => {
+test("422 (the app's failed answer) rejects with kind failed, status and parsed body", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), accepted({ status: "running" }), reply(422, FAILURE)]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x")));
   assert.ok(e instanceof AsyncRequestError);
   assert.ok(e instanceof Error);
   assert.equal(e.name, "AsyncRequestError");
@@ -21,11 +22,12 @@ test("422 (the app's failed answer) rejects with kind failed, status and parsed 
   assert.equal(clock.pending(), 0);
 });
 
-test("404 and 410 problem+json reject with kind failed", async () => {
+test("404 and 410 problem+json reject with kind failed", async (t) => {
   for (const [status, title] of [[404, "Not Found"], [410, "Gone"]]) {
     const clock = fakeClock();
     const fetch = fakeFetch(clock, [accepted(), problem(status, title)]);
-    const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch))));
+    usePlatform(t, clock, fetch);
+    const e = await rejection(clock.run(asyncRequest("/x")));
     assert.equal(e.kind, "failed");
     assert.equal(e.status, status);
     assert.equal(e.body.title, title);
@@ -33,26 +35,28 @@ test("404 and 410 problem+json reject with kind failed", async () => {
   }
 });
 
-test("a 500 is a failure, not retried", async () => {
+test("a 500 is a failure, not retried", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), reply(500, "Internal Server Error")]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x")));
   assert.equal(e.kind, "failed");
   assert.equal(e.status, 500);
   assert.equal(e.body, "Internal Server Error");
   assert.equal(fetch.calls.length, 2);
 });
 
-test("a failure answer to the start request rejects at once", async () => {
+test("a failure answer to the start request rejects at once", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [problem(503, "Service Unavailable")]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x")));
   assert.equal(e.kind, "failed");
   assert.equal(e.status, 503);
   assert.equal(fetch.calls.length, 1, "the start is not retried: it may have been enqueued");
 });
 
-test("503 while polling is retried, honouring Retry-After, then succeeds", async () => {
+test("503 while polling is retried, honouring Retry-After, then succeeds", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [
     accepted({}, { "retry-after": "1" }),
@@ -61,103 +65,114 @@ test("503 while polling is retried, honouring Retry-After, then succeeds", async
     accepted({ status: "running" }, { "retry-after": "1" }),
     reply(200, { ok: true }),
   ]);
-  const result = await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0 })));
+  usePlatform(t, clock, fetch);
+  const result = await clock.run(asyncRequest("/x", { wait: 0 }));
   assert.deepEqual(result.body, { ok: true });
   // 1 s (start), 2 s (503's Retry-After), backoff after the 502, 1 s
-  assert.deepEqual(gaps(fetch), [1000, 2000, DEFAULTS.minDelay, 1000]);
+  assert.deepEqual(gaps(fetch), [1000, 2000, BACKOFF.minDelay, 1000]);
 });
 
-test("502/503/504 while polling: bounded retries, then kind failed with the status", async () => {
+test("502/503/504 while polling: bounded retries, then kind failed with the status", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), ...Array.from({ length: 3 }, () => reply(504, "Gateway Timeout"))]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch, { retries: 2 }))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { retries: 2 })));
   assert.equal(e.kind, "failed");
   assert.equal(e.status, 504);
   assert.equal(e.body, "Gateway Timeout");
   assert.equal(fetch.calls.length, 4, "start + first poll + 2 retries");
 });
 
-test("an answer whose body breaks while being read rejects with kind network", async () => {
+test("an answer whose body breaks while being read rejects with kind network", async (t) => {
   const clock = fakeClock();
   const broken = { ...reply(200, {}), text: async () => { throw new TypeError("terminated"); } };
   const fetch = fakeFetch(clock, [accepted(), broken]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x")));
   assert.equal(e.kind, "network");
   assert.equal(e.status, 200);
   assert.equal(e.cause.message, "terminated");
 });
 
-test("a 503 whose body breaks counts as a transient failure and is retried", async () => {
+test("a 503 whose body breaks counts as a transient failure and is retried", async (t) => {
   const clock = fakeClock();
   const broken = { ...reply(503, ""), text: async () => { throw new TypeError("terminated"); } };
   const fetch = fakeFetch(clock, [accepted(), broken, reply(200, { ok: 1 })]);
-  const result = await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  usePlatform(t, clock, fetch);
+  const result = await clock.run(asyncRequest("/x"));
   assert.deepEqual(result.body, { ok: 1 });
 });
 
-test("network errors while polling: default 5 retries with backoff, then kind network", async () => {
+test("network errors while polling: default 5 retries with backoff, then kind network", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted({}, { "retry-after": "1" }), ...Array.from({ length: 6 }, networkError)]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x")));
   assert.equal(e.kind, "network");
   assert.ok(e.cause instanceof TypeError);
   assert.equal(e.status, undefined);
   assert.equal(fetch.calls.length, 1 + 1 + DEFAULTS.retries);
   const d = gaps(fetch).slice(1);
-  assert.equal(d[0], DEFAULTS.minDelay);
+  assert.equal(d[0], BACKOFF.minDelay);
   for (let i = 1; i < d.length; i++) assert.ok(d[i] > d[i - 1], `backoff grows: ${d}`);
 });
 
-test("a network error between good polls resets the retry budget", async () => {
+test("a network error between good polls resets the retry budget", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [
     accepted(), networkError(), networkError(), accepted(), networkError(), networkError(), reply(200, { ok: 1 }),
   ]);
-  const result = await clock.run(asyncRequest("/x", opts(clock, fetch, { retries: 2 })));
+  usePlatform(t, clock, fetch);
+  const result = await clock.run(asyncRequest("/x", { retries: 2 }));
   assert.deepEqual(result.body, { ok: 1 });
 });
 
-test("a network error on the start request rejects with kind network, no retry", async () => {
+test("a network error on the start request rejects with kind network, no retry", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [networkError()]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x")));
   assert.equal(e.kind, "network");
   assert.equal(e.cause.message, "fetch failed");
   assert.equal(fetch.calls.length, 1);
 });
 
-test("protocol: a 202 without id or token", async () => {
+test("protocol: a 202 without id or token", async (t) => {
   for (const fields of [{ async_request_id: undefined }, { async_request_token: "" }, { async_request_id: 42 }]) {
     const clock = fakeClock();
     const fetch = fakeFetch(clock, [accepted(fields)]);
-    const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch))));
+    usePlatform(t, clock, fetch);
+    const e = await rejection(clock.run(asyncRequest("/x")));
     assert.equal(e.kind, "protocol", JSON.stringify(fields));
     assert.equal(e.status, 202);
     assert.equal(fetch.calls.length, 1);
   }
 });
 
-test("protocol: a 202 whose body is not JSON (start or poll)", async () => {
+test("protocol: a 202 whose body is not JSON (start or poll)", async (t) => {
   for (const steps of [[reply(202, "<html>Accepted</html>")], [accepted(), reply(202, "")], [accepted(), reply(202, "null")]]) {
     const clock = fakeClock();
     const fetch = fakeFetch(clock, steps);
-    const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch))));
+    usePlatform(t, clock, fetch);
+    const e = await rejection(clock.run(asyncRequest("/x")));
     assert.equal(e.kind, "protocol");
     assert.equal(fetch.calls.length, steps.length);
   }
 });
 
-test("protocol: a poll answered for another request id", async () => {
+test("protocol: a poll answered for another request id", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), accepted({ async_request_id: "someone-else" })]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x")));
   assert.equal(e.kind, "protocol");
 });
 
-test("overall timeout while a poll is in flight: kind timeout, the fetch is aborted", async () => {
+test("overall timeout while a poll is in flight: kind timeout, the fetch is aborted", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted({}, { "retry-after": "1" }), hang]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch, { timeout: 30000 }))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { timeout: 30000 })));
   assert.equal(e.kind, "timeout");
   assert.notEqual(e.kind, "failed");
   assert.match(e.message, /30000 ms/);
@@ -166,44 +181,48 @@ test("overall timeout while a poll is in flight: kind timeout, the fetch is abor
   assert.equal(clock.pending(), 0);
 });
 
-test("overall timeout while sleeping between polls, default 60 s", async () => {
+test("overall timeout while sleeping between polls, default 60 s", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, Array.from({ length: 100 }, () => accepted({}, { "retry-after": "7" })));
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x")));
   assert.equal(e.kind, "timeout");
   assert.equal(clock.elapsed(), DEFAULTS.timeout);
   assert.equal(DEFAULTS.timeout, 60000);
   assert.equal(clock.pending(), 0, "the sleep timer is cleared");
 });
 
-test("timeout during the start request aborts it", async () => {
+test("timeout during the start request aborts it", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [hang]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch, { timeout: 5000 }))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { timeout: 5000 })));
   assert.equal(e.kind, "timeout");
   assert.equal(fetch.calls[0].signal.aborted, true);
 });
 
-test("a fetch that ignores its signal cannot outlive the timeout", async () => {
+test("a fetch that ignores its signal cannot outlive the timeout", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), () => new Promise(() => {})]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch, { timeout: 2000 }))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { timeout: 2000 })));
   assert.equal(e.kind, "timeout");
 });
 
-test("abort before start: kind aborted, nothing sent", async () => {
+test("abort before start: kind aborted, nothing sent", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, []);
   const ac = new AbortController();
   ac.abort(new Error("user left"));
-  const e = await rejection(asyncRequest("/x", opts(clock, fetch, { signal: ac.signal })));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(asyncRequest("/x", { signal: ac.signal }));
   assert.equal(e.kind, "aborted");
   assert.equal(e.cause.message, "user left");
   assert.equal(fetch.calls.length, 0);
   assert.equal(clock.pending(), 0);
 });
 
-test("abort while a poll is in flight: kind aborted, the fetch is aborted", async () => {
+test("abort while a poll is in flight: kind aborted, the fetch is aborted", async (t) => {
   const clock = fakeClock();
   const ac = new AbortController();
   const fetch = fakeFetch(clock, [
@@ -213,13 +232,14 @@ test("abort while a poll is in flight: kind aborted, the fetch is aborted", asyn
       return hang(call);
     },
   ]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch, { signal: ac.signal }))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { signal: ac.signal })));
   assert.equal(e.kind, "aborted");
   assert.equal(fetch.calls[1].signal.aborted, true);
-  assert.equal(clock.pending(), 0, "timeout and sleep timers cleared");
+  assert.equal(clock.pending(), 0, "sleep timers cleared");
 });
 
-test("abort while sleeping between polls", async () => {
+test("abort while sleeping between polls", async (t) => {
   const clock = fakeClock();
   const ac = new AbortController();
   const fetch = fakeFetch(clock, [
@@ -228,41 +248,99 @@ test("abort while sleeping between polls", async () => {
       return accepted({}, { "retry-after": "5" });
     },
   ]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0, signal: ac.signal }))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { wait: 0, signal: ac.signal })));
   assert.equal(e.kind, "aborted");
   assert.equal(fetch.calls.length, 1);
   assert.equal(clock.elapsed(), 0, "did not wait for the 5 s");
 });
 
-test("abort during the start request", async () => {
+test("abort during the start request", async (t) => {
   const clock = fakeClock();
   const ac = new AbortController();
   const fetch = fakeFetch(clock, [(call) => (setImmediate(() => ac.abort()), hang(call))]);
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch, { signal: ac.signal }))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { signal: ac.signal })));
   assert.equal(e.kind, "aborted");
   assert.equal(fetch.calls[0].signal.aborted, true);
 });
 
-test("an error thrown by onProgress rejects the request with that error", async () => {
+test("the overall timeout is an AbortSignal.timeout; its TimeoutError reaches the fetch", async (t) => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [accepted(), hang]);
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { timeout: 1234.5 })));
+  assert.equal(e.kind, "timeout");
+  assert.deepEqual(clock.timeouts, [1235], "whole milliseconds, rounded up");
+  assert.equal(fetch.calls[1].signal.reason.name, "TimeoutError");
+});
+
+test("the caller's own AbortSignal.timeout is an abort, not the overall timeout", async (t) => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [accepted(), hang]);
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { timeout: 9000, signal: AbortSignal.timeout(3000) })));
+  assert.equal(e.kind, "aborted");
+  assert.equal(e.cause.name, "TimeoutError");
+  assert.equal(clock.elapsed(), 3000);
+});
+
+test("without AbortSignal.any and AbortSignal.timeout (older browsers), timeout and abort still work", async (t) => {
+  const { any, timeout } = Object.getOwnPropertyDescriptors(AbortSignal);
+  for (const [key, descriptor] of [["any", any], ["timeout", timeout]]) {
+    t.after(() => Object.defineProperty(AbortSignal, key, descriptor));
+  }
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [accepted(), hang]);
+  usePlatform(t, clock, fetch);
+  delete AbortSignal.any;
+  delete AbortSignal.timeout;
+  const e = await rejection(clock.run(asyncRequest("/x", { timeout: 4000 })));
+  assert.equal(e.kind, "timeout");
+  assert.equal(clock.elapsed(), 4000, "the fallback's timer runs on setTimeout");
+  assert.equal(fetch.calls[1].signal.aborted, true);
+
+  const clock2 = fakeClock();
+  const ac = new AbortController();
+  const fetch2 = fakeFetch(clock2, [accepted(), (call) => (setImmediate(() => ac.abort(new Error("left"))), hang(call))]);
+  usePlatform(t, clock2, fetch2);
+  delete AbortSignal.any;
+  delete AbortSignal.timeout;
+  const e2 = await rejection(clock2.run(asyncRequest("/x", { signal: ac.signal })));
+  assert.equal(e2.kind, "aborted");
+  assert.equal(e2.cause.message, "left");
+  assert.equal(fetch2.calls[1].signal.aborted, true);
+});
+
+test("an error thrown by onProgress rejects the request with that error", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted()]);
   const boom = new Error("UI bug");
-  const e = await rejection(clock.run(asyncRequest("/x", opts(clock, fetch, { onProgress: () => { throw boom; } }))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { onProgress: () => { throw boom; } })));
   assert.equal(e, boom);
   assert.equal(clock.pending(), 0);
 });
 
-test("no unhandled rejections on any error path, with real timers", async () => {
-  const real = { minDelay: 1, maxDelay: 2, random: () => 0.5 };
-  const mk = (steps) => fakeFetch(null, steps);
+test("no unhandled rejections on any error path, with real timers", async (t) => {
   const ac = new AbortController();
+  // One scripted fetch per URL: the six requests run at once on the real clock.
+  const scripts = {
+    "/failed": fakeFetch(null, [accepted(), reply(422, FAILURE)]),
+    "/network": fakeFetch(null, [accepted(), networkError(), networkError()]),
+    "/timeout": fakeFetch(null, [accepted(), hang]),
+    "/aborted": fakeFetch(null, [accepted(), (c) => (setTimeout(() => ac.abort(), 2), hang(c))]),
+    "/protocol": fakeFetch(null, [reply(202, "nope")]),
+    "/start": fakeFetch(null, [networkError()]),
+  };
+  usePlatform(t, null, (url, init) => scripts[url](url, init), () => 0.5);
   const runs = [
-    asyncRequest("/x", { ...real, fetch: mk([accepted(), reply(422, FAILURE)]) }),
-    asyncRequest("/x", { ...real, fetch: mk([accepted(), networkError(), networkError()]), retries: 1 }),
-    asyncRequest("/x", { ...real, fetch: mk([accepted(), hang]), timeout: 5 }),
-    asyncRequest("/x", { ...real, fetch: mk([accepted(), (c) => (setTimeout(() => ac.abort(), 2), hang(c))]), signal: ac.signal }),
-    asyncRequest("/x", { ...real, fetch: mk([reply(202, "nope")]) }),
-    asyncRequest("/x", { ...real, fetch: mk([networkError()]) }),
+    asyncRequest("/failed"),
+    asyncRequest("/network", { retries: 1 }),
+    asyncRequest("/timeout", { timeout: 5 }),
+    asyncRequest("/aborted", { signal: ac.signal }),
+    asyncRequest("/protocol"),
+    asyncRequest("/start"),
   ];
   const kinds = (await Promise.allSettled(runs)).map((r) => r.reason && r.reason.kind);
   assert.deepEqual(kinds, ["failed", "network", "timeout", "aborted", "protocol", "network"]);

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { installJQuery, errorPayload, AsyncRequestError } from "../../crates/async-endpoint/assets/async_endpoint.js";
-import { fakeClock, fakeFetch, opts, reply, accepted, hang, networkError, flush, unhandled } from "../test-support/fakes.js";
+import { fakeClock, fakeFetch, usePlatform, reply, accepted, hang, networkError, flush, unhandled } from "../test-support/fakes.js";
 
 /** A minimal jQuery: just `Deferred()` with resolve/reject/promise and done/fail/always/then. */
 function fakeJQuery() {
@@ -61,13 +61,14 @@ function fakeJQuery() {
 /** Wait for a jQuery promise under the fake clock. */
 const settled = (clock, p) => clock.run(new Promise((r) => p.always(() => r())));
 
-test("installJQuery adds $.getAsyncRequest; success gets the final body; chainable", async () => {
+test("installJQuery adds $.getAsyncRequest; success gets the final body; chainable", async (t) => {
   const $ = fakeJQuery();
   assert.equal(installJQuery($), $);
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), accepted({ status: "running" }), reply(200, { some_data: "x" })]);
   const got = { success: [], done: [], always: 0, error: 0, fail: 0 };
-  const p = $.getAsyncRequest("/my_endpoint", 10000, opts(clock, fetch));
+  usePlatform(t, clock, fetch);
+  const p = $.getAsyncRequest("/my_endpoint", 10000);
   assert.equal(typeof p.resolve, "undefined", "a promise, not the Deferred");
   const chained = p
     .success(function (r) { got.success.push(r); })
@@ -87,14 +88,15 @@ test("installJQuery adds $.getAsyncRequest; success gets the final body; chainab
   assert.equal(v, "x");
 });
 
-test("error gets the parsed failure body (422)", async () => {
+test("error gets the parsed failure body (422)", async (t) => {
   const $ = installJQuery(fakeJQuery());
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), reply(422, { error: "My custom error message" })]);
   const errors = [];
   const fails = [];
   let success = 0;
-  const p = $.getAsyncRequest("/x", 10000, opts(clock, fetch))
+  usePlatform(t, clock, fetch);
+  const p = $.getAsyncRequest("/x", 10000)
     .success(() => success++)
     .error((r) => errors.push(r))
     .fail((r, e) => fails.push(e));
@@ -105,12 +107,13 @@ test("error gets the parsed failure body (422)", async () => {
   assert.equal(fails[0].status, 422);
 });
 
-test("error gets a clear object on timeout, tells it apart from failure", async () => {
+test("error gets a clear object on timeout, tells it apart from failure", async (t) => {
   const $ = installJQuery(fakeJQuery());
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), hang]);
   let err;
-  const p = $.getAsyncRequest("/x", 10000, opts(clock, fetch)).error((r) => (err = r));
+  usePlatform(t, clock, fetch);
+  const p = $.getAsyncRequest("/x", 10000).error((r) => (err = r));
   await settled(clock, p);
   assert.equal(clock.elapsed(), 10000, "the second argument is the timeout in ms");
   assert.equal(err.error, "timeout");
@@ -118,7 +121,7 @@ test("error gets a clear object on timeout, tells it apart from failure", async 
   assert.match(err.message, /timed out after 10000 ms/);
 });
 
-test("error objects for network, protocol, abort and a problem without JSON", async () => {
+test("error objects for network, protocol, abort and a problem without JSON", async (t) => {
   const cases = [
     [[networkError()], {}, "network"],
     [[reply(202, "not json")], {}, "protocol"],
@@ -128,7 +131,8 @@ test("error objects for network, protocol, abort and a problem without JSON", as
     const $ = installJQuery(fakeJQuery());
     const clock = fakeClock();
     let err;
-    const p = $.getAsyncRequest("/x", undefined, opts(clock, fakeFetch(clock, steps), extra)).error((r) => (err = r));
+    usePlatform(t, clock, fakeFetch(clock, steps));
+    const p = $.getAsyncRequest("/x", undefined, extra).error((r) => (err = r));
     await settled(clock, p);
     assert.equal(err.error, kind);
     assert.equal(err.kind, kind);
@@ -165,7 +169,7 @@ test("installs itself at load when globalThis.jQuery exists", async (t) => {
 // Real jQuery 3 when one is on this machine (Debian's libjs-jquery, or JQUERY_PATH): proves the
 // added .success/.error work on a genuine jQuery 3 promise, whose own jqXHR lost them.
 const JQUERY = process.env.JQUERY_PATH || "/usr/share/javascript/jquery/jquery.js";
-test("real jQuery 3: .success/.error/.done/.always", { skip: !existsSync(JQUERY) && `no jQuery at ${JQUERY}` }, async () => {
+test("real jQuery 3: .success/.error/.done/.always", { skip: !existsSync(JQUERY) && `no jQuery at ${JQUERY}` }, async (t) => {
   const factory = createRequire(import.meta.url)(JQUERY);
   const $ = factory(permissiveWindow());
   assert.match($.fn.jquery, /^3\./);
@@ -174,7 +178,8 @@ test("real jQuery 3: .success/.error/.done/.always", { skip: !existsSync(JQUERY)
   const run = async (steps) => {
     const clock = fakeClock();
     const out = {};
-    const p = $.getAsyncRequest("/x", 10000, opts(clock, fakeFetch(clock, steps)))
+    usePlatform(t, clock, fakeFetch(clock, steps));
+    const p = $.getAsyncRequest("/x", 10000)
       .progress((u) => (out.progress = u.progress))
       .success((r) => (out.success = r))
       .error((r) => (out.error = r))

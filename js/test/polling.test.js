@@ -1,16 +1,17 @@
 import test from "node:test";
 import assert from "node:assert/strict";
 import { asyncRequest, DEFAULTS } from "../../crates/async-endpoint/assets/async_endpoint.js";
-import { fakeClock, fakeFetch, opts, reply, accepted, gaps, flush, unhandled, ID, TOKEN } from "../test-support/fakes.js";
+import { fakeClock, fakeFetch, usePlatform, BACKOFF, reply, accepted, gaps, flush, unhandled, ID, TOKEN } from "../test-support/fakes.js";
 
-test("resolves with the final answer after a few polls", async () => {
+test("resolves with the final answer after a few polls", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [
     accepted({}, { "retry-after": "1" }),
     accepted({ status: "running" }, { "retry-after": "1" }),
     reply(200, { some_data: "a", another_data: "b" }, { "content-type": "application/json", "x-app": "yes" }),
   ]);
-  const result = await clock.run(asyncRequest("/my_endpoint", opts(clock, fetch)));
+  usePlatform(t, clock, fetch);
+  const result = await clock.run(asyncRequest("/my_endpoint"));
   assert.equal(result.status, 200);
   assert.deepEqual(result.body, { some_data: "a", another_data: "b" });
   assert.equal(result.headers.get("x-app"), "yes");
@@ -18,27 +19,35 @@ test("resolves with the final answer after a few polls", async () => {
   assert.equal(fetch.calls.length, 3);
   // The first poll goes out at once (asking to wait); later ones honour Retry-After.
   assert.deepEqual(gaps(fetch), [0, 1000]);
-  assert.equal(clock.pending(), 0, "overall timeout timer is cleared on success");
+  assert.equal(clock.pending(), 0, "no sleep timer left");
+  // The overall timeout (an AbortSignal.timeout, which cannot be cleared) firing later changes nothing.
+  assert.deepEqual(clock.timeouts, [DEFAULTS.timeout]);
+  await clock.run(new Promise((r) => clock.setTimeout(r, DEFAULTS.timeout)));
+  await flush();
+  assert.equal(fetch.calls.length, 3);
+  assert.deepEqual(unhandled, []);
 });
 
-test("a final 2xx other than 200 resolves, text bodies stay text", async () => {
+test("a final 2xx other than 200 resolves, text bodies stay text", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), reply(201, "created, not JSON")]);
-  const result = await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  usePlatform(t, clock, fetch);
+  const result = await clock.run(asyncRequest("/x"));
   assert.equal(result.status, 201);
   assert.equal(result.body, "created, not JSON");
 });
 
-test("an immediate final answer on start resolves without polling", async () => {
+test("an immediate final answer on start resolves without polling", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [reply(200, { cached: true })]);
-  const result = await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  usePlatform(t, clock, fetch);
+  const result = await clock.run(asyncRequest("/x"));
   assert.deepEqual(result.body, { cached: true });
   assert.equal(result.id, undefined);
   assert.equal(fetch.calls.length, 1);
 });
 
-test("waiting polls: Prefer: wait=N is sent and a held poll is followed at once", async () => {
+test("waiting polls: Prefer: wait=N is sent and a held poll is followed at once", async (t) => {
   const clock = fakeClock();
   const held = { "preference-applied": "wait=20", "retry-after": "3" };
   const fetch = fakeFetch(clock, [
@@ -48,7 +57,8 @@ test("waiting polls: Prefer: wait=N is sent and a held poll is followed at once"
     accepted({ status: "running" }, held),
     reply(200, { ok: 1 }),
   ]);
-  const result = await clock.run(asyncRequest("/x", opts(clock, fetch)));
+  usePlatform(t, clock, fetch);
+  const result = await clock.run(asyncRequest("/x"));
   assert.deepEqual(result.body, { ok: 1 });
   assert.equal(fetch.calls[0].headers.get("prefer"), null, "the start request asks for no wait");
   for (const c of fetch.calls.slice(1)) assert.equal(c.headers.get("prefer"), "wait=20");
@@ -56,16 +66,17 @@ test("waiting polls: Prefer: wait=N is sent and a held poll is followed at once"
   assert.deepEqual(gaps(fetch), [0, 20000, 0]);
 });
 
-test("wait option sets Prefer, wait: 0 omits it", async () => {
+test("wait option sets Prefer, wait: 0 omits it", async (t) => {
   for (const [wait, expected] of [[5, "wait=5"], [0, null]]) {
     const clock = fakeClock();
     const fetch = fakeFetch(clock, [accepted(), reply(200, {})]);
-    await clock.run(asyncRequest("/x", opts(clock, fetch, { wait })));
+    usePlatform(t, clock, fetch);
+    await clock.run(asyncRequest("/x", { wait }));
     assert.equal(fetch.calls[1].headers.get("prefer"), expected);
   }
 });
 
-test("Retry-After in seconds is honoured and clamped to maxDelay", async () => {
+test("Retry-After in seconds is honoured and clamped to the backoff cap", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [
     accepted({}, { "retry-after": "2" }),
@@ -73,11 +84,12 @@ test("Retry-After in seconds is honoured and clamped to maxDelay", async () => {
     accepted({}, { "retry-after": "0" }),
     reply(200, {}),
   ]);
-  await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0 })));
-  assert.deepEqual(gaps(fetch), [2000, DEFAULTS.maxDelay, 0]);
+  usePlatform(t, clock, fetch);
+  await clock.run(asyncRequest("/x", { wait: 0 }));
+  assert.deepEqual(gaps(fetch), [2000, BACKOFF.maxDelay, 0]);
 });
 
-test("Retry-After as an HTTP-date is honoured and clamped to [0, maxDelay]", async () => {
+test("Retry-After as an HTTP-date is honoured and clamped to [0, the backoff cap]", async (t) => {
   const clock = fakeClock();
   const at = (ms) => new Date(clock.now() + ms).toUTCString();
   const fetch = fakeFetch(clock, [
@@ -86,11 +98,12 @@ test("Retry-After as an HTTP-date is honoured and clamped to [0, maxDelay]", asy
     () => accepted({}, { "retry-after": at(-60000) }),
     reply(200, {}),
   ]);
-  await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0, maxDelay: 4000 })));
-  assert.deepEqual(gaps(fetch), [3000, 4000, 0]);
+  usePlatform(t, clock, fetch);
+  await clock.run(asyncRequest("/x", { wait: 0 }));
+  assert.deepEqual(gaps(fetch), [3000, BACKOFF.maxDelay, 0]);
 });
 
-test("a fractional or garbage Retry-After: fractions honoured, garbage ignored for backoff", async () => {
+test("a fractional or garbage Retry-After: fractions honoured, garbage ignored for backoff", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [
     accepted({}, { "retry-after": "1.5" }),
@@ -98,34 +111,38 @@ test("a fractional or garbage Retry-After: fractions honoured, garbage ignored f
     accepted({}, { "retry-after": "-3" }),
     reply(200, {}),
   ]);
-  await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0 })));
-  assert.deepEqual(gaps(fetch), [1500, DEFAULTS.minDelay, Math.round(DEFAULTS.minDelay * DEFAULTS.factor)]);
+  usePlatform(t, clock, fetch);
+  await clock.run(asyncRequest("/x", { wait: 0 }));
+  assert.deepEqual(gaps(fetch), [1500, BACKOFF.minDelay, Math.round(BACKOFF.minDelay * BACKOFF.factor)]);
 });
 
-test("without hints, delays start short and grow to the cap", async () => {
+test("without hints, delays start short and grow to the cap", async (t) => {
   const clock = fakeClock();
   const steps = Array.from({ length: 12 }, () => accepted());
   const fetch = fakeFetch(clock, [...steps, reply(200, {})]);
-  await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0, timeout: 0 })));
+  usePlatform(t, clock, fetch);
+  await clock.run(asyncRequest("/x", { wait: 0, timeout: 0 }));
   const d = gaps(fetch);
-  assert.equal(d[0], DEFAULTS.minDelay);
+  assert.equal(d[0], BACKOFF.minDelay);
   for (let i = 1; i < d.length; i++) assert.ok(d[i] >= d[i - 1], `non-decreasing: ${d}`);
   assert.ok(d[1] / d[0] >= 1.4 && d[1] / d[0] <= 2, `grows by ~1.5x: ${d}`);
-  assert.equal(d.at(-1), DEFAULTS.maxDelay, `reaches the cap: ${d}`);
-  assert.equal(d.filter((x) => x === DEFAULTS.maxDelay).length >= 3, true, "stays at the cap");
+  assert.equal(d.at(-1), BACKOFF.maxDelay, `reaches the cap: ${d}`);
+  assert.equal(d.filter((x) => x === BACKOFF.maxDelay).length >= 3, true, "stays at the cap");
 });
 
-test("backoff has jitter: each delay is reduced by up to `jitter`", async () => {
-  const randoms = [0.9, 0.5, 0, 0.9, 0.5, 0.25];
+test("backoff has jitter: each delay is reduced by up to a quarter, at the cap too", async (t) => {
+  const randoms = [0.9, 0.5, 0, 0.9, 0.5, 0.25, 0, 0.9, 0.5, 0];
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [...randoms.map(() => accepted()), reply(200, {})]);
   let i = 0;
-  await clock.run(asyncRequest("/x", opts(clock, fetch, { wait: 0, random: () => randoms[i++], minDelay: 1000, factor: 2, maxDelay: 4000, jitter: 0.5 })));
-  // bases 1000, 2000, 4000, 4000, 4000, 4000 reduced by 0.5 * random
-  assert.deepEqual(gaps(fetch), [550, 1500, 4000, 2200, 3000, 3500]);
+  usePlatform(t, clock, fetch, () => randoms[i++]);
+  await clock.run(asyncRequest("/x", { wait: 0 }));
+  // bases 250 × 1.5^n capped at 5000 (250, 375, 562.5, 843.75, … 4271.48, 5000, 5000), each
+  // reduced by 0.25 × random and rounded
+  assert.deepEqual(gaps(fetch), [194, 328, 563, 654, 1107, 1780, 2848, 3310, 4375, 5000]);
 });
 
-test("onProgress gets status and progress from every 202, onStart gets the state", async () => {
+test("onProgress gets status and progress from every 202, onStart gets the state", async (t) => {
   const clock = fakeClock();
   const progress = { at: 1, total: 2, percent: 50, message: "calling the external API" };
   const fetch = fakeFetch(clock, [
@@ -136,8 +153,9 @@ test("onProgress gets status and progress from every 202, onStart gets the state
   ]);
   const seen = [];
   const started = [];
+  usePlatform(t, clock, fetch);
   await clock.run(
-    asyncRequest("/x?q=1", opts(clock, fetch, { onProgress: (p) => seen.push(p), onStart: (s) => started.push(s) })),
+    asyncRequest("/x?q=1", { onProgress: (p) => seen.push(p), onStart: (s) => started.push(s) }),
   );
   assert.deepEqual(seen, [
     { status: "queued", progress: null },
@@ -148,10 +166,11 @@ test("onProgress gets status and progress from every 202, onStart gets the state
   assert.deepEqual(started[0], { url: "/x?q=1", method: "GET", id: ID, token: TOKEN, headers: {} });
 });
 
-test("polls carry id and token in headers, never in the URL", async () => {
+test("polls carry id and token in headers, never in the URL", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), accepted(), reply(200, {})]);
-  await clock.run(asyncRequest("/my_endpoint?param_1=a", opts(clock, fetch, { headers: { Accept: "application/json" } })));
+  usePlatform(t, clock, fetch);
+  await clock.run(asyncRequest("/my_endpoint?param_1=a", { headers: { Accept: "application/json" } }));
   assert.equal(fetch.calls[0].headers.get("async-request-id"), null);
   for (const c of fetch.calls) {
     assert.equal(c.url, "/my_endpoint?param_1=a");
@@ -166,10 +185,11 @@ test("polls carry id and token in headers, never in the URL", async () => {
   }
 });
 
-test("POST: same method and body on every poll; plain objects are sent as JSON", async () => {
+test("POST: same method and body on every poll; plain objects are sent as JSON", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), accepted(), reply(200, { done: true })]);
-  await clock.run(asyncRequest("/x", opts(clock, fetch, { method: "post", body: { param_1: "v1" } })));
+  usePlatform(t, clock, fetch);
+  await clock.run(asyncRequest("/x", { method: "post", body: { param_1: "v1" } }));
   for (const c of fetch.calls) {
     assert.equal(c.method, "POST");
     assert.equal(c.body, '{"param_1":"v1"}');
@@ -177,22 +197,24 @@ test("POST: same method and body on every poll; plain objects are sent as JSON",
   }
 });
 
-test("non-JSON-able bodies (FormData) are passed through untouched", async () => {
+test("non-JSON-able bodies (FormData) are passed through untouched", async (t) => {
   const clock = fakeClock();
   const form = new FormData();
   form.set("param_1", "v1");
   const fetch = fakeFetch(clock, [accepted(), reply(200, {})]);
   let state;
-  await clock.run(asyncRequest("/x", opts(clock, fetch, { method: "POST", body: form, onStart: (s) => (state = s) })));
+  usePlatform(t, clock, fetch);
+  await clock.run(asyncRequest("/x", { method: "POST", body: form, onStart: (s) => (state = s) }));
   assert.equal(fetch.calls[0].body, form);
   assert.equal(fetch.calls[1].body, form);
   assert.equal(state.body, undefined, "only string bodies go into the saved state");
 });
 
-test("extra fetch options go through `init`", async () => {
+test("extra fetch options go through `init`", async (t) => {
   const clock = fakeClock();
   const fetch = fakeFetch(clock, [accepted(), reply(200, {})]);
-  await clock.run(asyncRequest("/x", opts(clock, fetch, { init: { credentials: "include" } })));
+  usePlatform(t, clock, fetch);
+  await clock.run(asyncRequest("/x", { init: { credentials: "include" } }));
   assert.equal(fetch.calls[0].init.credentials, "include");
   assert.equal(fetch.calls[1].init.credentials, "include");
 });
@@ -202,11 +224,12 @@ test("no unhandled rejections in this file", async () => {
   assert.deepEqual(unhandled, []);
 });
 
-test("with waiting polls on, the first poll is sent at once; without, it honours Retry-After", async () => {
+test("with waiting polls on, the first poll is sent at once; without, it honours Retry-After", async (t) => {
   for (const [wait, firstGap] of [[20, 0], [0, 1000]]) {
     const clock = fakeClock();
     const fetch = fakeFetch(clock, [accepted({}, { "retry-after": "1" }), reply(200, {})]);
-    await clock.run(asyncRequest("/x", opts(clock, fetch, { wait })));
+    usePlatform(t, clock, fetch);
+    await clock.run(asyncRequest("/x", { wait }));
     assert.deepEqual(gaps(fetch), [firstGap], `wait=${wait}`);
     assert.equal(fetch.calls[1].headers.get("prefer"), wait ? `wait=${wait}` : null);
   }

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import {
   asyncRequest, resumeAsyncRequest, saveState, loadState, clearState,
 } from "../../crates/async-endpoint/assets/async_endpoint.js";
-import { fakeClock, fakeFetch, opts, reply, accepted, rejection, flush, unhandled, ID, TOKEN } from "../test-support/fakes.js";
+import { fakeClock, fakeFetch, usePlatform, reply, accepted, rejection, flush, unhandled, ID, TOKEN } from "../test-support/fakes.js";
 
 /** A Storage double (the sessionStorage API). */
 function memoryStorage() {
@@ -16,13 +16,14 @@ function memoryStorage() {
   };
 }
 
-test("resume: a saved state polls the existing request at once and resolves", async () => {
+test("resume: a saved state polls the existing request at once and resolves", async (t) => {
   const clock = fakeClock();
   let state;
   const first = fakeFetch(clock, [accepted({}, { "retry-after": "1" }), () => new Promise(() => {})]);
   const ac = new AbortController();
   // the page starts a request, saves the state, then "reloads" (abandons the promise)
-  const abandoned = asyncRequest("/slow", opts(clock, first, { method: "POST", body: "a=1", signal: ac.signal, onStart: (s) => (state = s) }));
+  usePlatform(t, clock, first);
+  const abandoned = asyncRequest("/slow", { method: "POST", body: "a=1", signal: ac.signal, onStart: (s) => (state = s) });
   await flush();
   const storage = memoryStorage();
   assert.equal(saveState("job", state, storage), true);
@@ -34,7 +35,8 @@ test("resume: a saved state polls the existing request at once and resolves", as
   const clock2 = fakeClock();
   const fetch = fakeFetch(clock2, [accepted({ status: "running" }), reply(200, { result: 42 })]);
   const seen = [];
-  const result = await clock2.run(resumeAsyncRequest(loaded, opts(clock2, fetch, { onProgress: (p) => seen.push(p.status) })));
+  usePlatform(t, clock2, fetch);
+  const result = await clock2.run(resumeAsyncRequest(loaded, { onProgress: (p) => seen.push(p.status) }));
   assert.deepEqual(result.body, { result: 42 });
   assert.equal(result.id, ID);
   assert.equal(fetch.calls[0].at, 0, "first poll without delay");
@@ -48,7 +50,7 @@ test("resume: a saved state polls the existing request at once and resolves", as
   assert.deepEqual(seen, ["running"]);
 });
 
-test("persistKey saves the state on start and clears it when the request settles", async () => {
+test("persistKey saves the state on start and clears it when the request settles", async (t) => {
   for (const [final, settles] of [[reply(200, {}), "resolves"], [reply(422, { error: "no" }), "rejects"]]) {
     const clock = fakeClock();
     const storage = memoryStorage();
@@ -57,19 +59,21 @@ test("persistKey saves the state on start and clears it when the request settles
       accepted(),
       () => ((duringPoll = loadState("k", storage)), final),
     ]);
-    await clock.run(asyncRequest("/x", opts(clock, fetch, { persistKey: "k", storage }))).catch(() => {});
+    usePlatform(t, clock, fetch);
+    await clock.run(asyncRequest("/x", { persistKey: "k", storage })).catch(() => {});
     assert.equal(duringPoll.id, ID, settles);
     assert.equal(duringPoll.token, TOKEN);
     assert.equal(storage.map.size, 0, `cleared when the request ${settles}`);
   }
 });
 
-test("resumeAsyncRequest with persistKey clears the state when done", async () => {
+test("resumeAsyncRequest with persistKey clears the state when done", async (t) => {
   const clock = fakeClock();
   const storage = memoryStorage();
   saveState("k", { url: "/x", method: "GET", id: ID, token: TOKEN }, storage);
   const fetch = fakeFetch(clock, [reply(410, { title: "Gone" })]);
-  const e = await rejection(clock.run(resumeAsyncRequest(loadState("k", storage), opts(clock, fetch, { persistKey: "k", storage }))));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(resumeAsyncRequest(loadState("k", storage), { persistKey: "k", storage })));
   assert.equal(e.kind, "failed");
   assert.equal(e.status, 410);
   assert.equal(loadState("k", storage), null);
@@ -91,9 +95,10 @@ test("state helpers tolerate missing, corrupt and failing storage", () => {
   assert.equal(storage.getItem("k"), null);
 });
 
-test("resumeAsyncRequest rejects a state without id or token", async () => {
+test("resumeAsyncRequest rejects a state without id or token", async (t) => {
+  usePlatform(t, null, () => assert.fail("must not fetch"));
   for (const bad of [null, {}, { url: "/x", id: "a" }, { id: "a", token: "b" }]) {
-    const e = await rejection(resumeAsyncRequest(bad, { fetch: () => assert.fail("must not fetch") }));
+    const e = await rejection(resumeAsyncRequest(bad));
     assert.ok(e instanceof TypeError);
   }
 });
@@ -105,7 +110,8 @@ test("CSRF: non-GET requests send the page's meta csrf-token as X-CSRF-Token", a
   const run = async (method, extra = {}) => {
     const clock = fakeClock();
     const fetch = fakeFetch(clock, [accepted(), reply(200, {})]);
-    await clock.run(asyncRequest("/x", opts(clock, fetch, { method, ...extra })));
+    usePlatform(t, clock, fetch);
+    await clock.run(asyncRequest("/x", { method, ...extra }));
     return fetch.calls.map((c) => c.headers.get("x-csrf-token"));
   };
   assert.deepEqual(await run("POST"), ["csrf-123", "csrf-123"], "start and polls");
@@ -126,7 +132,8 @@ test("CSRF: the token is not sent to another origin", async (t) => {
   const sent = async (url) => {
     const clock = fakeClock();
     const fetch = fakeFetch(clock, [reply(200, {})]);
-    await clock.run(asyncRequest(url, opts(clock, fetch, { method: "POST" })));
+    usePlatform(t, clock, fetch);
+    await clock.run(asyncRequest(url, { method: "POST" }));
     return fetch.calls[0].headers.get("x-csrf-token");
   };
   assert.equal(await sent("/same"), "csrf-123");

@@ -18,18 +18,24 @@
  */
 
 /**
- * Documented defaults. `timeout` and delays in milliseconds, `wait` in seconds.
- * @type {Readonly<{timeout: number, wait: number, minDelay: number, maxDelay: number, factor: number, jitter: number, retries: number}>}
+ * Defaults of the options. `timeout` in milliseconds, `wait` in seconds.
+ * @type {Readonly<{timeout: number, wait: number, retries: number}>}
  */
 export const DEFAULTS = Object.freeze({
   timeout: 60000, // overall bound for the whole request, start to final answer
   wait: 20, // seconds asked for with `Prefer: wait=N`; 0 sends no Prefer header
-  minDelay: 250, // first backoff delay
-  maxDelay: 5000, // backoff cap, and the upper clamp for Retry-After
-  factor: 1.5, // backoff growth per delay
-  jitter: 0.25, // each backoff delay is reduced by a random 0..25 %
   retries: 5, // consecutive 502/503/504 or network errors tolerated while polling
 });
+
+/**
+ * The delay between polls when the server gives no hint (no held poll, no `Retry-After`): 250 ms
+ * growing ×1.5 to a 5 s cap, each delay reduced by a random 0..25 %. The cap also clamps `Retry-After`.
+ * Not options: the server sets the pace (waiting polls, `Retry-After`); this is only the fallback.
+ */
+const BACKOFF = Object.freeze({ min: 250, max: 5000, factor: 1.5, jitter: 0.25 });
+
+/** The longest delay a timer takes (2^31 - 1 ms, about 24.8 days); longer ones fire at once. */
+const MAX_TIMER_MS = 2147483647;
 
 const TRANSIENT = new Set([502, 503, 504]);
 
@@ -80,24 +86,15 @@ export class AsyncRequestError extends Error {
  * @property {string} [method="GET"]
  * @property {HeadersInit} [headers]
  * @property {BodyInit|object|null} [body]  a plain object or array is sent as JSON
- * @property {number} [timeout=60000]  overall bound in ms; 0 or Infinity for none
+ * @property {number} [timeout=60000]  overall bound in ms (kind `"timeout"`); 0 or Infinity for none
  * @property {AbortSignal} [signal]  aborts the request (kind `"aborted"`)
  * @property {(p: {status: string, progress: object|null}) => void} [onProgress]  called on every 202
  * @property {(state: AsyncRequestState) => void} [onStart]  called once the first 202 arrives
  * @property {number} [wait=20]  seconds for `Prefer: wait=N`; 0 to send no Prefer header
  * @property {number} [retries=5]  consecutive transient failures tolerated while polling
- * @property {number} [minDelay=250]  first backoff delay in ms
- * @property {number} [maxDelay=5000]  backoff cap in ms; also clamps `Retry-After`
- * @property {number} [factor=1.5]  backoff growth per delay
- * @property {number} [jitter=0.25]  each backoff delay is reduced by up to this fraction
  * @property {string} [persistKey]  save the state under this key in `storage`; cleared when the request settles
  * @property {Storage} [storage=sessionStorage]
  * @property {RequestInit} [init]  extra fetch options (e.g. `credentials`) for every request
- * @property {typeof fetch} [fetch]  injectable for tests; default the global `fetch`
- * @property {(fn: () => void, ms: number) => any} [setTimeout]  default the global one
- * @property {(id: any) => void} [clearTimeout]  default the global one
- * @property {() => number} [random]  in [0, 1); default `Math.random`
- * @property {() => number} [now]  epoch ms; default `Date.now` (used for HTTP-date Retry-After)
  */
 
 /**
@@ -189,160 +186,249 @@ export function clearState(key, storage = globalThis.sessionStorage) {
   }
 }
 
+/** Starts (unless resuming) and polls one request to its final answer. */
 async function run(req, options, resuming) {
-  const o = { ...options };
-  for (const k of Object.keys(DEFAULTS)) o[k] = options[k] ?? DEFAULTS[k];
-  const doFetch = options.fetch || ((u, i) => globalThis.fetch(u, i));
-  const setT = options.setTimeout || ((f, ms) => globalThis.setTimeout(f, ms));
-  const clearT = options.clearTimeout || ((t) => globalThis.clearTimeout(t));
-  const random = options.random || Math.random;
-  const now = options.now || Date.now;
-  const storage = options.storage || globalThis.sessionStorage;
+  if (options.signal && options.signal.aborted) throw abortedError(options.signal);
+  return new Run(req, options).run(resuming);
+}
 
-  let why = null; // "timeout" | "aborted" once stopped
-  const ctl = new AbortController();
-  const sig = ctl.signal;
-  const stopError = () =>
-    why === "timeout"
-      ? new AsyncRequestError("timeout", `async request timed out after ${o.timeout} ms`)
-      : new AsyncRequestError("aborted", "async request aborted", { cause: options.signal && options.signal.reason });
-  const stop = (kind) => {
-    if (!why) (why = kind), ctl.abort();
-  };
-  // Settles only when stopped; raced against every await so a fetch that ignores its signal cannot hang us.
-  const stopped = new Promise((_, reject) => sig.addEventListener("abort", () => reject(stopError()), { once: true }));
-  stopped.catch(() => {});
-  const step = (p) => Promise.race([p, stopped]);
-  const sleep = (ms) =>
-    new Promise((resolve, reject) => {
-      if (sig.aborted) return reject(stopError());
-      if (ms <= 0) return resolve();
-      const onAbort = () => (clearT(t), reject(stopError()));
-      const t = setT(() => (sig.removeEventListener("abort", onAbort), resolve()), ms);
-      sig.addEventListener("abort", onAbort, { once: true });
+/** One request, start to final answer: each method is one step of it. */
+class Run {
+  constructor(req, options) {
+    this.req = req;
+    this.options = options;
+    /** @type {{timeout: number, wait: number, retries: number}} */
+    this.o = {};
+    for (const k of Object.keys(DEFAULTS)) this.o[k] = options[k] ?? DEFAULTS[k];
+    this.storage = options.storage || globalThis.sessionStorage;
+    this.persisted = false; // whether `persistKey` holds this request's state
+    this.delays = 0; // backoff delays so far
+    // The caller's signal and the overall timeout, combined: it aborts every fetch and sleep.
+    this.timer = overallTimeout(this.o.timeout);
+    this.signal = anySignal([options.signal, this.timer].filter(Boolean));
+    // Settles only when stopped; raced against every await so a fetch that ignores its signal cannot hang us.
+    this.stopped = new Promise((_, reject) => {
+      this.onStop = () => reject(this.stopError());
+      this.signal.addEventListener("abort", this.onStop, { once: true });
     });
-
-  if (options.signal && options.signal.aborted) {
-    why = "aborted";
-    throw stopError();
+    this.stopped.catch(() => {});
   }
-  const onUserAbort = () => stop("aborted");
-  if (options.signal) options.signal.addEventListener("abort", onUserAbort, { once: true });
-  const timer = o.timeout > 0 && o.timeout < Infinity ? setT(() => stop("timeout"), Math.min(o.timeout, 2147483647)) : null;
 
-  const send = (extra) => {
+  async run(resuming) {
+    try {
+      if (resuming) {
+        this.persisted = Boolean(this.options.persistKey);
+        return await this.pollUntilFinal(0);
+      }
+      const res = await this.sendStart();
+      if (res.status !== 202) return await this.final(res);
+      return await this.pollUntilFinal(await this.accept(res));
+    } catch (e) {
+      throw this.signal.aborted ? this.stopError() : e;
+    } finally {
+      this.signal.removeEventListener("abort", this.onStop);
+      if (this.persisted) clearState(this.options.persistKey, this.storage);
+    }
+  }
+
+  /** `timeout` when the overall timeout fired first (its reason is the combined signal's), else `aborted`. */
+  stopError() {
+    if (this.timer && this.signal.reason === this.timer.reason) {
+      return new AsyncRequestError("timeout", `async request timed out after ${this.o.timeout} ms`);
+    }
+    return abortedError(this.options.signal);
+  }
+
+  /** `p`, unless the request stops first. */
+  step(p) {
+    return Promise.race([p, this.stopped]);
+  }
+
+  /** The start request. A network error is not retried: the server may have enqueued it. */
+  async sendStart() {
+    try {
+      return await this.send({});
+    } catch (e) {
+      if (this.signal.aborted) throw e;
+      throw new AsyncRequestError("network", "async request could not be sent", { cause: e });
+    }
+  }
+
+  /** The start's 202: takes the id and token, tells the caller; resolves to the delay before the first poll. */
+  async accept(res) {
+    const data = await this.accepted(res);
+    const { async_request_id: id, async_request_token: token } = data;
+    if (typeof id !== "string" || !id || typeof token !== "string" || !token) {
+      throw new AsyncRequestError("protocol", "202 answer without async_request_id/async_request_token", { status: 202, body: data });
+    }
+    this.started(id, token);
+    this.progress(data);
+    // With waiting polls on, the first poll goes out at once: a server that holds it answers
+    // the moment the job finishes; one that does not answers at once with its Retry-After.
+    return this.o.wait > 0 ? 0 : this.hintedDelay(res) ?? this.backoff();
+  }
+
+  /** Keeps id and token for the polls; saves the state under `persistKey`; calls `onStart`. */
+  started(id, token) {
+    const { req, options } = this;
+    Object.assign(req, { id, token });
+    const state = { url: req.url, method: req.method, id, token, headers: { ...req.headers } };
+    if (typeof req.body === "string") state.body = req.body;
+    if (options.persistKey) this.persisted = saveState(options.persistKey, state, this.storage);
+    if (options.onStart) options.onStart(state);
+  }
+
+  /** Polls after `delay` until the final answer; gives up after `retries` consecutive transient failures. */
+  async pollUntilFinal(delay) {
+    for (let failures = 0; ; ) {
+      await this.sleep(delay);
+      const next = await this.poll();
+      if (next.result) return next.result;
+      failures = next.failure ? failures + 1 : 0;
+      if (failures > this.o.retries) throw next.failure(failures);
+      delay = next.delay;
+    }
+  }
+
+  /**
+   * One poll: `{result}` on the final answer; `{delay}` on a 202; `{delay, failure}` on a network
+   * error or a 502/503/504, where `failure(n)` is the error to give up with after n of them.
+   */
+  async poll() {
+    let res, text;
+    try {
+      res = await this.send(this.pollHeaders());
+      if (TRANSIENT.has(res.status)) text = await this.step(res.text()); // drain it: frees the connection
+    } catch (e) {
+      if (this.signal.aborted) throw e;
+      const failure = (n) => new AsyncRequestError("network", `async request poll failed ${n} times`, { cause: e });
+      return { failure, delay: this.backoff() };
+    }
+    if (text !== undefined) {
+      return { failure: () => failed(res.status, parseBody(text)), delay: this.hintedDelay(res) ?? this.backoff() };
+    }
+    if (res.status !== 202) return { result: await this.final(res) };
+    const data = await this.accepted(res);
+    if (data.async_request_id !== undefined && data.async_request_id !== this.req.id) {
+      throw new AsyncRequestError("protocol", "202 answer for another async_request_id", { status: 202, body: data });
+    }
+    this.progress(data);
+    const held = /\bwait\b/i.test(res.headers.get("preference-applied") || "");
+    return { delay: held ? 0 : this.hintedDelay(res) ?? this.backoff() };
+  }
+
+  pollHeaders() {
+    const extra = { "Async-Request-Id": this.req.id, "Async-Request-Token": this.req.token };
+    if (this.o.wait > 0) extra.Prefer = `wait=${Math.floor(this.o.wait)}`;
+    return extra;
+  }
+
+  /** Sends the request (start or poll) with `extra` headers; the page's CSRF token for non-GET requests. */
+  send(extra) {
+    const { req } = this;
     const h = new Headers(req.headers);
     if (req.method !== "GET" && req.method !== "HEAD" && !h.has("x-csrf-token")) {
       const csrf = csrfToken(req.url);
       if (csrf) h.set("X-CSRF-Token", csrf);
     }
     for (const [k, v] of Object.entries(extra)) h.set(k, v);
-    const init = { cache: "no-store", ...options.init, method: req.method, headers: h, signal: sig };
+    const init = { cache: "no-store", ...this.options.init, method: req.method, headers: h, signal: this.signal };
     if (req.body != null) init.body = req.body;
-    return step(doFetch(req.url, init));
-  };
-  const read = async (res) => {
+    return this.step(fetch(req.url, init));
+  }
+
+  /** Resolves after `ms`, or rejects as soon as the request stops. */
+  sleep(ms) {
+    const { signal } = this;
+    return new Promise((resolve, reject) => {
+      if (signal.aborted) return reject(this.stopError());
+      if (ms <= 0) return resolve();
+      const onAbort = () => (clearTimeout(t), reject(this.stopError()));
+      const t = setTimeout(() => (signal.removeEventListener("abort", onAbort), resolve()), ms);
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  /** The answer's body (JSON, else text); kind `network` when it cannot be read. */
+  async read(res) {
     try {
-      return parseBody(await step(res.text()));
+      return parseBody(await this.step(res.text()));
     } catch (e) {
-      if (why) throw e;
+      if (this.signal.aborted) throw e;
       throw new AsyncRequestError("network", "async request answer could not be read", { status: res.status, cause: e });
     }
-  };
-  const failed = (status, body) => new AsyncRequestError("failed", failMessage(status, body), { status, body });
-  const delayOf = (res) => {
-    const ra = retryAfter(res.headers.get("retry-after"), now);
-    return ra == null ? null : Math.min(Math.max(ra, 0), o.maxDelay);
-  };
-  let n = 0;
-  const backoff = () => {
-    const base = Math.min(o.maxDelay, o.minDelay * Math.pow(o.factor, n++));
-    return Math.round(base * (1 - o.jitter * random()));
-  };
-  const progress = (data) =>
-    o.onProgress && o.onProgress({ status: data.status, progress: data.progress === undefined ? null : data.progress });
-  const final = async (res) => {
-    const body = await read(res);
-    if (res.status >= 200 && res.status < 300) return { status: res.status, body, headers: res.headers, id: req.id };
+  }
+
+  /** A final answer: the result on 2xx, else kind `failed`. */
+  async final(res) {
+    const body = await this.read(res);
+    if (res.status >= 200 && res.status < 300) return { status: res.status, body, headers: res.headers, id: this.req.id };
     throw failed(res.status, body);
-  };
-  const accepted = async (res) => {
-    const body = await read(res);
+  }
+
+  /** A 202's body, which must be a JSON object. */
+  async accepted(res) {
+    const body = await this.read(res);
     if (!body || typeof body !== "object") {
       throw new AsyncRequestError("protocol", "202 answer without a JSON object body", { status: 202, body });
     }
     return body;
-  };
-
-  let persisted = false;
-  try {
-    let delay = 0;
-    if (!resuming) {
-      let res;
-      try {
-        res = await send({});
-      } catch (e) {
-        if (why) throw e;
-        throw new AsyncRequestError("network", "async request could not be sent", { cause: e });
-      }
-      if (res.status !== 202) return await final(res);
-      const data = await accepted(res);
-      const { async_request_id: id, async_request_token: token } = data;
-      if (typeof id !== "string" || !id || typeof token !== "string" || !token) {
-        throw new AsyncRequestError("protocol", "202 answer without async_request_id/async_request_token", { status: 202, body: data });
-      }
-      Object.assign(req, { id, token });
-      const state = { url: req.url, method: req.method, id, token, headers: { ...req.headers } };
-      if (typeof req.body === "string") state.body = req.body;
-      if (o.persistKey) persisted = saveState(o.persistKey, state, storage);
-      if (o.onStart) o.onStart(state);
-      progress(data);
-      // With waiting polls on, the first poll goes out at once: a server that holds it answers
-      // the moment the job finishes; one that does not answers at once with its Retry-After.
-      delay = o.wait > 0 ? 0 : delayOf(res) ?? backoff();
-    } else if (o.persistKey) {
-      persisted = true;
-    }
-
-    let failures = 0; // consecutive transient failures
-    for (;;) {
-      await sleep(delay);
-      const extra = { "Async-Request-Id": req.id, "Async-Request-Token": req.token };
-      if (o.wait > 0) extra.Prefer = `wait=${Math.floor(o.wait)}`;
-      let res, text;
-      try {
-        res = await send(extra);
-        if (TRANSIENT.has(res.status)) text = await step(res.text()); // drain it: frees the connection
-      } catch (e) {
-        if (why) throw e;
-        if (++failures > o.retries) {
-          throw new AsyncRequestError("network", `async request poll failed ${failures} times`, { cause: e });
-        }
-        delay = backoff();
-        continue;
-      }
-      if (text !== undefined) {
-        if (++failures > o.retries) throw failed(res.status, parseBody(text));
-        delay = delayOf(res) ?? backoff();
-        continue;
-      }
-      if (res.status !== 202) return await final(res);
-      failures = 0;
-      const data = await accepted(res);
-      if (data.async_request_id !== undefined && data.async_request_id !== req.id) {
-        throw new AsyncRequestError("protocol", "202 answer for another async_request_id", { status: 202, body: data });
-      }
-      progress(data);
-      const held = /\bwait\b/i.test(res.headers.get("preference-applied") || "");
-      delay = held ? 0 : delayOf(res) ?? backoff();
-    }
-  } catch (e) {
-    throw why ? stopError() : e;
-  } finally {
-    if (timer !== null) clearT(timer);
-    if (options.signal) options.signal.removeEventListener("abort", onUserAbort);
-    if (persisted) clearState(o.persistKey, storage);
   }
+
+  progress(data) {
+    const { onProgress } = this.options;
+    if (onProgress) onProgress({ status: data.status, progress: data.progress === undefined ? null : data.progress });
+  }
+
+  /** The answer's `Retry-After` clamped to [0, the backoff cap]; null when it has none. */
+  hintedDelay(res) {
+    const ms = retryAfter(res.headers.get("retry-after"));
+    return ms == null ? null : Math.min(Math.max(ms, 0), BACKOFF.max);
+  }
+
+  /** The next backoff delay: grows by `factor` to the cap, reduced by a random fraction up to `jitter`. */
+  backoff() {
+    const base = Math.min(BACKOFF.max, BACKOFF.min * Math.pow(BACKOFF.factor, this.delays++));
+    return Math.round(base * (1 - BACKOFF.jitter * Math.random()));
+  }
+}
+
+function abortedError(signal) {
+  return new AsyncRequestError("aborted", "async request aborted", { cause: signal && signal.reason });
+}
+
+function failed(status, body) {
+  return new AsyncRequestError("failed", failMessage(status, body), { status, body });
+}
+
+/** The overall timeout as an `AbortSignal.timeout` (whole ms, at most a timer's range); null for none. */
+function overallTimeout(ms) {
+  return ms > 0 && ms < Infinity ? timeoutSignal(Math.min(Math.ceil(ms), MAX_TIMER_MS)) : null;
+}
+
+/**
+ * `AbortSignal.any(signals)`, built by hand where the platform lacks it (Safari before 17.4,
+ * Node before 18.17): aborts with the reason of the first signal that aborts.
+ */
+function anySignal(signals) {
+  if (typeof AbortSignal.any === "function") return AbortSignal.any(signals);
+  const ctl = new AbortController();
+  for (const s of signals) {
+    if (s.aborted) {
+      ctl.abort(s.reason);
+      break;
+    }
+    s.addEventListener("abort", () => ctl.abort(s.reason), { once: true });
+  }
+  return ctl.signal;
+}
+
+/** `AbortSignal.timeout(ms)`, built by hand where the platform lacks it (Safari before 16). */
+function timeoutSignal(ms) {
+  if (typeof AbortSignal.timeout === "function") return AbortSignal.timeout(ms);
+  const ctl = new AbortController();
+  setTimeout(() => ctl.abort(new DOMException("signal timed out", "TimeoutError")), ms);
+  return ctl.signal;
 }
 
 function toObject(h) {
@@ -358,13 +444,13 @@ function parseBody(text) {
 }
 
 /** `Retry-After` as ms from now: delta-seconds or an HTTP-date; null when absent or unparsable. */
-function retryAfter(value, now) {
+function retryAfter(value) {
   if (value == null) return null;
   const v = value.trim();
   if (/^\d+(\.\d+)?$/.test(v)) return Number(v) * 1000; // fractions are lenient, not RFC 9110
   if (!/^[a-z]{3}, /i.test(v)) return null; // an HTTP-date starts with the day name
   const t = Date.parse(v);
-  return Number.isNaN(t) ? null : t - now();
+  return Number.isNaN(t) ? null : t - Date.now();
 }
 
 function failMessage(status, body) {
