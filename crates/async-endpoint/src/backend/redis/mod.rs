@@ -367,12 +367,21 @@ fn consumer_name() -> String {
 /// Connection trouble, timeouts and "try again" answers are [`Error::Unavailable`] (clients get
 /// 503 and workers back off); anything else Redis refuses is [`Error::Backend`].
 fn map_err(error: RedisError) -> Error {
-    use redis::{ErrorKind, RetryMethod};
+    use redis::{ErrorKind, RetryMethod, ServerErrorKind};
     let transient = error.is_io_error()
         || error.is_timeout()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
-        || matches!(error.kind(), ErrorKind::Parse)
+        || matches!(
+            error.kind(),
+            ErrorKind::Parse
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::TryAgain
+                )
+        )
         || matches!(
             error.retry_method(),
             RetryMethod::Reconnect
@@ -380,15 +389,30 @@ fn map_err(error: RedisError) -> Error {
                 | RetryMethod::WaitAndRetry
                 | RetryMethod::RetryImmediately
         )
-        || matches!(
-            error.code(),
-            Some("OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN")
-        );
+        || has_code(&error, &[code::OOM, code::BUSY]);
     if transient {
         Error::Unavailable(Box::new(error))
     } else {
         Error::Backend(Box::new(error))
     }
+}
+
+/// Server error codes redis-rs 1.2 has no [`redis::ServerErrorKind`] for: it keeps them as
+/// "extension" codes, the first word of the error as Redis sent it ([`RedisError::code`]).
+mod code {
+    /// The stream or its consumer group does not exist.
+    pub(super) const NOGROUP: &str = "NOGROUP";
+    /// A blocking read was ended because its stream was deleted (it expired).
+    pub(super) const UNBLOCKED: &str = "UNBLOCKED";
+    /// Redis is at `maxmemory` and refuses writes.
+    pub(super) const OOM: &str = "OOM";
+    /// A script or function runs too long and holds Redis.
+    pub(super) const BUSY: &str = "BUSY";
+}
+
+/// Whether Redis refused with one of `codes`.
+fn has_code(error: &RedisError, codes: &[&str]) -> bool {
+    error.code().is_some_and(|code| codes.contains(&code))
 }
 
 /// A snapshot from the record fields `t s a g o f d`, in that order.

@@ -24,7 +24,7 @@ use redis::streams::StreamReadReply;
 use redis::{AsyncConnectionConfig, RedisError, Value};
 use tokio::time::Instant;
 
-use super::{GROUP, Inner, RedisBackend, corrupt, map_err, number, text};
+use super::{GROUP, Inner, RedisBackend, code, corrupt, has_code, map_err, number, text};
 use crate::backend::Job;
 use crate::engine::now_ms;
 use crate::{Error, RequestId};
@@ -60,11 +60,10 @@ fn heartbeat_interval(claim_idle: Duration) -> Duration {
 }
 
 /// The queue (or its group) is gone: `NOGROUP`, or `UNBLOCKED` when the stream expired under a
-/// blocking read. The worker looks the queues up again on its next fetch.
+/// blocking read. The worker looks the queues up again on its next fetch. (`claim.lua` hands
+/// `NOGROUP` back as XAUTOCLAIM sent it, so its code survives the script.)
 fn is_nogroup(error: &RedisError) -> bool {
-    matches!(error.code(), Some("NOGROUP" | "UNBLOCKED"))
-        || error.to_string().contains("NOGROUP")
-        || error.to_string().contains("UNBLOCKED")
+    has_code(error, &[code::NOGROUP, code::UNBLOCKED])
 }
 
 /// Records that this process works on `job` and keeps it alive until `until_ms`.
