@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{RedisError, Value};
+use redis::{FromRedisValue, RedisError, Value};
 use serde::Serialize;
 
 pub use config::RedisBackendBuilder;
@@ -477,6 +477,13 @@ fn status_of(code: &str) -> Option<Status> {
         "f" => Status::Failed,
         _ => return None,
     })
+}
+
+/// Decodes a reply read as a plain [`Value`]. Typed queries would report a reply of the wrong
+/// shape as redis-rs's `Parse` error, which [`map_err`] must treat as a broken connection (the
+/// protocol parser reports the same kind); decoding apart keeps it [`Error::Corrupt`].
+fn reply<T: FromRedisValue>(what: &str, value: Value) -> Result<T, Error> {
+    redis::from_redis_value(value).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
 
 fn failure_json(failure: &Failure) -> Result<String, Error> {

@@ -20,11 +20,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Weak;
 use std::time::Duration;
 
-use redis::streams::StreamReadReply;
-use redis::{AsyncConnectionConfig, RedisError, Value};
+use redis::streams::{StreamClaimOptions, StreamReadOptions, StreamReadReply};
+use redis::{AsyncConnectionConfig, Cmd, RedisError, Value};
 use tokio::time::Instant;
 
-use super::{GROUP, Inner, RedisBackend, code, corrupt, has_code, map_err, number, text};
+use super::{GROUP, Inner, RedisBackend, code, corrupt, has_code, map_err, number, reply, text};
 use crate::backend::Job;
 use crate::engine::now_ms;
 use crate::{Error, RequestId};
@@ -292,14 +292,9 @@ async fn discard(b: &RedisBackend, task: &str, receipt: &str) {
     let Ok(mut conn) = b.conn().await else { return };
     let queue = b.inner.keys.queue(task);
     let mut pipe = redis::pipe();
-    pipe.cmd("XACK")
-        .arg(&queue)
-        .arg(GROUP)
-        .arg(receipt)
-        .cmd("XDEL")
-        .arg(&queue)
-        .arg(receipt);
-    let _ = b.bounded(pipe.query_async::<Value>(&mut conn)).await;
+    pipe.xack(&queue, GROUP, &[receipt])
+        .xdel(&queue, &[receipt]);
+    let _ = b.bounded(pipe.query_async::<()>(&mut conn)).await;
 }
 
 /// Reads new jobs, blocking up to `block`. The read runs in a task of its own: if the caller
@@ -377,25 +372,18 @@ async fn read_group(
         }
     };
     let per_stream = max.div_ceil(tasks.len()).max(1);
-    let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP")
-        .arg(GROUP)
-        .arg(&b.inner.consumer)
-        .arg("COUNT")
-        .arg(per_stream);
+    let mut options = StreamReadOptions::default()
+        .group(GROUP, &b.inner.consumer)
+        .count(per_stream);
     if !block.is_zero() {
-        cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        options = options.block(block.as_millis().max(1) as usize);
     }
-    cmd.arg("STREAMS");
-    for task in tasks {
-        cmd.arg(b.inner.keys.queue(task));
-    }
-    for _ in tasks {
-        cmd.arg(">");
-    }
+    let queues: Vec<String> = tasks.iter().map(|task| b.inner.keys.queue(task)).collect();
+    // `>`: entries never delivered to this group.
+    let cmd = Cmd::xread_options(&queues, &vec![">"; tasks.len()], &options);
     let bound = block + settings.response_timeout;
-    let reply = match tokio::time::timeout(bound, cmd.query_async::<Value>(conn)).await {
-        Ok(Ok(reply)) => reply,
+    let read = match tokio::time::timeout(bound, cmd.query_async(conn)).await {
+        Ok(Ok(read)) => read,
         Ok(Err(e)) if is_nogroup(&e) => {
             // The stream expired (idle past the TTL) or Redis lost it (restart without
             // persistence): look the queues up again on the next fetch.
@@ -417,28 +405,25 @@ async fn read_group(
         }
     };
     drop(slot);
-    if reply == Value::Nil {
+    // Nil when the block time ran out with nothing to read.
+    let Some(read) = reply::<Option<StreamReadReply>>("XREADGROUP reply", read)? else {
         return Ok(Vec::new());
-    }
-    let parsed: StreamReadReply =
-        redis::from_redis_value(reply.clone()).map_err(|_| corrupt("XREADGROUP reply", &reply))?;
-    let mut per_stream = Vec::with_capacity(parsed.keys.len());
-    for key in parsed.keys {
+    };
+    let mut per_stream = Vec::with_capacity(read.keys.len());
+    for key in read.keys {
         let Some(task) = b.inner.keys.task_of(&key.key).map(str::to_owned) else {
             continue;
         };
         let mut jobs = Vec::with_capacity(key.ids.len());
         for entry in key.ids {
             let id = entry
-                .map
-                .get("i")
-                .and_then(text)
+                .get::<String>("i")
                 .and_then(|s| s.parse::<RequestId>().ok());
             let Some(id) = id else {
                 discard(b, &task, &entry.id).await;
                 continue;
             };
-            let prior = entry.map.get("n").and_then(number).unwrap_or(0);
+            let prior = entry.get::<u64>("n").unwrap_or(0);
             let job = Job {
                 id,
                 task: task.clone(),
@@ -523,14 +508,15 @@ async fn heartbeat(
         };
         for (task, receipts) in by_task {
             for chunk in receipts.chunks(HEARTBEAT_CHUNK) {
-                let mut cmd = redis::cmd("XCLAIM");
-                cmd.arg(b.inner.keys.queue(&task))
-                    .arg(GROUP)
-                    .arg(&b.inner.consumer)
-                    .arg(0)
-                    .arg(chunk)
-                    .arg("JUSTID");
-                if let Err(error) = b.bounded(cmd.query_async::<Value>(&mut conn)).await {
+                let cmd = Cmd::xclaim_options(
+                    b.inner.keys.queue(&task),
+                    GROUP,
+                    &b.inner.consumer,
+                    0,
+                    chunk,
+                    StreamClaimOptions::default().with_justid(),
+                );
+                if let Err(error) = b.bounded(cmd.query_async::<()>(&mut conn)).await {
                     tracing::debug!(
                         task,
                         error = &error as &dyn std::error::Error,
