@@ -21,10 +21,11 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use redis::streams::{StreamClaimOptions, StreamReadOptions, StreamReadReply};
-use redis::{AsyncConnectionConfig, Cmd, RedisError, Value};
+use redis::{AsyncConnectionConfig, Cmd, RedisError};
 use tokio::time::Instant;
 
-use super::{GROUP, Inner, RedisBackend, code, corrupt, has_code, map_err, number, reply, text};
+use super::scripts::Group;
+use super::{GROUP, Inner, RedisBackend, code, has_code, map_err, reply};
 use crate::backend::Job;
 use crate::engine::now_ms;
 use crate::{Error, RequestId};
@@ -141,10 +142,13 @@ async fn ensure_groups(
         for task in missing {
             let mut call = b.inner.scripts.group.prepare_invoke();
             call.key(b.inner.keys.queue(task)).arg(GROUP);
-            match b.bounded(call.invoke_async::<i64>(&mut conn)).await? {
-                -1 => continue,
-                1 => tracing::debug!(task, "consumer group created"),
-                _ => {}
+            match reply(
+                "group reply",
+                b.bounded(call.invoke_async(&mut conn)).await?,
+            )? {
+                Group::NoStream => continue,
+                Group::Created => tracing::debug!(task, "consumer group created"),
+                Group::Existed => {}
             }
             RedisBackend::lock(&b.inner.queue)
                 .groups
@@ -207,33 +211,20 @@ async fn claim_if_due(
             .arg(settings.claim_idle.as_millis() as u64)
             .arg(&start)
             .arg(left);
-        let reply = match b.bounded_raw(call.invoke_async::<Value>(&mut conn)).await? {
-            Ok(reply) => reply,
+        let claimed = match b.bounded_raw(call.invoke_async(&mut conn)).await? {
+            Ok(claimed) => claimed,
             Err(e) if is_nogroup(&e) => {
                 forget_groups(b);
                 return Ok(jobs);
             }
             Err(e) => return Err(map_err(e)),
         };
-        let Value::Array(items) = reply else {
-            return Err(corrupt("claim reply", &reply));
-        };
-        let mut items = items.into_iter();
-        let next = items.next().as_ref().and_then(text).unwrap_or_default();
+        // The next start id, then (entry id, request id, deliveries) per claimed entry.
+        let (next, entries): (String, Vec<(String, String, u64)>) = reply("claim reply", claimed)?;
         RedisBackend::lock(&b.inner.queue)
             .cursors
             .insert((*task).to_owned(), next);
-        for item in items {
-            let Value::Array(fields) = &item else {
-                return Err(corrupt("claimed entry", &item));
-            };
-            let (Some(receipt), Some(id), Some(deliveries)) = (
-                fields.first().and_then(text),
-                fields.get(1).and_then(text),
-                fields.get(2).and_then(number),
-            ) else {
-                return Err(corrupt("claimed entry", &item));
-            };
+        for (receipt, id, deliveries) in entries {
             let job = Job {
                 id: match id.parse::<RequestId>() {
                     Ok(id) => id,
@@ -266,11 +257,15 @@ async fn reap_consumers(
         call.key(b.inner.keys.queue(task))
             .arg(GROUP)
             .arg(idle.as_millis() as u64);
-        match b.bounded(call.invoke_async::<Value>(conn)).await {
-            Ok(Value::Int(n)) if n > 0 => {
+        let deleted = b
+            .bounded(call.invoke_async(conn))
+            .await
+            .and_then(|deleted| reply::<u64>("reap reply", deleted));
+        match deleted {
+            Ok(0) => {}
+            Ok(n) => {
                 tracing::debug!(task, deleted = n, "idle consumers deleted");
             }
-            Ok(_) => {}
             Err(error) => {
                 tracing::debug!(
                     task,
@@ -452,9 +447,7 @@ pub(super) async fn release(b: &RedisBackend, job: &Job) -> Result<(), Error> {
         .arg(job.id.to_string())
         .arg(job.deliveries.saturating_sub(1))
         .arg(&b.inner.consumer);
-    b.bounded(call.invoke_async::<Value>(&mut conn))
-        .await
-        .map(drop)
+    b.bounded(call.invoke_async::<()>(&mut conn)).await
 }
 
 fn ensure_heartbeat(b: &RedisBackend) {
