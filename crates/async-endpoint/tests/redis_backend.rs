@@ -167,6 +167,46 @@ async fn a_job_delivered_too_often_fails_instead_of_looping() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_deleted_under_the_worker_is_looked_up_again() {
+    let Some(server) = redis_support::start() else {
+        return;
+    };
+    // A claim round every 50 ms, so fetches after a pause go through the claim script.
+    let b = RedisBackend::builder(server.url())
+        .claim_idle(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let first = request(r#""a""#);
+    b.create(first.clone()).await.unwrap();
+    let jobs = b.fetch(&[TASK], 10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [first.id]);
+    // The queue expires (or Redis loses it): both the claim script and the blocking read meet
+    // NOGROUP, which must read as "no queue", not as an error.
+    for pause in [Duration::from_millis(100), Duration::ZERO] {
+        server.command("DEL ae:q:redis_task").unwrap();
+        tokio::time::sleep(pause).await;
+        let jobs = b.fetch(&[TASK], 10, Duration::from_millis(100)).await;
+        assert!(matches!(jobs.as_deref(), Ok([])), "{jobs:?}");
+    }
+    let second = request(r#""b""#);
+    b.create(second.clone()).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let jobs = b
+            .fetch(&[TASK], 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if jobs.iter().any(|j| j.id == second.id) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the new queue was never read"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_hold_only_live_jobs_and_records_stay_small() {
     let Some(server) = redis_support::start() else {
         return;

@@ -32,10 +32,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{RedisError, Value};
+use redis::{FromRedisValue, ParsingError, RedisError, Value};
 use serde::Serialize;
 
 pub use config::RedisBackendBuilder;
+use scripts::{Skipped, Stored, Write};
 
 use super::{Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, Watch};
 use crate::{Error, Failure, Progress, RequestId, Status};
@@ -225,7 +226,7 @@ impl RedisBackend {
                 queue: Mutex::new(queue::QueueState::default()),
                 in_flight: Mutex::new(HashMap::new()),
                 poison_json,
-                scripts: scripts::Scripts::new(),
+                scripts: scripts::Scripts::new(GROUP),
                 closed: tokio::sync::watch::channel(()).0,
                 settings,
             }),
@@ -367,12 +368,21 @@ fn consumer_name() -> String {
 /// Connection trouble, timeouts and "try again" answers are [`Error::Unavailable`] (clients get
 /// 503 and workers back off); anything else Redis refuses is [`Error::Backend`].
 fn map_err(error: RedisError) -> Error {
-    use redis::{ErrorKind, RetryMethod};
+    use redis::{ErrorKind, RetryMethod, ServerErrorKind};
     let transient = error.is_io_error()
         || error.is_timeout()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
-        || matches!(error.kind(), ErrorKind::Parse)
+        || matches!(
+            error.kind(),
+            ErrorKind::Parse
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::TryAgain
+                )
+        )
         || matches!(
             error.retry_method(),
             RetryMethod::Reconnect
@@ -380,10 +390,7 @@ fn map_err(error: RedisError) -> Error {
                 | RetryMethod::WaitAndRetry
                 | RetryMethod::RetryImmediately
         )
-        || matches!(
-            error.code(),
-            Some("OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN")
-        );
+        || has_code(&error, &[code::OOM, code::BUSY]);
     if transient {
         Error::Unavailable(Box::new(error))
     } else {
@@ -391,68 +398,123 @@ fn map_err(error: RedisError) -> Error {
     }
 }
 
-/// A snapshot from the record fields `t s a g o f d`, in that order.
-fn snapshot(fields: &[Value]) -> Result<Snapshot, Error> {
-    let task = text(&fields[0]).ok_or_else(|| corrupt("record task", &fields[0]))?;
-    let status = text(&fields[1])
-        .as_deref()
-        .and_then(status_of)
-        .ok_or_else(|| corrupt("record status", &fields[1]))?;
-    let attempt = number(&fields[2]).unwrap_or(0).min(u64::from(u32::MAX)) as u32;
-    let progress: Option<Progress> = decode(&task, text(&fields[3]))?;
-    let output = if status == Status::Done {
-        text(&fields[4])
-    } else {
-        None
-    };
-    let failure: Option<Failure> = if status == Status::Failed {
-        decode(&task, text(&fields[5]))?
-    } else {
-        None
-    };
-    let deadline_ms = number(&fields[6]).ok_or_else(|| corrupt("record deadline", &fields[6]))?;
-    Ok(Snapshot {
-        task,
-        status,
-        attempt,
-        progress,
-        output,
-        failure,
-        deadline_ms,
-    })
+/// Server error codes redis-rs 1.2 has no [`redis::ServerErrorKind`] for: it keeps them as
+/// "extension" codes, the first word of the error as Redis sent it ([`RedisError::code`]).
+mod code {
+    /// The stream or its consumer group does not exist.
+    pub(super) const NOGROUP: &str = "NOGROUP";
+    /// A blocking read was ended because its stream was deleted (it expired).
+    pub(super) const UNBLOCKED: &str = "UNBLOCKED";
+    /// Redis is at `maxmemory` and refuses writes.
+    pub(super) const OOM: &str = "OOM";
+    /// A script or function runs too long and holds Redis.
+    pub(super) const BUSY: &str = "BUSY";
 }
 
-fn corrupt(what: &str, value: &Value) -> Error {
-    Error::Corrupt(format!("{what}: {value:?}"))
+/// Whether Redis refused with one of `codes`.
+fn has_code(error: &RedisError, codes: &[&str]) -> bool {
+    error.code().is_some_and(|code| codes.contains(&code))
 }
 
-/// A string-ish reply (bulk, simple, number); `None` for nil or anything else.
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        _ => None,
+/// The record fields a poll reads, in the order of [`Fields`].
+const SNAPSHOT_FIELDS: [&str; 7] = ["t", "s", "a", "g", "o", "f", "d"];
+
+/// A record's [`SNAPSHOT_FIELDS`] as `HMGET` (or `poll.lua`) returns them; `None` where a field
+/// is missing (no task: no record).
+struct Fields {
+    task: Option<String>,
+    status: Option<Stored>,
+    attempts: Option<u64>,
+    progress: Option<String>,
+    output: Option<String>,
+    failure: Option<String>,
+    deadline_ms: Option<u64>,
+}
+
+impl FromRedisValue for Fields {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let (task, status, attempts, progress, output, failure, deadline_ms) =
+            redis::from_redis_value(v)?;
+        Ok(Fields {
+            task,
+            status,
+            attempts,
+            progress,
+            output,
+            failure,
+            deadline_ms,
+        })
     }
 }
 
-fn number(value: &Value) -> Option<u64> {
-    match value {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        other => text(other).and_then(|s| s.parse().ok()),
+impl Fields {
+    /// Unfinished past its deadline: the poll must turn it into a timeout.
+    fn overdue(&self, now_ms: u64) -> bool {
+        self.status.is_some_and(Stored::unfinished)
+            && self.deadline_ms.is_some_and(|deadline| now_ms > deadline)
+    }
+
+    /// The snapshot, or `None` when there is no record.
+    fn snapshot(self) -> Result<Option<Snapshot>, Error> {
+        let Some(task) = self.task else {
+            return Ok(None);
+        };
+        let status = self
+            .status
+            .ok_or_else(|| Error::Corrupt("record without a status".to_owned()))?
+            .status();
+        let deadline_ms = self
+            .deadline_ms
+            .ok_or_else(|| Error::Corrupt("record without a deadline".to_owned()))?;
+        let progress: Option<Progress> = decode(&task, self.progress)?;
+        let output = self.output.filter(|_| status == Status::Done);
+        let failure: Option<Failure> = if status == Status::Failed {
+            decode(&task, self.failure)?
+        } else {
+            None
+        };
+        Ok(Some(Snapshot {
+            attempt: self.attempts.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
+            task,
+            status,
+            progress,
+            output,
+            failure,
+            deadline_ms,
+        }))
     }
 }
 
-fn status_of(code: &str) -> Option<Status> {
-    Some(match code {
-        "q" => Status::Queued,
-        "r" => Status::Running,
-        "y" => Status::Retrying,
-        "d" => Status::Done,
-        "f" => Status::Failed,
-        _ => return None,
-    })
+/// What `begin.lua` answers: the attempt to run, or why not.
+enum Began {
+    Run {
+        attempt: u64,
+        params: String,
+        deadline_ms: u64,
+    },
+    Skipped(Skipped),
+}
+
+impl FromRedisValue for Began {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        if let Value::Array(_) = v {
+            let (attempt, params, deadline_ms) = redis::from_redis_value(v)?;
+            Ok(Began::Run {
+                attempt,
+                params,
+                deadline_ms,
+            })
+        } else {
+            redis::from_redis_value(v).map(Began::Skipped)
+        }
+    }
+}
+
+/// Decodes a reply read as a plain [`Value`]. Typed queries would report a reply of the wrong
+/// shape as redis-rs's `Parse` error, which [`map_err`] must treat as a broken connection (the
+/// protocol parser reports the same kind); decoding apart keeps it [`Error::Corrupt`].
+fn reply<T: FromRedisValue>(what: &str, value: Value) -> Result<T, Error> {
+    redis::from_redis_value(value).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
 
 fn failure_json(failure: &Failure) -> Result<String, Error> {
@@ -496,9 +558,7 @@ impl Backend for RedisBackend {
             .arg(ttl_ms)
             .arg(&id)
             .arg(request.created_ms);
-        self.bounded(call.invoke_async::<Value>(&mut conn))
-            .await
-            .map(drop)
+        self.bounded(call.invoke_async::<()>(&mut conn)).await
     }
 
     async fn poll(
@@ -514,22 +574,13 @@ impl Backend for RedisBackend {
         // The common case is a plain HMGET: one round trip and no script, as cheap as reading a
         // hash can be. Only a request found unfinished past its deadline takes the script, which
         // re-checks and writes the timeout atomically (a second round trip, once per request).
-        let mut read = redis::cmd("HMGET");
-        read.arg(&key).arg(&["t", "s", "a", "g", "o", "f", "d"]);
-        let fields: Vec<Value> = self.bounded(read.query_async(&mut conn)).await?;
-        if fields.len() != 7 {
-            return Err(Error::Corrupt(format!(
-                "HMGET reply of {} fields",
-                fields.len()
-            )));
-        }
-        if fields[0] == Value::Nil {
-            return Ok(None);
-        }
-        let unfinished = matches!(text(&fields[1]).as_deref(), Some("q" | "r" | "y"));
-        let past_deadline = number(&fields[6]).is_some_and(|deadline| now_ms > deadline);
-        if !(unfinished && past_deadline) {
-            return snapshot(&fields).map(Some);
+        let read = redis::Cmd::hmget(&key, &SNAPSHOT_FIELDS);
+        let fields: Fields = reply(
+            "HMGET reply",
+            self.bounded(read.query_async(&mut conn)).await?,
+        )?;
+        if fields.task.is_none() || !fields.overdue(now_ms) {
+            return fields.snapshot();
         }
         let mut call = self.inner.scripts.poll.prepare_invoke();
         call.key(&key)
@@ -537,16 +588,17 @@ impl Backend for RedisBackend {
             .arg(failure_json(timeout)?)
             .arg(&keys.channel)
             .arg(id.to_string());
-        let reply = self.bounded(call.invoke_async::<Value>(&mut conn)).await?;
-        let fields = match reply {
-            Value::Nil => return Ok(None),
-            Value::Array(fields) if fields.len() == 8 => fields,
-            other => return Err(corrupt("poll reply", &other)),
+        let polled: Option<(Fields, Write)> = reply(
+            "poll reply",
+            self.bounded(call.invoke_async(&mut conn)).await?,
+        )?;
+        let Some((fields, write)) = polled else {
+            return Ok(None);
         };
-        if number(&fields[7]) == Some(1) {
+        if write == Write::Applied {
             tracing::warn!(request_id = %id, "deadline passed: request failed with a timeout");
         }
-        snapshot(&fields[..7]).map(Some)
+        fields.snapshot()
     }
 
     fn watch(&self, id: RequestId) -> Watch {
@@ -581,11 +633,14 @@ impl Backend for RedisBackend {
                 .arg(job.deliveries)
                 .arg(inner.settings.max_deliveries)
                 .arg(&inner.poison_json);
-            self.bounded(call.invoke_async::<Value>(&mut conn)).await
+            reply::<Began>(
+                "begin reply",
+                self.bounded(call.invoke_async(&mut conn)).await?,
+            )
         }
         .await;
-        let reply = match begun {
-            Ok(reply) => reply,
+        let began = match begun {
+            Ok(began) => began,
             Err(error) => {
                 // The worker drops the job; stop vouching for it so it is claimed after the
                 // idle bound instead of kept alive by our heartbeat.
@@ -593,12 +648,12 @@ impl Backend for RedisBackend {
                 return Err(error);
             }
         };
-        match reply {
-            Value::Array(fields) if fields.len() == 3 => {
-                let attempt = number(&fields[0]).ok_or_else(|| corrupt("attempt", &fields[0]))?;
-                let params = text(&fields[1]).unwrap_or_default();
-                let deadline_ms =
-                    number(&fields[2]).ok_or_else(|| corrupt("deadline", &fields[2]))?;
+        match began {
+            Began::Run {
+                attempt,
+                params,
+                deadline_ms,
+            } => {
                 queue::vouch_until(self, job, deadline_ms.saturating_add(1000));
                 Ok(Begin::Run {
                     params,
@@ -606,20 +661,19 @@ impl Backend for RedisBackend {
                     deadline_ms,
                 })
             }
-            Value::Int(code) => {
+            Began::Skipped(why) => {
                 queue::forget(self, job);
-                match code {
-                    1 => {
+                match why {
+                    Skipped::TimedOut => {
                         tracing::warn!(request_id = %job.id, "deadline passed before the job started: request failed with a timeout");
                     }
-                    2 => {
+                    Skipped::Poisoned => {
                         tracing::error!(request_id = %job.id, deliveries = job.deliveries, max_deliveries = inner.settings.max_deliveries, "job delivered too often (its workers keep dying): request failed");
                     }
-                    _ => {}
+                    Skipped::Gone => {}
                 }
                 Ok(Begin::Skip)
             }
-            other => Err(corrupt("begin reply", &other)),
         }
     }
 
@@ -638,9 +692,7 @@ impl Backend for RedisBackend {
             .arg(json)
             .arg(&keys.channel)
             .arg(id.to_string());
-        self.bounded(call.invoke_async::<Value>(&mut conn))
-            .await
-            .map(drop)
+        self.bounded(call.invoke_async::<()>(&mut conn)).await
     }
 
     async fn retrying(&self, id: RequestId) -> Result<(), Error> {
@@ -651,9 +703,7 @@ impl Backend for RedisBackend {
         call.key(keys.record(&id))
             .arg(&keys.channel)
             .arg(id.to_string());
-        self.bounded(call.invoke_async::<Value>(&mut conn))
-            .await
-            .map(drop)
+        self.bounded(call.invoke_async::<()>(&mut conn)).await
     }
 
     async fn finish(
@@ -666,8 +716,8 @@ impl Backend for RedisBackend {
         self.await_subscriber().await;
         let keys = &self.inner.keys;
         let (kind, value) = match outcome {
-            Outcome::Done(output) => ("d", output),
-            Outcome::Failed(failure) => ("f", failure_json(&failure)?),
+            Outcome::Done(output) => (Stored::Done, output),
+            Outcome::Failed(failure) => (Stored::Failed, failure_json(&failure)?),
         };
         let mut conn = self.conn().await?;
         let mut call = self.inner.scripts.finish.prepare_invoke();
@@ -679,14 +729,11 @@ impl Backend for RedisBackend {
             .arg(job.id.to_string())
             .arg(GROUP)
             .arg(&job.receipt)
-            .arg(kind)
+            .arg(kind.code())
             .arg(value);
-        let reply = self.bounded(call.invoke_async::<Value>(&mut conn)).await?;
+        let stands = self.bounded(call.invoke_async(&mut conn)).await?;
         queue::forget(self, job);
-        text(&reply)
-            .as_deref()
-            .and_then(status_of)
-            .ok_or_else(|| corrupt("finish reply", &reply))
+        reply::<Stored>("finish reply", stands).map(Stored::status)
     }
 
     async fn release(&self, job: &Job) -> Result<(), Error> {

@@ -20,11 +20,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Weak;
 use std::time::Duration;
 
-use redis::streams::StreamReadReply;
-use redis::{AsyncConnectionConfig, RedisError, Value};
+use redis::streams::{StreamClaimOptions, StreamReadOptions, StreamReadReply};
+use redis::{AsyncConnectionConfig, Cmd, RedisError};
 use tokio::time::Instant;
 
-use super::{GROUP, Inner, RedisBackend, corrupt, map_err, number, text};
+use super::scripts::Group;
+use super::{GROUP, Inner, RedisBackend, code, has_code, map_err, reply};
 use crate::backend::Job;
 use crate::engine::now_ms;
 use crate::{Error, RequestId};
@@ -60,11 +61,10 @@ fn heartbeat_interval(claim_idle: Duration) -> Duration {
 }
 
 /// The queue (or its group) is gone: `NOGROUP`, or `UNBLOCKED` when the stream expired under a
-/// blocking read. The worker looks the queues up again on its next fetch.
+/// blocking read. The worker looks the queues up again on its next fetch. (`claim.lua` hands
+/// `NOGROUP` back as XAUTOCLAIM sent it, so its code survives the script.)
 fn is_nogroup(error: &RedisError) -> bool {
-    matches!(error.code(), Some("NOGROUP" | "UNBLOCKED"))
-        || error.to_string().contains("NOGROUP")
-        || error.to_string().contains("UNBLOCKED")
+    has_code(error, &[code::NOGROUP, code::UNBLOCKED])
 }
 
 /// Records that this process works on `job` and keeps it alive until `until_ms`.
@@ -142,10 +142,13 @@ async fn ensure_groups(
         for task in missing {
             let mut call = b.inner.scripts.group.prepare_invoke();
             call.key(b.inner.keys.queue(task)).arg(GROUP);
-            match b.bounded(call.invoke_async::<i64>(&mut conn)).await? {
-                -1 => continue,
-                1 => tracing::debug!(task, "consumer group created"),
-                _ => {}
+            match reply(
+                "group reply",
+                b.bounded(call.invoke_async(&mut conn)).await?,
+            )? {
+                Group::NoStream => continue,
+                Group::Created => tracing::debug!(task, "consumer group created"),
+                Group::Existed => {}
             }
             RedisBackend::lock(&b.inner.queue)
                 .groups
@@ -208,33 +211,20 @@ async fn claim_if_due(
             .arg(settings.claim_idle.as_millis() as u64)
             .arg(&start)
             .arg(left);
-        let reply = match b.bounded_raw(call.invoke_async::<Value>(&mut conn)).await? {
-            Ok(reply) => reply,
+        let claimed = match b.bounded_raw(call.invoke_async(&mut conn)).await? {
+            Ok(claimed) => claimed,
             Err(e) if is_nogroup(&e) => {
                 forget_groups(b);
                 return Ok(jobs);
             }
             Err(e) => return Err(map_err(e)),
         };
-        let Value::Array(items) = reply else {
-            return Err(corrupt("claim reply", &reply));
-        };
-        let mut items = items.into_iter();
-        let next = items.next().as_ref().and_then(text).unwrap_or_default();
+        // The next start id, then (entry id, request id, deliveries) per claimed entry.
+        let (next, entries): (String, Vec<(String, String, u64)>) = reply("claim reply", claimed)?;
         RedisBackend::lock(&b.inner.queue)
             .cursors
             .insert((*task).to_owned(), next);
-        for item in items {
-            let Value::Array(fields) = &item else {
-                return Err(corrupt("claimed entry", &item));
-            };
-            let (Some(receipt), Some(id), Some(deliveries)) = (
-                fields.first().and_then(text),
-                fields.get(1).and_then(text),
-                fields.get(2).and_then(number),
-            ) else {
-                return Err(corrupt("claimed entry", &item));
-            };
+        for (receipt, id, deliveries) in entries {
             let job = Job {
                 id: match id.parse::<RequestId>() {
                     Ok(id) => id,
@@ -267,11 +257,15 @@ async fn reap_consumers(
         call.key(b.inner.keys.queue(task))
             .arg(GROUP)
             .arg(idle.as_millis() as u64);
-        match b.bounded(call.invoke_async::<Value>(conn)).await {
-            Ok(Value::Int(n)) if n > 0 => {
+        let deleted = b
+            .bounded(call.invoke_async(conn))
+            .await
+            .and_then(|deleted| reply::<u64>("reap reply", deleted));
+        match deleted {
+            Ok(0) => {}
+            Ok(n) => {
                 tracing::debug!(task, deleted = n, "idle consumers deleted");
             }
-            Ok(_) => {}
             Err(error) => {
                 tracing::debug!(
                     task,
@@ -293,14 +287,9 @@ async fn discard(b: &RedisBackend, task: &str, receipt: &str) {
     let Ok(mut conn) = b.conn().await else { return };
     let queue = b.inner.keys.queue(task);
     let mut pipe = redis::pipe();
-    pipe.cmd("XACK")
-        .arg(&queue)
-        .arg(GROUP)
-        .arg(receipt)
-        .cmd("XDEL")
-        .arg(&queue)
-        .arg(receipt);
-    let _ = b.bounded(pipe.query_async::<Value>(&mut conn)).await;
+    pipe.xack(&queue, GROUP, &[receipt])
+        .xdel(&queue, &[receipt]);
+    let _ = b.bounded(pipe.query_async::<()>(&mut conn)).await;
 }
 
 /// Reads new jobs, blocking up to `block`. The read runs in a task of its own: if the caller
@@ -378,25 +367,18 @@ async fn read_group(
         }
     };
     let per_stream = max.div_ceil(tasks.len()).max(1);
-    let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP")
-        .arg(GROUP)
-        .arg(&b.inner.consumer)
-        .arg("COUNT")
-        .arg(per_stream);
+    let mut options = StreamReadOptions::default()
+        .group(GROUP, &b.inner.consumer)
+        .count(per_stream);
     if !block.is_zero() {
-        cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        options = options.block(block.as_millis().max(1) as usize);
     }
-    cmd.arg("STREAMS");
-    for task in tasks {
-        cmd.arg(b.inner.keys.queue(task));
-    }
-    for _ in tasks {
-        cmd.arg(">");
-    }
+    let queues: Vec<String> = tasks.iter().map(|task| b.inner.keys.queue(task)).collect();
+    // `>`: entries never delivered to this group.
+    let cmd = Cmd::xread_options(&queues, &vec![">"; tasks.len()], &options);
     let bound = block + settings.response_timeout;
-    let reply = match tokio::time::timeout(bound, cmd.query_async::<Value>(conn)).await {
-        Ok(Ok(reply)) => reply,
+    let read = match tokio::time::timeout(bound, cmd.query_async(conn)).await {
+        Ok(Ok(read)) => read,
         Ok(Err(e)) if is_nogroup(&e) => {
             // The stream expired (idle past the TTL) or Redis lost it (restart without
             // persistence): look the queues up again on the next fetch.
@@ -418,28 +400,25 @@ async fn read_group(
         }
     };
     drop(slot);
-    if reply == Value::Nil {
+    // Nil when the block time ran out with nothing to read.
+    let Some(read) = reply::<Option<StreamReadReply>>("XREADGROUP reply", read)? else {
         return Ok(Vec::new());
-    }
-    let parsed: StreamReadReply =
-        redis::from_redis_value(reply.clone()).map_err(|_| corrupt("XREADGROUP reply", &reply))?;
-    let mut per_stream = Vec::with_capacity(parsed.keys.len());
-    for key in parsed.keys {
+    };
+    let mut per_stream = Vec::with_capacity(read.keys.len());
+    for key in read.keys {
         let Some(task) = b.inner.keys.task_of(&key.key).map(str::to_owned) else {
             continue;
         };
         let mut jobs = Vec::with_capacity(key.ids.len());
         for entry in key.ids {
             let id = entry
-                .map
-                .get("i")
-                .and_then(text)
+                .get::<String>("i")
                 .and_then(|s| s.parse::<RequestId>().ok());
             let Some(id) = id else {
                 discard(b, &task, &entry.id).await;
                 continue;
             };
-            let prior = entry.map.get("n").and_then(number).unwrap_or(0);
+            let prior = entry.get::<u64>("n").unwrap_or(0);
             let job = Job {
                 id,
                 task: task.clone(),
@@ -468,9 +447,7 @@ pub(super) async fn release(b: &RedisBackend, job: &Job) -> Result<(), Error> {
         .arg(job.id.to_string())
         .arg(job.deliveries.saturating_sub(1))
         .arg(&b.inner.consumer);
-    b.bounded(call.invoke_async::<Value>(&mut conn))
-        .await
-        .map(drop)
+    b.bounded(call.invoke_async::<()>(&mut conn)).await
 }
 
 fn ensure_heartbeat(b: &RedisBackend) {
@@ -524,14 +501,15 @@ async fn heartbeat(
         };
         for (task, receipts) in by_task {
             for chunk in receipts.chunks(HEARTBEAT_CHUNK) {
-                let mut cmd = redis::cmd("XCLAIM");
-                cmd.arg(b.inner.keys.queue(&task))
-                    .arg(GROUP)
-                    .arg(&b.inner.consumer)
-                    .arg(0)
-                    .arg(chunk)
-                    .arg("JUSTID");
-                if let Err(error) = b.bounded(cmd.query_async::<Value>(&mut conn)).await {
+                let cmd = Cmd::xclaim_options(
+                    b.inner.keys.queue(&task),
+                    GROUP,
+                    &b.inner.consumer,
+                    0,
+                    chunk,
+                    StreamClaimOptions::default().with_justid(),
+                );
+                if let Err(error) = b.bounded(cmd.query_async::<()>(&mut conn)).await {
                     tracing::debug!(
                         task,
                         error = &error as &dyn std::error::Error,

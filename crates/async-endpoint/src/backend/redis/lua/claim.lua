@@ -1,8 +1,13 @@
 -- Claims entries idle longer than the bound (their worker died or hung), at most COUNT of them.
 -- KEYS: queue stream.  ARGV: group, consumer, min idle ms, start id, count.
--- Returns {next start id, {entry id, request id, deliveries}...}.
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
-local out = {r[1]}
+-- Returns {next start id, {{entry id, request id, deliveries}...}}.
+-- A missing stream or group is answered with XAUTOCLAIM's own NOGROUP error, returned as it
+-- came, so the caller can tell it by its code whatever Redis version wraps script errors.
+local r = redis.pcall('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+if r.err then
+  return r
+end
+local claimed = {}
 for _, e in ipairs(r[2]) do
   local fields = e[2]
   if fields then
@@ -20,11 +25,11 @@ for _, e in ipairs(r[2]) do
       if p[1] then
         count = p[1][4]
       end
-      out[#out + 1] = {e[1], id, count + prior}
+      claimed[#claimed + 1] = {e[1], id, count + prior}
     else
       redis.call('XACK', KEYS[1], ARGV[1], e[1])
       redis.call('XDEL', KEYS[1], e[1])
     end
   end
 end
-return out
+return {r[1], claimed}

@@ -1,6 +1,6 @@
 -- Stores a queued request and enqueues its job, atomically.
 -- KEYS: record, queue stream.  ARGV: task, params, deadline_ms, ttl_ms, id, created_ms.
-redis.call('HSET', KEYS[1], 't', ARGV[1], 's', 'q', 'p', ARGV[2], 'd', ARGV[3], 'l', ARGV[4])
+redis.call('HSET', KEYS[1], 't', ARGV[1], 's', QUEUED, 'p', ARGV[2], 'd', ARGV[3], 'l', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 -- Trim entries older than the TTL: their requests are past their deadlines (deadline < TTL), so
 -- a delivery would only be skipped. Approximate (~) trimming frees whole stream nodes, cheaply.
@@ -12,8 +12,8 @@ local new_queue = redis.call('EXISTS', KEYS[2]) == 0
 redis.call('XADD', KEYS[2], 'MINID', '~', string.format('%d', minid), '*', 'i', ARGV[5])
 if new_queue then
   -- From id 0, so this first entry is delivered too. A group made meanwhile by a worker is fine.
-  redis.pcall('XGROUP', 'CREATE', KEYS[2], 'workers', '0')
+  redis.pcall('XGROUP', 'CREATE', KEYS[2], GROUP, '0')
 end
 -- The queue lives as long as its newest request could need it: an idle queue expires too.
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return 1
+return APPLIED

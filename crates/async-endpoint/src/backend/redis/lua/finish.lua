@@ -1,26 +1,27 @@
 -- Writes the outcome unless the request is terminal (the first terminal state wins), and drops
 -- the stream entry. Past the deadline the outcome becomes the timeout failure.
 -- KEYS: record, queue stream.
--- ARGV: now_ms, timeout failure JSON, channel, id, group, receipt, 'd' or 'f', output or failure.
--- Returns the status that stands ('d' or 'f').
+-- ARGV: now_ms, timeout failure JSON, channel, id, group, receipt, DONE or FAILED, output or
+--       failure.
+-- Returns the status that stands (DONE or FAILED).
 local h = redis.call('HMGET', KEYS[1], 's', 'd', 'l')
 drop_entry(ARGV[5], ARGV[6])
 if not h[1] then
-  return 'f'
+  return FAILED
 end
 if not unfinished(h[1]) then
   return h[1]
 end
 if tonumber(ARGV[1]) > tonumber(h[2] or 0) then
   fail(ARGV[2], h[3], ARGV[3], ARGV[4])
-  return 'f'
+  return FAILED
 end
-if ARGV[7] == 'd' then
-  redis.call('HSET', KEYS[1], 's', 'd', 'o', ARGV[8])
+if ARGV[7] == DONE then
+  redis.call('HSET', KEYS[1], 's', DONE, 'o', ARGV[8])
   redis.call('HDEL', KEYS[1], 'p')
   redis.call('PEXPIRE', KEYS[1], h[3])
   redis.call('PUBLISH', ARGV[3], ARGV[4])
-  return 'd'
+  return DONE
 end
 fail(ARGV[8], h[3], ARGV[3], ARGV[4])
-return 'f'
+return FAILED

@@ -1,16 +1,16 @@
 -- Reads a request; an unfinished one past its deadline becomes a timeout failure first.
 -- KEYS: record.  ARGV: now_ms, timeout failure JSON, channel, id.
--- Returns nil (unknown) or {task, status, attempts, progress, output, failure, deadline,
--- 1 if it timed out just now else 0}.
+-- Returns nil (unknown) or {{task, status, attempts, progress, output, failure, deadline},
+-- APPLIED if it timed out just now else UNCHANGED}: the fields as the poll's HMGET reads them.
 local h = redis.call('HMGET', KEYS[1], 't', 's', 'a', 'g', 'o', 'f', 'd', 'l')
 if not h[1] then
   return false
 end
-local timed_out = 0
+local timed_out = UNCHANGED
 if unfinished(h[2]) and tonumber(ARGV[1]) > tonumber(h[7] or 0) then
   fail(ARGV[2], h[8] or 3600000, ARGV[3], ARGV[4])
-  h[2] = 'f'
+  h[2] = FAILED
   h[6] = ARGV[2]
-  timed_out = 1
+  timed_out = APPLIED
 end
-return {h[1], h[2], h[3] or '0', h[4], h[5], h[6], h[7], timed_out}
+return {{h[1], h[2], h[3], h[4], h[5], h[6], h[7]}, timed_out}

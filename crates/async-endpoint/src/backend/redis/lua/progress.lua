@@ -1,10 +1,10 @@
 -- Saves progress of a running or retrying request; ignored otherwise.
 -- KEYS: record.  ARGV: progress JSON, channel, id.
 local h = redis.call('HMGET', KEYS[1], 's', 'l')
-if h[1] == 'r' or h[1] == 'y' then
+if h[1] == RUNNING or h[1] == RETRYING then
   redis.call('HSET', KEYS[1], 'g', ARGV[1])
   redis.call('PEXPIRE', KEYS[1], h[2])
   redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
+  return APPLIED
 end
-return 0
+return UNCHANGED

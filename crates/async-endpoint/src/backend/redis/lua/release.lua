@@ -4,9 +4,9 @@
 -- KEYS: queue stream.  ARGV: group, receipt, id, prior deliveries, consumer.
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #p == 0 or p[1][2] ~= ARGV[5] then
-  return 0
+  return UNCHANGED
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('XADD', KEYS[1], '*', 'i', ARGV[3], 'n', ARGV[4])
-return 1
+return APPLIED

@@ -1,10 +1,10 @@
 -- Marks a running request retrying (between attempts); ignored otherwise.
 -- KEYS: record.  ARGV: channel, id.
 local h = redis.call('HMGET', KEYS[1], 's', 'l')
-if h[1] == 'r' then
-  redis.call('HSET', KEYS[1], 's', 'y')
+if h[1] == RUNNING then
+  redis.call('HSET', KEYS[1], 's', RETRYING)
   redis.call('PEXPIRE', KEYS[1], h[2])
   redis.call('PUBLISH', ARGV[1], ARGV[2])
-  return 1
+  return APPLIED
 end
-return 0
+return UNCHANGED
