@@ -555,7 +555,7 @@ fn throughput(run: &mut Run) -> Result<(), BoxError> {
         let mut rates = Vec::new();
         for r in 0..rounds {
             let last_round = r + 1 == rounds;
-            let (first, last) = (i == 0 && r == 0, i + 1 == sizes.len() && last_round);
+            let (first, last) = (i == 0, i + 1 == sizes.len() && last_round);
             throughput_once(run, *n, first, last, last_round, &mut rates)?;
         }
     }
