@@ -5,7 +5,7 @@
 //!   (`--mode async`: start, then waiting polls until the answer); prints `COMPLETED <n> <secs>`;
 //! * `waiting`: starts `--n` pending requests, then holds one waiting poll per request, each on
 //!   its own connection; prints `HOLDING <n>` once all are sent and keeps them until killed;
-//! * `cross`: the load across processes (see `runner::cross`).
+//! * `cross`: the load across processes (see `items::cross`).
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), BoxError> {
         match kind {
             "slow" => slow(&opts).await,
             "waiting" => waiting(&opts).await,
-            "cross" => crate::runner::cross::load(&opts).await,
+            "cross" => crate::items::cross::load(&opts).await,
             other => Err(format!("unknown load kind {other:?}").into()),
         }
     })

@@ -12,6 +12,7 @@
 //! test: figures are ratios measured in one run on one machine.
 
 mod client;
+mod items;
 mod load;
 mod plots;
 mod procs;

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
@@ -124,28 +125,9 @@ fn bars(path: &Path, title: &str, unit: &str, log: bool, groups: &[Group]) -> Re
         let font = ("sans-serif", 15).into_font();
         root.draw(&Text::new(title.to_owned(), (15, 12), title_font))
             .map_err(e)?;
-        // Legend, when there are several series.
-        let series: Vec<String> = {
-            let mut s: Vec<String> = Vec::new();
-            for (_, bars) in groups {
-                for (name, _) in bars {
-                    if !s.contains(name) {
-                        s.push(name.clone());
-                    }
-                }
-            }
-            s
-        };
+        let series = series(groups);
         if series.len() > 1 {
-            let mut x = 15;
-            for (i, name) in series.iter().enumerate() {
-                let c = COLORS[i % COLORS.len()];
-                root.draw(&Rectangle::new([(x, 44), (x + 14, 58)], c.filled()))
-                    .map_err(e)?;
-                root.draw(&Text::new(name.clone(), (x + 20, 43), font.clone()))
-                    .map_err(e)?;
-                x += 40 + 9 * name.len() as i32;
-            }
+            legend(&root, &series, &font)?;
         }
         let max = groups
             .iter()
@@ -179,16 +161,7 @@ fn bars(path: &Path, title: &str, unit: &str, log: bool, groups: &[Group]) -> Re
                     c.filled(),
                 ))
                 .map_err(e)?;
-                let text = if v.is_finite() {
-                    if *v >= 100.0 {
-                        format!("{v:.0} {unit}")
-                    } else {
-                        format!("{v:.2} {unit}")
-                    }
-                } else {
-                    "n/a".to_owned()
-                };
-                root.draw(&Text::new(text, (x1 + 6, y + 3), font.clone()))
+                root.draw(&Text::new(value(*v, unit), (x1 + 6, y + 3), font.clone()))
                     .map_err(e)?;
                 y += bar_h + 4;
             }
@@ -203,4 +176,47 @@ fn bars(path: &Path, title: &str, unit: &str, log: bool, groups: &[Group]) -> Re
     enc.write_header()
         .and_then(|mut wr| wr.write_image_data(&buf))
         .map_err(|e| e.to_string())
+}
+
+/// The series of the groups, in their first order.
+fn series(groups: &[Group]) -> Vec<String> {
+    let mut s: Vec<String> = Vec::new();
+    for (_, bars) in groups {
+        for (name, _) in bars {
+            if !s.contains(name) {
+                s.push(name.clone());
+            }
+        }
+    }
+    s
+}
+
+/// The legend, under the title: a coloured square and the name of each series.
+fn legend(
+    root: &DrawingArea<BitMapBackend<'_>, Shift>,
+    series: &[String],
+    font: &FontDesc<'_>,
+) -> Result<(), String> {
+    let e = |x: DrawingAreaErrorKind<_>| x.to_string();
+    let mut x = 15;
+    for (i, name) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        root.draw(&Rectangle::new([(x, 44), (x + 14, 58)], c.filled()))
+            .map_err(e)?;
+        root.draw(&Text::new(name.clone(), (x + 20, 43), font.clone()))
+            .map_err(e)?;
+        x += 40 + 9 * name.len() as i32;
+    }
+    Ok(())
+}
+
+/// A bar's label.
+fn value(v: f64, unit: &str) -> String {
+    if !v.is_finite() {
+        "n/a".to_owned()
+    } else if v >= 100.0 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v:.2} {unit}")
+    }
 }
