@@ -10,8 +10,8 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, SharedBackend};
 use crate::engine::{Config, Engine, ErasedTask, OwnerFn};
+use crate::failure::{DEFAULT_INTERNAL_MESSAGE, DEFAULT_TIMEOUT_MESSAGE};
 use crate::token::{Keyring, MIN_SECRET_LEN};
-use crate::worker::{default_internal_failure, default_timeout_failure};
 use crate::{AsyncEndpointLayer, AsyncTask, Error, Failure, FailureKind};
 
 /// The configured engine: tasks, backend, keys and settings. Cheap to clone.
@@ -173,8 +173,8 @@ impl Default for AsyncEndpointBuilder {
             progress_interval: Duration::from_millis(250),
             shutdown_grace: Duration::from_secs(30),
             task_threads: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
-            internal_message: default_internal_failure().message().to_owned(),
-            timeout_message: default_timeout_failure().message().to_owned(),
+            internal_message: DEFAULT_INTERNAL_MESSAGE.to_owned(),
+            timeout_message: DEFAULT_TIMEOUT_MESSAGE.to_owned(),
         }
     }
 }

@@ -12,7 +12,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde::Serialize;
 
 use crate::backend::{NewRequest, Snapshot};
-use crate::engine::{Engine, now_ms};
+use crate::clock::now_ms;
+use crate::engine::Engine;
 use crate::layer::EngineRef;
 use crate::problem;
 use crate::token::{Claims, TokenError};

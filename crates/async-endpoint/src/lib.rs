@@ -76,10 +76,12 @@
 //! [axum]: https://docs.rs/axum
 
 pub mod backend;
+mod clock;
 mod endpoint;
 mod engine;
 mod error;
 mod extract;
+mod failure;
 mod id;
 pub mod js;
 mod layer;
@@ -96,10 +98,11 @@ pub use error::Error;
 pub use extract::{
     AsyncRequest, ID_HEADER, ID_PARAM, InitializedRequest, MissingLayer, TOKEN_HEADER, TOKEN_PARAM,
 };
+pub use failure::{Failure, FailureKind};
 pub use id::{ParseIdError, RequestId};
 pub use layer::{AsyncEndpointLayer, AsyncEndpointService};
 pub use status::{Progress, Status};
-pub use task::{AsyncTask, Failure, FailureKind, RetryPolicy, TaskContext};
+pub use task::{AsyncTask, RetryPolicy, TaskContext};
 
 /// The README's examples, compiled as doctests (they use every feature).
 #[cfg(all(doctest, feature = "redis"))]

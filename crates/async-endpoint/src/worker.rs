@@ -11,8 +11,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument as _;
 
 use crate::backend::{Begin, Job, Outcome};
-use crate::engine::{Engine, RunError, now_ms};
-use crate::{Failure, RequestId, TaskContext};
+use crate::clock::now_ms;
+use crate::engine::{Engine, RunError};
+use crate::{RequestId, TaskContext};
 
 /// How long one fetch may block waiting for jobs.
 const FETCH_BLOCK: Duration = Duration::from_secs(1);
@@ -271,20 +272,4 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         "non-string panic payload".to_owned()
     }
-}
-
-/// The generic failure for panics and internal errors.
-pub(crate) fn default_internal_failure() -> Failure {
-    Failure::with_kind(
-        crate::FailureKind::Internal,
-        "The request could not be completed because of an internal error.",
-    )
-}
-
-/// The generic failure for a passed deadline.
-pub(crate) fn default_timeout_failure() -> Failure {
-    Failure::with_kind(
-        crate::FailureKind::Timeout,
-        "The request did not finish in time.",
-    )
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::{Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, Watch};
-use crate::engine::now_ms;
+use crate::clock::now_ms;
 use crate::{Error, Failure, Progress, RequestId, Status};
 
 /// In-memory backend: one process, records with TTL, jobs in a FIFO queue.

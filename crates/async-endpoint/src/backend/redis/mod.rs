@@ -205,7 +205,10 @@ impl RedisBackend {
             channel: format!("{}:n", settings.prefix),
             prefix: settings.prefix.clone(),
         };
-        let poison = crate::worker::default_internal_failure();
+        let poison = Failure::with_kind(
+            crate::FailureKind::Internal,
+            crate::failure::DEFAULT_INTERNAL_MESSAGE,
+        );
         // A struct of two strings always serializes; the fallback is the same JSON by hand.
         let poison_json = serde_json::to_string(&poison).unwrap_or_else(|_| {
             r#"{"kind":"internal","message":"The request could not be completed because of an internal error."}"#.to_owned()

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::{GROUP, Inner, RedisBackend, corrupt, map_err, number, text};
 use crate::backend::Job;
-use crate::engine::now_ms;
+use crate::clock::now_ms;
 use crate::{Error, RequestId};
 
 /// Consumers with nothing pending and idle this long are deleted (at least; see `reap_idle`).
