@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{Backend, SharedBackend};
 use crate::engine::{Config, Engine, ErasedTask, OwnerFn};
 use crate::failure::{DEFAULT_INTERNAL_MESSAGE, DEFAULT_TIMEOUT_MESSAGE};
-use crate::token::{Keyring, MIN_SECRET_LEN};
+use crate::protocol::token::{Keyring, MIN_SECRET_LEN};
 use crate::{AsyncEndpointLayer, AsyncTask, Error, Failure, FailureKind};
 
 /// The configured engine: tasks, backend, keys and settings. Cheap to clone.

@@ -1,0 +1,325 @@
+//! The engine: the protocol's behaviour, whatever the web framework.
+//!
+//! [`Engine::answer`] takes what a framework adapter read from an HTTP request (a [`Call`], the
+//! owner, a requested wait) and decides the answer: it starts requests (params checked, id and
+//! token made, record stored), reads them (token verified, deadline applied, optionally waiting
+//! for a change) and says how to render them ([`Answer`]). The adapter only writes the answer out.
+//! Workers drive the other half (`worker.rs`) through the same engine.
+
+mod tasks;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) use tasks::{ErasedTask, RunError, TaskRuntime};
+
+use crate::backend::{NewRequest, SharedBackend, Snapshot};
+use crate::clock::now_ms;
+use crate::protocol::token::{Claims, Keyring, TokenError};
+use crate::protocol::{Call, Problem, StatusBody};
+use crate::{AsyncTask, Error, Failure, RequestId, Status};
+
+/// Derives the owner of a request (e.g. the signed-in user's id) from its parts.
+pub(crate) type OwnerFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;
+
+/// Extra time a waiting poll gives a request past its deadline, so the poll sees the timeout.
+const DEADLINE_SLACK: Duration = Duration::from_millis(50);
+
+/// Validated settings (see the builder for meanings and defaults).
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) deadline: Duration,
+    pub(crate) ttl: Duration,
+    pub(crate) max_params_bytes: usize,
+    pub(crate) max_wait: Duration,
+    pub(crate) retry_after: Duration,
+    pub(crate) concurrency: usize,
+    pub(crate) progress_interval: Duration,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) internal_failure: Failure,
+    pub(crate) timeout_failure: Failure,
+}
+
+/// Tasks, backend, keys and settings, shared by the framework adapter and the workers.
+pub(crate) struct Engine {
+    pub(crate) backend: SharedBackend,
+    pub(crate) task_runtime: TaskRuntime,
+    pub(crate) tasks: HashMap<&'static str, Arc<dyn ErasedTask>>,
+    pub(crate) task_names: Vec<&'static str>,
+    pub(crate) keys: Keyring,
+    pub(crate) config: Config,
+    pub(crate) owner: Option<OwnerFn>,
+}
+
+/// What the engine answers; a framework adapter writes it out.
+#[derive(Debug)]
+pub(crate) enum Answer<O> {
+    /// Under way: 202 with the status body, `Retry-After` and `Cache-Control: no-store`.
+    Accepted {
+        /// The body.
+        body: StatusBody,
+        /// Whole seconds for `Retry-After`.
+        retry_after: u64,
+    },
+    /// Done: the app's `done` renders the output (200 unless it sets a status), never cached.
+    Done(O),
+    /// Failed: the app's `failed` renders the failure (422 unless it sets a status), never cached.
+    Failed(Failure),
+    /// A problem document.
+    Problem(Problem),
+}
+
+/// An [`Answer`] and the wait that was honoured to reach it (`Preference-Applied: wait=N`).
+#[derive(Debug)]
+pub(crate) struct Reply<O> {
+    pub(crate) answer: Answer<O>,
+    /// Whole seconds of an honoured `Prefer: wait`; only set on a rendered (non-problem) answer.
+    pub(crate) wait_applied: Option<u64>,
+}
+
+impl<O> From<Answer<O>> for Reply<O> {
+    fn from(answer: Answer<O>) -> Self {
+        Reply {
+            answer,
+            wait_applied: None,
+        }
+    }
+}
+
+impl Engine {
+    /// Answers one call for task `T`: starts a request with `params`, or reads the one the
+    /// credentials name (holding the read up to the requested wait, capped by `max_wait`).
+    pub(crate) async fn answer<T: AsyncTask>(
+        &self,
+        call: Call,
+        params: &T::Params,
+        owner: Option<&str>,
+        requested_wait: Option<u64>,
+    ) -> Reply<T::Output> {
+        if !self.tasks.contains_key(T::NAME) {
+            return Answer::Problem(developer_error(&Error::UnknownTask(T::NAME.to_owned())))
+                .into();
+        }
+        match call {
+            Call::Malformed => Answer::Problem(Problem::NotFound).into(),
+            Call::Start => self.start::<T>(params, owner).await.into(),
+            Call::Poll { id, token } => {
+                let wait = self.wait_for(requested_wait);
+                let answer = self.read::<T>(&id, &token, owner, wait).await;
+                let wait_applied = match answer {
+                    Answer::Problem(_) => None,
+                    _ => wait.map(|wait| wait.as_secs()),
+                };
+                Reply {
+                    answer,
+                    wait_applied,
+                }
+            }
+        }
+    }
+
+    /// The wait a poll gets for `Prefer: wait=N`: N seconds capped by `max_wait`; none for 0.
+    pub(crate) fn wait_for(&self, requested_secs: Option<u64>) -> Option<Duration> {
+        requested_secs
+            .map(|secs| Duration::from_secs(secs).min(self.config.max_wait))
+            .filter(|wait| !wait.is_zero())
+    }
+
+    /// Starts a request of task `T`: checks the params, stores and enqueues it, and answers 202
+    /// with its id and token.
+    pub(crate) async fn start<T: AsyncTask>(
+        &self,
+        params: &T::Params,
+        owner: Option<&str>,
+    ) -> Answer<T::Output> {
+        let config = &self.config;
+        let params = match serde_json::to_string(params) {
+            Ok(params) => params,
+            Err(source) => {
+                let error = Error::SerializeParams {
+                    task: T::NAME,
+                    source,
+                };
+                return Answer::Problem(developer_error(&error));
+            }
+        };
+        if params.len() > config.max_params_bytes {
+            let error = Error::ParamsTooLarge {
+                task: T::NAME,
+                size: params.len(),
+                limit: config.max_params_bytes,
+            };
+            return Answer::Problem(developer_error(&error));
+        }
+        let deadline = self
+            .tasks
+            .get(T::NAME)
+            .and_then(|task| task.deadline())
+            .unwrap_or(config.deadline);
+        let id = RequestId::random();
+        let now = now_ms();
+        let expires_at = now.saturating_add(config.ttl.as_millis() as u64) / 1000;
+        let claims = Claims {
+            id: &id,
+            task: T::NAME,
+            owner,
+        };
+        let token = self.keys.sign(&claims, expires_at);
+        let created = self
+            .backend
+            .create(NewRequest {
+                id,
+                task: T::NAME,
+                params,
+                created_ms: now,
+                deadline_ms: now.saturating_add(deadline.as_millis() as u64),
+                ttl: config.ttl,
+            })
+            .await;
+        if let Err(error) = created {
+            return Answer::Problem(self.backend_error(&error));
+        }
+        tracing::info!(request_id = %id, task = T::NAME, "request enqueued");
+        self.accepted(id, token, Status::Queued, None)
+    }
+
+    /// Reads the request that `id` and `token` name for task `T` and `owner`; with `wait`, holds
+    /// until it changes, finishes, or the bound passes.
+    pub(crate) async fn read<T: AsyncTask>(
+        &self,
+        id: &str,
+        token: &str,
+        owner: Option<&str>,
+        wait: Option<Duration>,
+    ) -> Answer<T::Output> {
+        let Ok(id) = id.parse::<RequestId>() else {
+            return Answer::Problem(Problem::NotFound);
+        };
+        let claims = Claims {
+            id: &id,
+            task: T::NAME,
+            owner,
+        };
+        match self.keys.verify(token, &claims, now_ms() / 1000) {
+            Ok(()) => {}
+            Err(TokenError::Invalid) => return Answer::Problem(Problem::NotFound),
+            Err(TokenError::Expired) => return Answer::Problem(Problem::Gone),
+        }
+        let snapshot = match self.snapshot(id, wait).await {
+            Ok(Some(snapshot)) if snapshot.task == T::NAME => snapshot,
+            Ok(_) => return Answer::Problem(Problem::NotFound),
+            Err(error) => return Answer::Problem(self.backend_error(&error)),
+        };
+        tracing::debug!(request_id = %id, task = T::NAME, status = snapshot.status.as_str(), "poll");
+        self.render::<T>(id, token, snapshot)
+    }
+
+    /// Reads a snapshot; with `wait`, holds until it changes, finishes, or the bound passes.
+    async fn snapshot(
+        &self,
+        id: RequestId,
+        wait: Option<Duration>,
+    ) -> Result<Option<Snapshot>, Error> {
+        let timeout = &self.config.timeout_failure;
+        let Some(wait) = wait else {
+            return self.backend.poll(id, now_ms(), timeout).await;
+        };
+        // Register before the first read so a change between the read and the wait is not missed.
+        let mut watch = self.backend.watch(id);
+        let Some(first) = self.backend.poll(id, now_ms(), timeout).await? else {
+            return Ok(None);
+        };
+        if first.status.is_terminal() {
+            return Ok(Some(first));
+        }
+        let until_deadline = Duration::from_millis(first.deadline_ms.saturating_sub(now_ms()));
+        let bound = tokio::time::Instant::now() + wait.min(until_deadline + DEADLINE_SLACK);
+        loop {
+            if tokio::time::timeout_at(bound, watch.changed())
+                .await
+                .is_err()
+            {
+                // The bound passed: one last read (it also applies a passed deadline).
+                return self.backend.poll(id, now_ms(), timeout).await;
+            }
+            match self.backend.poll(id, now_ms(), timeout).await? {
+                Some(now) if now == first => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// What a snapshot of a request of task `T` answers.
+    fn render<T: AsyncTask>(
+        &self,
+        id: RequestId,
+        token: &str,
+        snapshot: Snapshot,
+    ) -> Answer<T::Output> {
+        match snapshot.status {
+            Status::Done => {
+                let output = snapshot.output.as_deref().unwrap_or("null");
+                match serde_json::from_str::<T::Output>(output) {
+                    Ok(output) => Answer::Done(output),
+                    Err(source) => {
+                        let error = Error::Decode {
+                            task: T::NAME.to_owned(),
+                            source,
+                        };
+                        Answer::Problem(developer_error(&error))
+                    }
+                }
+            }
+            Status::Failed => Answer::Failed(
+                snapshot
+                    .failure
+                    .unwrap_or_else(|| self.config.internal_failure.clone()),
+            ),
+            status => self.accepted(id, token.to_owned(), status, snapshot.progress),
+        }
+    }
+
+    fn accepted<O>(
+        &self,
+        id: RequestId,
+        token: String,
+        status: Status,
+        progress: Option<crate::Progress>,
+    ) -> Answer<O> {
+        Answer::Accepted {
+            body: StatusBody {
+                async_request_id: id,
+                async_request_token: token,
+                status,
+                progress,
+            },
+            retry_after: self.config.retry_after.as_secs(),
+        }
+    }
+
+    /// 503 for a backend that cannot be reached, 500 for one that refused; logged either way.
+    fn backend_error(&self, error: &Error) -> Problem {
+        if error.is_unavailable() {
+            tracing::warn!(
+                error = error as &dyn std::error::Error,
+                "backend unavailable"
+            );
+            Problem::Unavailable {
+                retry_after: self.config.retry_after.as_secs().max(1),
+            }
+        } else {
+            tracing::error!(error = error as &dyn std::error::Error, "backend error");
+            Problem::Internal
+        }
+    }
+}
+
+/// A mistake of the application's developer: logged with its cause; the client gets a 500.
+fn developer_error(error: &Error) -> Problem {
+    tracing::error!(
+        error = error as &dyn std::error::Error,
+        "async-endpoint misuse"
+    );
+    Problem::Internal
+}
