@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::{Backend, SharedBackend};
+use crate::backend::{Backend, DynBackend, SharedBackend};
 use crate::engine::{Config, Engine, ErasedTask, OwnerFn};
 use crate::failure::{DEFAULT_INTERNAL_MESSAGE, DEFAULT_TIMEOUT_MESSAGE};
 use crate::protocol::token::{Keyring, MIN_SECRET_LEN};
-use crate::{AsyncEndpointLayer, AsyncTask, Error, Failure, FailureKind};
+use crate::{AsyncEndpointLayer, AsyncTask, Error};
 
 /// The configured engine: tasks, backend, keys and settings. Cheap to clone.
 ///
@@ -209,8 +209,8 @@ impl AsyncEndpointBuilder {
     }
 
     /// Uses `backend` for storage and queue instead of the in-memory default.
-    pub fn backend<B: Backend>(mut self, backend: B) -> Self {
-        self.backend = Some(Arc::new(backend));
+    pub fn backend<B: Backend + 'static>(mut self, backend: B) -> Self {
+        self.backend = Some(DynBackend::new_arc(backend));
         self
     }
 
@@ -418,9 +418,9 @@ impl AsyncEndpointBuilder {
                     "both `.backend(..)` and `.redis(..)` were set".into(),
                 );
             }
-            (None, Some(url)) => {
-                Some(Arc::new(crate::backend::RedisBackend::builder(url).build()?) as SharedBackend)
-            }
+            (None, Some(url)) => Some(DynBackend::new_arc(
+                crate::backend::RedisBackend::builder(url).build()?,
+            )),
             (backend, None) => backend,
         };
         #[cfg(not(feature = "redis"))]
@@ -429,28 +429,27 @@ impl AsyncEndpointBuilder {
             Some(backend) => backend,
             None => default_backend()?,
         };
-        let mut task_names: Vec<&'static str> = tasks.keys().copied().collect();
-        task_names.sort_unstable();
-        let engine = Arc::new(Engine {
+        let config = Config {
+            deadline: self.deadline,
+            ttl: self.ttl,
+            max_params_bytes: self.max_params_bytes,
+            max_wait: self.max_wait,
+            retry_after: self.retry_after,
+            concurrency: self.concurrency,
+            progress_interval: self.progress_interval,
+            shutdown_grace: self.shutdown_grace,
+            internal_message: self.internal_message,
+            timeout_message: self.timeout_message,
+        };
+        let keys = Keyring::new(&secret, &self.old_secrets);
+        let engine = Arc::new(Engine::new(
             backend,
-            task_runtime: crate::engine::TaskRuntime::new(self.task_threads),
             tasks,
-            task_names,
-            keys: Keyring::new(&secret, &self.old_secrets),
-            config: Config {
-                deadline: self.deadline,
-                ttl: self.ttl,
-                max_params_bytes: self.max_params_bytes,
-                max_wait: self.max_wait,
-                retry_after: self.retry_after,
-                concurrency: self.concurrency,
-                progress_interval: self.progress_interval,
-                shutdown_grace: self.shutdown_grace,
-                internal_failure: Failure::with_kind(FailureKind::Internal, self.internal_message),
-                timeout_failure: Failure::with_kind(FailureKind::Timeout, self.timeout_message),
-            },
-            owner: self.owner,
-        });
+            keys,
+            config,
+            self.owner,
+            self.task_threads,
+        ));
         let (stop, mut stopped) = watch::channel(false);
         let handle = if self.in_process_workers {
             let runtime = tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
@@ -473,7 +472,7 @@ impl AsyncEndpointBuilder {
 
 #[cfg(feature = "memory")]
 fn default_backend() -> Result<SharedBackend, Error> {
-    Ok(Arc::new(crate::backend::MemoryBackend::new()))
+    Ok(DynBackend::new_arc(crate::backend::MemoryBackend::new()))
 }
 
 #[cfg(not(feature = "memory"))]

@@ -2,13 +2,13 @@
 //! [`Failure`](crate::Failure), [`RetryPolicy`]).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::backend::DynBackend;
-use crate::{Failure, Progress, RequestId};
+use crate::{Error, Failure, Progress, RequestId};
 
 /// A kind of slow work, run in the background: the `execute_task` of the original gem.
 ///
@@ -141,12 +141,22 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Where a task's progress goes (the engine saves it in its backend).
+pub(crate) trait ProgressSink: Send + Sync {
+    /// Saves `progress` of request `id`.
+    fn save(
+        &self,
+        id: RequestId,
+        progress: Progress,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>>;
+}
+
 /// Handed to [`AsyncTask::execute_task`]: who this request is, and a way to report progress.
 pub struct TaskContext {
     id: RequestId,
     attempt: u32,
     deadline_ms: u64,
-    backend: Arc<dyn DynBackend>,
+    sink: Arc<dyn ProgressSink>,
     throttle: Duration,
     last_write: Mutex<Option<Instant>>,
 }
@@ -156,14 +166,14 @@ impl TaskContext {
         id: RequestId,
         attempt: u32,
         deadline_ms: u64,
-        backend: Arc<dyn DynBackend>,
+        sink: Arc<dyn ProgressSink>,
         throttle: Duration,
     ) -> Self {
         TaskContext {
             id,
             attempt,
             deadline_ms,
-            backend,
+            sink,
             throttle,
             last_write: Mutex::new(None),
         }
@@ -202,7 +212,7 @@ impl TaskContext {
             *last = Some(now);
         }
         let progress = Progress::new(at, total, message);
-        if let Err(error) = self.backend.progress(self.id, &progress).await {
+        if let Err(error) = self.sink.save(self.id, progress).await {
             tracing::warn!(request_id = %self.id, error = &error as &dyn std::error::Error, "progress not saved");
         } else {
             tracing::debug!(request_id = %self.id, at, total, "progress");

@@ -9,16 +9,18 @@
 mod tasks;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use tasks::{ErasedTask, RunError, TaskRuntime};
 
-use crate::backend::{NewRequest, SharedBackend, Snapshot};
+use crate::backend::{Backend, NewRequest, SharedBackend, Snapshot, StoredFailure, Update};
 use crate::clock::now_ms;
 use crate::protocol::token::{Claims, Keyring, TokenError};
 use crate::protocol::{Call, Problem, StatusBody};
-use crate::{AsyncTask, Error, Failure, RequestId, Status};
+use crate::task::ProgressSink;
+use crate::{AsyncTask, Error, Failure, FailureKind, Progress, RequestId, Status};
 
 /// Derives the owner of a request (e.g. the signed-in user's id) from its parts.
 pub(crate) type OwnerFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;
@@ -37,8 +39,8 @@ pub(crate) struct Config {
     pub(crate) concurrency: usize,
     pub(crate) progress_interval: Duration,
     pub(crate) shutdown_grace: Duration,
-    pub(crate) internal_failure: Failure,
-    pub(crate) timeout_failure: Failure,
+    pub(crate) internal_message: String,
+    pub(crate) timeout_message: String,
 }
 
 /// Tasks, backend, keys and settings, shared by the framework adapter and the workers.
@@ -50,6 +52,21 @@ pub(crate) struct Engine {
     pub(crate) keys: Keyring,
     pub(crate) config: Config,
     pub(crate) owner: Option<OwnerFn>,
+    /// Where tasks' progress goes: the backend, behind the task side's own small trait.
+    pub(crate) progress: Arc<dyn ProgressSink>,
+}
+
+/// Saves progress in the backend.
+struct BackendProgress(SharedBackend);
+
+impl ProgressSink for BackendProgress {
+    fn save(
+        &self,
+        id: RequestId,
+        progress: Progress,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>> {
+        Box::pin(self.0.update(id, Update::Progress(progress)))
+    }
 }
 
 /// What the engine answers; a framework adapter writes it out.
@@ -88,6 +105,29 @@ impl<O> From<Answer<O>> for Reply<O> {
 }
 
 impl Engine {
+    /// An engine over `backend` for `tasks` (sorted by name for the workers).
+    pub(crate) fn new(
+        backend: SharedBackend,
+        tasks: HashMap<&'static str, Arc<dyn ErasedTask>>,
+        keys: Keyring,
+        config: Config,
+        owner: Option<OwnerFn>,
+        task_threads: usize,
+    ) -> Self {
+        let mut task_names: Vec<&'static str> = tasks.keys().copied().collect();
+        task_names.sort_unstable();
+        Engine {
+            progress: Arc::new(BackendProgress(backend.clone())),
+            backend,
+            task_runtime: TaskRuntime::new(task_threads),
+            tasks,
+            task_names,
+            keys,
+            config,
+            owner,
+        }
+    }
+
     /// Answers one call for task `T`: starts a request with `params`, or reads the one the
     /// credentials name (holding the read up to the requested wait, capped by `max_wait`).
     pub(crate) async fn answer<T: AsyncTask>(
@@ -168,14 +208,14 @@ impl Engine {
         let token = self.keys.sign(&claims, expires_at);
         let created = self
             .backend
-            .create(NewRequest {
+            .create(NewRequest::new(
                 id,
-                task: T::NAME,
+                T::NAME,
                 params,
-                created_ms: now,
-                deadline_ms: now.saturating_add(deadline.as_millis() as u64),
-                ttl: config.ttl,
-            })
+                now,
+                now.saturating_add(deadline.as_millis() as u64),
+                config.ttl,
+            ))
             .await;
         if let Err(error) = created {
             return Answer::Problem(self.backend_error(&error));
@@ -221,13 +261,12 @@ impl Engine {
         id: RequestId,
         wait: Option<Duration>,
     ) -> Result<Option<Snapshot>, Error> {
-        let timeout = &self.config.timeout_failure;
         let Some(wait) = wait else {
-            return self.backend.poll(id, now_ms(), timeout).await;
+            return self.backend.poll(id, now_ms()).await;
         };
         // Register before the first read so a change between the read and the wait is not missed.
         let mut watch = self.backend.watch(id);
-        let Some(first) = self.backend.poll(id, now_ms(), timeout).await? else {
+        let Some(first) = self.backend.poll(id, now_ms()).await? else {
             return Ok(None);
         };
         if first.status.is_terminal() {
@@ -241,9 +280,9 @@ impl Engine {
                 .is_err()
             {
                 // The bound passed: one last read (it also applies a passed deadline).
-                return self.backend.poll(id, now_ms(), timeout).await;
+                return self.backend.poll(id, now_ms()).await;
             }
-            match self.backend.poll(id, now_ms(), timeout).await? {
+            match self.backend.poll(id, now_ms()).await? {
                 Some(now) if now == first => continue,
                 other => return Ok(other),
             }
@@ -272,11 +311,21 @@ impl Engine {
                 }
             }
             Status::Failed => Answer::Failed(
-                snapshot
-                    .failure
-                    .unwrap_or_else(|| self.config.internal_failure.clone()),
+                self.failure(snapshot.failure.unwrap_or_else(StoredFailure::internal)),
             ),
             status => self.accepted(id, token.to_owned(), status, snapshot.progress),
+        }
+    }
+
+    /// The failure a client sees: the task's own message, or the endpoint's message for the
+    /// generic kinds (rendered here, at the edge, so the store never holds it).
+    pub(crate) fn failure(&self, stored: StoredFailure) -> Failure {
+        match stored.kind {
+            FailureKind::Task => Failure::new(stored.message.unwrap_or_default()),
+            FailureKind::Timeout => {
+                Failure::with_kind(FailureKind::Timeout, self.config.timeout_message.clone())
+            }
+            kind => Failure::with_kind(kind, self.config.internal_message.clone()),
         }
     }
 
@@ -285,7 +334,7 @@ impl Engine {
         id: RequestId,
         token: String,
         status: Status,
-        progress: Option<crate::Progress>,
+        progress: Option<Progress>,
     ) -> Answer<O> {
         Answer::Accepted {
             body: StatusBody {

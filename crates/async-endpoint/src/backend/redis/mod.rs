@@ -37,8 +37,10 @@ use serde::Serialize;
 
 pub use config::RedisBackendBuilder;
 
-use super::{Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, Watch};
-use crate::{Error, Failure, Progress, RequestId, Status};
+use super::{
+    Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update, Watch,
+};
+use crate::{Error, Progress, RequestId, Status};
 
 /// The consumer group every worker of every process joins, one per task stream.
 const GROUP: &str = "workers";
@@ -120,8 +122,11 @@ struct Inner {
     /// Entries delivered to this process and not yet terminal: (task, entry id) → heartbeat
     /// until (unix ms). A heartbeat keeps them from being claimed by other workers.
     in_flight: Mutex<HashMap<(String, String), u64>>,
-    /// The failure written when a job was delivered more than `max_deliveries` times.
+    /// The failure written when a job was delivered more than `max_deliveries` times: its kind
+    /// only, so the client sees the endpoint's configured internal-error message.
     poison_json: String,
+    /// The failure written when a deadline passes: its kind only.
+    timeout_json: String,
     scripts: scripts::Scripts,
     /// Dropped with the backend; background tasks watch it and end.
     closed: tokio::sync::watch::Sender<()>,
@@ -205,14 +210,11 @@ impl RedisBackend {
             channel: format!("{}:n", settings.prefix),
             prefix: settings.prefix.clone(),
         };
-        let poison = Failure::with_kind(
-            crate::FailureKind::Internal,
-            crate::failure::DEFAULT_INTERNAL_MESSAGE,
-        );
-        // A struct of two strings always serializes; the fallback is the same JSON by hand.
-        let poison_json = serde_json::to_string(&poison).unwrap_or_else(|_| {
-            r#"{"kind":"internal","message":"The request could not be completed because of an internal error."}"#.to_owned()
-        });
+        // A kind alone always serializes; the fallbacks are the same JSON by hand.
+        let poison_json = failure_json(&StoredFailure::internal())
+            .unwrap_or_else(|_| r#"{"kind":"internal"}"#.to_owned());
+        let timeout_json = failure_json(&StoredFailure::timeout())
+            .unwrap_or_else(|_| r#"{"kind":"timeout"}"#.to_owned());
         RedisBackend {
             inner: Arc::new(Inner {
                 client,
@@ -228,6 +230,7 @@ impl RedisBackend {
                 queue: Mutex::new(queue::QueueState::default()),
                 in_flight: Mutex::new(HashMap::new()),
                 poison_json,
+                timeout_json,
                 scripts: scripts::Scripts::new(),
                 closed: tokio::sync::watch::channel(()).0,
                 settings,
@@ -408,21 +411,17 @@ fn snapshot(fields: &[Value]) -> Result<Snapshot, Error> {
     } else {
         None
     };
-    let failure: Option<Failure> = if status == Status::Failed {
+    let failure: Option<StoredFailure> = if status == Status::Failed {
         decode(&task, text(&fields[5]))?
     } else {
         None
     };
     let deadline_ms = number(&fields[6]).ok_or_else(|| corrupt("record deadline", &fields[6]))?;
-    Ok(Snapshot {
-        task,
-        status,
-        attempt,
-        progress,
-        output,
-        failure,
-        deadline_ms,
-    })
+    let mut snapshot = Snapshot::new(task, status, attempt, deadline_ms);
+    snapshot.progress = progress;
+    snapshot.output = output;
+    snapshot.failure = failure;
+    Ok(snapshot)
 }
 
 fn corrupt(what: &str, value: &Value) -> Error {
@@ -458,7 +457,7 @@ fn status_of(code: &str) -> Option<Status> {
     })
 }
 
-fn failure_json(failure: &Failure) -> Result<String, Error> {
+fn failure_json(failure: &StoredFailure) -> Result<String, Error> {
     serde_json::to_string(failure)
         .map_err(|e| Error::Corrupt(format!("failure not encodable: {e}")))
 }
@@ -504,12 +503,7 @@ impl Backend for RedisBackend {
             .map(drop)
     }
 
-    async fn poll(
-        &self,
-        id: RequestId,
-        now_ms: u64,
-        timeout: &Failure,
-    ) -> Result<Option<Snapshot>, Error> {
+    async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
         self.await_subscriber().await;
         let keys = &self.inner.keys;
         let key = keys.record(&id);
@@ -537,7 +531,7 @@ impl Backend for RedisBackend {
         let mut call = self.inner.scripts.poll.prepare_invoke();
         call.key(&key)
             .arg(now_ms)
-            .arg(failure_json(timeout)?)
+            .arg(&self.inner.timeout_json)
             .arg(&keys.channel)
             .arg(id.to_string());
         let reply = self.bounded(call.invoke_async::<Value>(&mut conn)).await?;
@@ -566,7 +560,7 @@ impl Backend for RedisBackend {
         queue::fetch(self, tasks, max, block).await
     }
 
-    async fn begin(&self, job: &Job, now_ms: u64, timeout: &Failure) -> Result<Begin, Error> {
+    async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
         self.await_subscriber().await;
         let inner = &self.inner;
         let keys = &inner.keys;
@@ -576,7 +570,7 @@ impl Backend for RedisBackend {
             call.key(keys.record(&job.id))
                 .key(keys.queue(&job.task))
                 .arg(now_ms)
-                .arg(failure_json(timeout)?)
+                .arg(&inner.timeout_json)
                 .arg(&keys.channel)
                 .arg(job.id.to_string())
                 .arg(GROUP)
@@ -626,7 +620,48 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
+    async fn update(&self, id: RequestId, update: Update) -> Result<(), Error> {
+        match update {
+            Update::Progress(progress) => self.save_progress(id, &progress).await,
+            Update::Retrying => self.mark_retrying(id).await,
+        }
+    }
+
+    async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
+        self.await_subscriber().await;
+        let keys = &self.inner.keys;
+        let (kind, value) = match outcome {
+            Outcome::Done(output) => ("d", output),
+            Outcome::Failed(failure) => ("f", failure_json(&failure)?),
+        };
+        let mut conn = self.conn().await?;
+        let mut call = self.inner.scripts.finish.prepare_invoke();
+        call.key(keys.record(&job.id))
+            .key(keys.queue(&job.task))
+            .arg(now_ms)
+            .arg(&self.inner.timeout_json)
+            .arg(&keys.channel)
+            .arg(job.id.to_string())
+            .arg(GROUP)
+            .arg(&job.receipt)
+            .arg(kind)
+            .arg(value);
+        let reply = self.bounded(call.invoke_async::<Value>(&mut conn)).await?;
+        queue::forget(self, job);
+        text(&reply)
+            .as_deref()
+            .and_then(status_of)
+            .ok_or_else(|| corrupt("finish reply", &reply))
+    }
+
+    async fn release(&self, job: &Job) -> Result<(), Error> {
+        queue::release(self, job).await
+    }
+}
+
+impl RedisBackend {
+    /// Saves progress of a running or retrying request.
+    async fn save_progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
         self.await_subscriber().await;
         let keys = &self.inner.keys;
         let json = serde_json::to_string(&StoredProgress {
@@ -646,7 +681,8 @@ impl Backend for RedisBackend {
             .map(drop)
     }
 
-    async fn retrying(&self, id: RequestId) -> Result<(), Error> {
+    /// Marks a running request retrying.
+    async fn mark_retrying(&self, id: RequestId) -> Result<(), Error> {
         self.await_subscriber().await;
         let keys = &self.inner.keys;
         let mut conn = self.conn().await?;
@@ -657,42 +693,5 @@ impl Backend for RedisBackend {
         self.bounded(call.invoke_async::<Value>(&mut conn))
             .await
             .map(drop)
-    }
-
-    async fn finish(
-        &self,
-        job: &Job,
-        outcome: Outcome,
-        now_ms: u64,
-        timeout: &Failure,
-    ) -> Result<Status, Error> {
-        self.await_subscriber().await;
-        let keys = &self.inner.keys;
-        let (kind, value) = match outcome {
-            Outcome::Done(output) => ("d", output),
-            Outcome::Failed(failure) => ("f", failure_json(&failure)?),
-        };
-        let mut conn = self.conn().await?;
-        let mut call = self.inner.scripts.finish.prepare_invoke();
-        call.key(keys.record(&job.id))
-            .key(keys.queue(&job.task))
-            .arg(now_ms)
-            .arg(failure_json(timeout)?)
-            .arg(&keys.channel)
-            .arg(job.id.to_string())
-            .arg(GROUP)
-            .arg(&job.receipt)
-            .arg(kind)
-            .arg(value);
-        let reply = self.bounded(call.invoke_async::<Value>(&mut conn)).await?;
-        queue::forget(self, job);
-        text(&reply)
-            .as_deref()
-            .and_then(status_of)
-            .ok_or_else(|| corrupt("finish reply", &reply))
-    }
-
-    async fn release(&self, job: &Job) -> Result<(), Error> {
-        queue::release(self, job).await
     }
 }
