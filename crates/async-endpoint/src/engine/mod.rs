@@ -6,6 +6,7 @@
 //! for a change) and says how to render them ([`Answer`]). The adapter only writes the answer out.
 //! Workers drive the other half (`worker.rs`) through the same engine.
 
+mod config;
 mod tasks;
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use config::{Config, bad};
 pub(crate) use tasks::{ErasedTask, RunError, TaskRuntime};
 
 use crate::backend::{Backend, NewRequest, SharedBackend, Snapshot, StoredFailure, Update};
@@ -27,21 +29,6 @@ pub(crate) type OwnerFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + 
 
 /// Extra time a waiting poll gives a request past its deadline, so the poll sees the timeout.
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
-
-/// Validated settings (see the builder for meanings and defaults).
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) deadline: Duration,
-    pub(crate) ttl: Duration,
-    pub(crate) max_params_bytes: usize,
-    pub(crate) max_wait: Duration,
-    pub(crate) retry_after: Duration,
-    pub(crate) concurrency: usize,
-    pub(crate) progress_interval: Duration,
-    pub(crate) shutdown_grace: Duration,
-    pub(crate) internal_message: String,
-    pub(crate) timeout_message: String,
-}
 
 /// Tasks, backend, keys and settings, shared by the framework adapter and the workers.
 pub(crate) struct Engine {
@@ -112,14 +99,13 @@ impl Engine {
         keys: Keyring,
         config: Config,
         owner: Option<OwnerFn>,
-        task_threads: usize,
     ) -> Self {
         let mut task_names: Vec<&'static str> = tasks.keys().copied().collect();
         task_names.sort_unstable();
         Engine {
             progress: Arc::new(BackendProgress(backend.clone())),
             backend,
-            task_runtime: TaskRuntime::new(task_threads),
+            task_runtime: TaskRuntime::new(config.task_threads),
             tasks,
             task_names,
             keys,
@@ -325,7 +311,7 @@ impl Engine {
             FailureKind::Timeout => {
                 Failure::with_kind(FailureKind::Timeout, self.config.timeout_message.clone())
             }
-            kind => Failure::with_kind(kind, self.config.internal_message.clone()),
+            kind => Failure::with_kind(kind, self.config.internal_error_message.clone()),
         }
     }
 
