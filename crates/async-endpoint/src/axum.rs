@@ -15,10 +15,12 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::endpoint::AsyncEndpoint;
 use crate::engine::{Answer, Engine, Reply};
+use crate::failure::Failure;
 use crate::protocol::prefer::{self, PREFER, PREFERENCE_APPLIED};
 use crate::protocol::{Call, ID_HEADER, PROBLEM_JSON, Problem, TOKEN_HEADER};
-use crate::{AsyncTask, Failure};
+use crate::task::AsyncTask;
 
 /// The axum extractor for one async endpoint of task `T`: the original gem's `AsyncRequest`.
 ///
@@ -271,9 +273,12 @@ pub struct AsyncEndpointLayer {
     engine: Arc<Engine>,
 }
 
-impl AsyncEndpointLayer {
-    pub(crate) fn new(engine: Arc<Engine>) -> Self {
-        AsyncEndpointLayer { engine }
+impl AsyncEndpoint {
+    /// The tower layer that makes this endpoint available to the [`AsyncRequest`] extractor.
+    pub fn layer(&self) -> AsyncEndpointLayer {
+        AsyncEndpointLayer {
+            engine: self.engine.clone(),
+        }
     }
 }
 

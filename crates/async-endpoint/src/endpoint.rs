@@ -10,8 +10,9 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, DynBackend, SharedBackend};
 use crate::engine::{Config, Engine, ErasedTask, OwnerFn, bad};
+use crate::error::Error;
 use crate::protocol::token::{Keyring, MIN_SECRET_LEN};
-use crate::{AsyncEndpointLayer, AsyncTask, Error};
+use crate::task::AsyncTask;
 
 /// The configured engine: tasks, backend, keys and settings. Cheap to clone.
 ///
@@ -66,12 +67,6 @@ impl AsyncEndpoint {
     /// Starts configuring an endpoint. See [`AsyncEndpointBuilder`] for every setting.
     pub fn builder() -> AsyncEndpointBuilder {
         AsyncEndpointBuilder::default()
-    }
-
-    /// The tower layer that makes this endpoint available to the
-    /// [`AsyncRequest`](crate::AsyncRequest) extractor.
-    pub fn layer(&self) -> AsyncEndpointLayer {
-        AsyncEndpointLayer::new(self.engine.clone())
     }
 
     /// Runs a worker in the current task until `shutdown` completes, then shuts it down gracefully

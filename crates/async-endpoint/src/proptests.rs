@@ -11,8 +11,8 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request};
 use proptest::prelude::*;
 
-use crate::RequestId;
 use crate::axum::{call, requested_wait};
+use crate::protocol::RequestId;
 use crate::protocol::token::{Claims, Keyring, TOKEN_LEN, TokenError};
 use crate::protocol::{Call, MAX_CREDENTIAL_LEN, one};
 

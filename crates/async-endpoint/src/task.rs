@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{Error, Failure, Progress, RequestId};
+use crate::error::Error;
+use crate::failure::Failure;
+use crate::protocol::{Progress, RequestId};
 
 /// A kind of slow work, run in the background: the `execute_task` of the original gem.
 ///

@@ -13,7 +13,8 @@ use tracing::Instrument as _;
 use crate::backend::{Backend, Begin, Job, Outcome, StoredFailure, Update};
 use crate::clock::now_ms;
 use crate::engine::{Engine, RunError};
-use crate::{RequestId, TaskContext};
+use crate::protocol::RequestId;
+use crate::task::TaskContext;
 
 /// How long one fetch may block waiting for jobs.
 const FETCH_BLOCK: Duration = Duration::from_secs(1);

@@ -10,7 +10,8 @@ use super::{
     Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update, Watch,
 };
 use crate::clock::now_ms;
-use crate::{Error, Progress, RequestId, Status};
+use crate::error::Error;
+use crate::protocol::{Progress, RequestId, Status};
 
 /// In-memory backend: one process, records with TTL, jobs in a FIFO queue.
 ///

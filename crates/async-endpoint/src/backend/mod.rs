@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Failure, FailureKind, Progress, RequestId, Status};
+use crate::error::Error;
+use crate::failure::{Failure, FailureKind};
+use crate::protocol::{Progress, RequestId, Status};
 
 #[cfg(feature = "memory")]
 mod memory;

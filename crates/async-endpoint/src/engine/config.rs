@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::Error;
+use crate::error::Error;
 use crate::failure::{DEFAULT_INTERNAL_MESSAGE, DEFAULT_TIMEOUT_MESSAGE};
 
 /// Settings of an endpoint (the builder's table lists them with their meanings).

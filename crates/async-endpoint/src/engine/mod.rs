@@ -19,10 +19,13 @@ pub(crate) use tasks::{ErasedTask, RunError, TaskRuntime};
 
 use crate::backend::{Backend, NewRequest, SharedBackend, Snapshot, StoredFailure, Update};
 use crate::clock::now_ms;
+use crate::error::Error;
+use crate::failure::{Failure, FailureKind};
 use crate::protocol::token::{Claims, Keyring, TokenError};
 use crate::protocol::{Call, Problem, StatusBody};
+use crate::protocol::{Progress, RequestId, Status};
+use crate::task::AsyncTask;
 use crate::task::ProgressSink;
-use crate::{AsyncTask, Error, Failure, FailureKind, Progress, RequestId, Status};
 
 /// Derives the owner of a request (e.g. the signed-in user's id) from its parts.
 pub(crate) type OwnerFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;

@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{AsyncTask, Failure, RetryPolicy, TaskContext};
+use crate::failure::Failure;
+use crate::task::{AsyncTask, RetryPolicy, TaskContext};
 
 /// Where task attempts run. By default a multi-thread runtime of their own, made on first use,
 /// so a task that blocks (a blocking SDK, heavy CPU) holds one of *its* threads and never stalls

@@ -40,7 +40,8 @@ pub use config::RedisBackendBuilder;
 use super::{
     Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update, Watch,
 };
-use crate::{Error, Progress, RequestId, Status};
+use crate::error::Error;
+use crate::protocol::{Progress, RequestId, Status};
 
 /// The consumer group every worker of every process joins, one per task stream.
 const GROUP: &str = "workers";

@@ -27,7 +27,8 @@ use tokio::time::Instant;
 use super::{GROUP, Inner, RedisBackend, corrupt, map_err, number, text};
 use crate::backend::Job;
 use crate::clock::now_ms;
-use crate::{Error, RequestId};
+use crate::error::Error;
+use crate::protocol::RequestId;
 
 /// Consumers with nothing pending and idle this long are deleted (at least; see `reap_idle`).
 const REAP_IDLE: Duration = Duration::from_secs(3600);
