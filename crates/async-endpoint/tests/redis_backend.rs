@@ -7,7 +7,7 @@ mod redis_support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_endpoint::backend::{Backend, Begin, NewRequest, Outcome, RedisBackend, Update};
+use async_endpoint::backend::{Backend, Begin, Job, NewRequest, Outcome, RedisBackend, Update};
 use async_endpoint::{
     AsyncEndpoint, AsyncRequest, AsyncTask, Failure, FailureKind, RequestId, Status, TaskContext,
 };
@@ -124,6 +124,22 @@ async fn unreachable_redis_answers_503_then_recovers_by_itself() {
     endpoint.shutdown().await;
 }
 
+/// The next delivery of request `id`'s job to `worker` (a first one, or one claimed after its
+/// last worker went silent).
+async fn delivery(worker: &RedisBackend, task: &'static str, id: RequestId) -> Job {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let jobs = worker
+            .fetch(&[task], 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if let Some(job) = jobs.into_iter().find(|j| j.id == id) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < until, "never redelivered");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_delivered_too_often_fails_instead_of_looping() {
     let Some(server) = redis_support::start() else {
@@ -142,17 +158,7 @@ async fn a_job_delivered_too_often_fails_instead_of_looping() {
     let mut last = None;
     for expected in 1..=3u32 {
         let worker = make();
-        let until = std::time::Instant::now() + Duration::from_secs(20);
-        let job = loop {
-            let jobs = worker
-                .fetch(&[TASK], 10, Duration::from_millis(200))
-                .await
-                .unwrap();
-            if let Some(job) = jobs.into_iter().find(|j| j.id == r.id) {
-                break job;
-            }
-            assert!(std::time::Instant::now() < until, "never redelivered");
-        };
+        let job = delivery(&worker, TASK, r.id).await;
         assert_eq!(job.deliveries, expected);
         last = Some(worker.begin(&job, now()).await.unwrap());
     }
@@ -200,22 +206,12 @@ async fn a_poison_job_shows_the_configured_internal_message() {
     let request_id: RequestId = id.parse().unwrap();
     // Each "worker" takes the job and dies (is dropped) without finishing it; the second
     // delivery is one too many.
-    for delivery in 1..=2u32 {
+    for expected in 1..=2u32 {
         let worker = make();
-        let until = std::time::Instant::now() + Duration::from_secs(20);
-        let job = loop {
-            let jobs = worker
-                .fetch(&[Upper::NAME], 10, Duration::from_millis(200))
-                .await
-                .unwrap();
-            if let Some(job) = jobs.into_iter().find(|j| j.id == request_id) {
-                break job;
-            }
-            assert!(std::time::Instant::now() < until, "never redelivered");
-        };
-        assert_eq!(job.deliveries, delivery);
+        let job = delivery(&worker, Upper::NAME, request_id).await;
+        assert_eq!(job.deliveries, expected);
         let begun = worker.begin(&job, now()).await.unwrap();
-        if delivery == 2 {
+        if expected == 2 {
             assert_eq!(begun, Begin::Skip, "a poison job must not run");
         }
     }
