@@ -56,7 +56,7 @@ impl Failure {
     }
 
     /// Marks the failure as not worth retrying: the request fails at once even when the task has
-    /// a [`RetryPolicy`].
+    /// a [`RetryPolicy`](crate::RetryPolicy).
     #[must_use]
     pub fn permanent(mut self) -> Self {
         self.permanent = true;
