@@ -19,7 +19,9 @@ use crate::endpoint::AsyncEndpoint;
 use crate::engine::{Answer, Engine, Reply};
 use crate::failure::Failure;
 use crate::protocol::prefer::{self, PREFER, PREFERENCE_APPLIED};
-use crate::protocol::{Call, ID_HEADER, PROBLEM_JSON, Problem, TOKEN_HEADER};
+use crate::protocol::{
+    ACCEPTED_STATUS, Call, FAILED_STATUS, ID_HEADER, NO_STORE, PROBLEM_JSON, Problem, TOKEN_HEADER,
+};
 use crate::task::AsyncTask;
 
 /// The axum extractor for one async endpoint of task `T`: the original gem's `AsyncRequest`.
@@ -176,13 +178,13 @@ where
                 return problem(Problem::Internal);
             };
             let mut response = Response::new(Body::from(json));
-            *response.status_mut() = StatusCode::ACCEPTED;
+            *response.status_mut() = ACCEPTED_STATUS;
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             response
         }
@@ -190,7 +192,7 @@ where
         Answer::Failed(failure) => {
             let mut response = failed(failure).into_response();
             if response.status() == StatusCode::OK {
-                *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                *response.status_mut() = FAILED_STATUS;
             }
             private(response)
         }
@@ -211,7 +213,7 @@ fn private(mut response: Response) -> Response {
     response
         .headers_mut()
         .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
+        .or_insert(HeaderValue::from_static(NO_STORE));
     response
 }
 
@@ -221,7 +223,7 @@ fn problem(problem: Problem) -> Response {
     *response.status_mut() = problem.status();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
     if let Some(secs) = problem.retry_after() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }

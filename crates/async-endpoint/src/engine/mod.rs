@@ -22,10 +22,8 @@ use crate::clock::now_ms;
 use crate::error::Error;
 use crate::failure::{Failure, FailureKind};
 use crate::protocol::token::{Claims, Keyring, TokenError};
-use crate::protocol::{Call, Problem, StatusBody};
-use crate::protocol::{Progress, RequestId, Status};
-use crate::task::AsyncTask;
-use crate::task::ProgressSink;
+use crate::protocol::{Call, Problem, Progress, RequestId, Status, StatusBody};
+use crate::task::{AsyncTask, ProgressSink};
 
 /// Derives the owner of a request (e.g. the signed-in user's id) from its parts.
 pub(crate) type OwnerFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;

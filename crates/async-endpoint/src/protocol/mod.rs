@@ -20,3 +20,13 @@ pub use status::{Progress, Status};
 
 #[cfg(test)]
 pub(crate) use credentials::{MAX_CREDENTIAL_LEN, one};
+
+use http::StatusCode;
+
+/// The answer to a start or a poll of a request under way.
+pub(crate) const ACCEPTED_STATUS: StatusCode = StatusCode::ACCEPTED;
+/// The answer to a poll of a failed request when the app's `failed` sets no status of its own
+/// (a done request's is 200, the framework's default).
+pub(crate) const FAILED_STATUS: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
+/// `Cache-Control` of every answer: ids, tokens and results are private to the token's holder.
+pub(crate) const NO_STORE: &str = "no-store";
