@@ -359,3 +359,46 @@ fn developer_error(error: &Error) -> Problem {
     );
     Problem::Internal
 }
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use super::*;
+    use crate::backend::{DynBackend, MemoryBackend};
+
+    #[test]
+    fn failures_are_rendered_from_their_kind_and_the_settings() {
+        let config = Config {
+            internal_error_message: "inside".into(),
+            timeout_message: "late".into(),
+            ..Config::default()
+        };
+        let engine = Engine::new(
+            DynBackend::new_arc(MemoryBackend::new()),
+            HashMap::new(),
+            Keyring::new(&[7; 32], &[]),
+            config,
+            None,
+        );
+        let seen = |stored: StoredFailure| {
+            let failure = engine.failure(stored);
+            (failure.kind(), failure.message().to_owned())
+        };
+        assert_eq!(
+            seen(StoredFailure::timeout()),
+            (FailureKind::Timeout, "late".into())
+        );
+        assert_eq!(
+            seen(StoredFailure::internal()),
+            (FailureKind::Internal, "inside".into())
+        );
+        assert_eq!(
+            seen(StoredFailure::task("mine")),
+            (FailureKind::Task, "mine".into())
+        );
+        // Records written before messages were rendered at the edge carry the old default text;
+        // what a client sees is still the setting.
+        let old: StoredFailure =
+            serde_json::from_str(r#"{"kind":"internal","message":"an old default"}"#).unwrap();
+        assert_eq!(seen(old), (FailureKind::Internal, "inside".into()));
+    }
+}
