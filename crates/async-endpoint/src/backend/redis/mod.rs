@@ -418,11 +418,15 @@ fn snapshot(fields: &[Value]) -> Result<Snapshot, Error> {
         None
     };
     let deadline_ms = number(&fields[6]).ok_or_else(|| corrupt("record deadline", &fields[6]))?;
-    let mut snapshot = Snapshot::new(task, status, attempt, deadline_ms);
-    snapshot.progress = progress;
-    snapshot.output = output;
-    snapshot.failure = failure;
-    Ok(snapshot)
+    Ok(Snapshot {
+        task,
+        status,
+        attempt,
+        progress,
+        output,
+        failure,
+        deadline_ms,
+    })
 }
 
 fn corrupt(what: &str, value: &Value) -> Error {
