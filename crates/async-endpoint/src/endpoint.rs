@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::{Backend, SharedBackend};
-use crate::engine::{Config, Engine, ErasedTask, OwnerFn};
-use crate::token::{Keyring, MIN_SECRET_LEN};
-use crate::worker::{default_internal_failure, default_timeout_failure};
-use crate::{AsyncEndpointLayer, AsyncTask, Error, Failure, FailureKind};
+use crate::backend::{Backend, DynBackend, SharedBackend};
+use crate::engine::{Config, Engine, ErasedTask, OwnerFn, bad};
+use crate::error::Error;
+use crate::protocol::token::{Keyring, MIN_SECRET_LEN};
+use crate::task::AsyncTask;
 
 /// The configured engine: tasks, backend, keys and settings. Cheap to clone.
 ///
@@ -67,12 +67,6 @@ impl AsyncEndpoint {
     /// Starts configuring an endpoint. See [`AsyncEndpointBuilder`] for every setting.
     pub fn builder() -> AsyncEndpointBuilder {
         AsyncEndpointBuilder::default()
-    }
-
-    /// The tower layer that makes this endpoint available to the
-    /// [`AsyncRequest`](crate::AsyncRequest) extractor.
-    pub fn layer(&self) -> AsyncEndpointLayer {
-        AsyncEndpointLayer::new(self.engine.clone())
     }
 
     /// Runs a worker in the current task until `shutdown` completes, then shuts it down gracefully
@@ -131,6 +125,7 @@ impl AsyncEndpoint {
 /// | `internal_error_message` | generic | client message for panics and internal errors |
 /// | `timeout_message` | generic | client message for a passed deadline |
 #[must_use]
+#[derive(Default)]
 pub struct AsyncEndpointBuilder {
     secret: Option<Vec<u8>>,
     old_secrets: Vec<Vec<u8>>,
@@ -139,44 +134,8 @@ pub struct AsyncEndpointBuilder {
     #[cfg(feature = "redis")]
     redis_url: Option<String>,
     owner: Option<OwnerFn>,
-    in_process_workers: bool,
-    deadline: Duration,
-    ttl: Duration,
-    max_params_bytes: usize,
-    max_wait: Duration,
-    retry_after: Duration,
-    concurrency: usize,
-    progress_interval: Duration,
-    shutdown_grace: Duration,
-    task_threads: usize,
-    internal_message: String,
-    timeout_message: String,
-}
-
-impl Default for AsyncEndpointBuilder {
-    fn default() -> Self {
-        AsyncEndpointBuilder {
-            secret: None,
-            old_secrets: Vec::new(),
-            tasks: Vec::new(),
-            backend: None,
-            #[cfg(feature = "redis")]
-            redis_url: None,
-            owner: None,
-            in_process_workers: true,
-            deadline: Duration::from_secs(60),
-            ttl: Duration::from_secs(3600),
-            max_params_bytes: 64 * 1024,
-            max_wait: Duration::from_secs(25),
-            retry_after: Duration::from_secs(1),
-            concurrency: 64,
-            progress_interval: Duration::from_millis(250),
-            shutdown_grace: Duration::from_secs(30),
-            task_threads: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
-            internal_message: default_internal_failure().message().to_owned(),
-            timeout_message: default_timeout_failure().message().to_owned(),
-        }
-    }
+    /// Every other setting, with its default.
+    config: Config,
 }
 
 impl std::fmt::Debug for AsyncEndpointBuilder {
@@ -209,8 +168,8 @@ impl AsyncEndpointBuilder {
     }
 
     /// Uses `backend` for storage and queue instead of the in-memory default.
-    pub fn backend<B: Backend>(mut self, backend: B) -> Self {
-        self.backend = Some(Arc::new(backend));
+    pub fn backend<B: Backend + 'static>(mut self, backend: B) -> Self {
+        self.backend = Some(DynBackend::new_arc(backend));
         self
     }
 
@@ -249,56 +208,56 @@ impl AsyncEndpointBuilder {
     /// Whether this process runs workers (default `true`). Set `false` for web-only processes
     /// whose jobs are run by separate worker processes ([`AsyncEndpoint::run_worker`]).
     pub fn in_process_workers(mut self, enabled: bool) -> Self {
-        self.in_process_workers = enabled;
+        self.config.in_process_workers = enabled;
         self
     }
 
     /// Default deadline, counted from the start request (default 60 s).
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
+        self.config.deadline = deadline;
         self
     }
 
     /// Record and token lifetime after the last write (default 1 h). Must exceed every deadline.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.config.ttl = ttl;
         self
     }
 
     /// Largest serialized params in bytes (default 64 KiB).
     pub fn max_params_bytes(mut self, bytes: usize) -> Self {
-        self.max_params_bytes = bytes;
+        self.config.max_params_bytes = bytes;
         self
     }
 
     /// Cap on waiting polls (`Prefer: wait=N`), default 25 s: below common proxy timeouts.
     /// `Duration::ZERO` disables waiting polls.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
-        self.max_wait = max_wait;
+        self.config.max_wait = max_wait;
         self
     }
 
     /// The `Retry-After` hint sent with each 202, whole seconds (default 1 s).
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
-        self.retry_after = retry_after;
+        self.config.retry_after = retry_after;
         self
     }
 
     /// Tasks run at once by this process's workers (default 64).
     pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency;
+        self.config.concurrency = concurrency;
         self
     }
 
     /// Minimum time between two progress writes of one request (default 250 ms).
     pub fn progress_interval(mut self, interval: Duration) -> Self {
-        self.progress_interval = interval;
+        self.config.progress_interval = interval;
         self
     }
 
     /// Time running tasks get to finish on shutdown before they are handed back (default 30 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.shutdown_grace = grace;
+        self.config.shutdown_grace = grace;
         self
     }
 
@@ -308,151 +267,35 @@ impl AsyncEndpointBuilder {
     /// worker itself. Raise it when tasks block often (each blocked task holds a thread), or wrap
     /// such calls in `tokio::task::spawn_blocking`. `0` runs tasks on the app's own runtime.
     pub fn task_threads(mut self, threads: usize) -> Self {
-        self.task_threads = threads;
+        self.config.task_threads = threads;
         self
     }
 
     /// The client's message when a task panics or hits an internal error.
     pub fn internal_error_message(mut self, message: impl Into<String>) -> Self {
-        self.internal_message = message.into();
+        self.config.internal_error_message = message.into();
         self
     }
 
     /// The client's message when a request's deadline passes.
     pub fn timeout_message(mut self, message: impl Into<String>) -> Self {
-        self.timeout_message = message.into();
+        self.config.timeout_message = message.into();
         self
     }
 
     /// Checks the settings and starts the in-process workers (which needs a Tokio runtime).
     pub fn build(self) -> Result<AsyncEndpoint, Error> {
-        let bad = |setting: &'static str, reason: String| Err(Error::Config { setting, reason });
-        let Some(secret) = self.secret else {
-            return bad(
-                "secret",
-                "required: at least 32 bytes of key material".into(),
-            );
-        };
-        if secret.len() < MIN_SECRET_LEN {
-            return bad(
-                "secret",
-                format!(
-                    "{} bytes; at least {MIN_SECRET_LEN} are required",
-                    secret.len()
-                ),
-            );
-        }
-        if let Some(old) = self.old_secrets.iter().find(|s| s.len() < MIN_SECRET_LEN) {
-            return bad(
-                "old_secret",
-                format!(
-                    "{} bytes; at least {MIN_SECRET_LEN} are required",
-                    old.len()
-                ),
-            );
-        }
-        if self.tasks.is_empty() {
-            return bad("task", "register at least one task".into());
-        }
-        let mut tasks: HashMap<&'static str, Arc<dyn ErasedTask>> = HashMap::new();
-        for (name, task) in self.tasks {
-            if !valid_task_name(name) {
-                return bad(
-                    "task",
-                    format!("task name {name:?} must be 1-64 characters of A-Z a-z 0-9 _ - . :"),
-                );
-            }
-            if let Some(deadline) = task.deadline() {
-                if deadline.is_zero() || deadline >= self.ttl {
-                    return bad(
-                        "task",
-                        format!("deadline of task {name:?} must be above zero and below the ttl"),
-                    );
-                }
-            }
-            if tasks.insert(name, task).is_some() {
-                return bad("task", format!("two tasks are named {name:?}"));
-            }
-        }
-        if self.deadline.is_zero() {
-            return bad("deadline", "must be above zero".into());
-        }
-        if self.ttl <= self.deadline {
-            return bad(
-                "ttl",
-                format!(
-                    "{:?} must exceed the deadline ({:?}) so records outlive their requests",
-                    self.ttl, self.deadline
-                ),
-            );
-        }
-        if self.ttl < Duration::from_secs(1) {
-            return bad(
-                "ttl",
-                "must be at least one second (tokens count whole seconds)".into(),
-            );
-        }
-        if self.max_params_bytes == 0 {
-            return bad("max_params_bytes", "must be above zero".into());
-        }
-        if self.concurrency == 0 {
-            return bad("concurrency", "must be at least 1".into());
-        }
-        if self.max_wait > Duration::from_secs(300) {
-            return bad(
-                "max_wait",
-                "at most 300 s; proxies cut longer requests".into(),
-            );
-        }
-        if self.internal_message.is_empty() {
-            return bad("internal_error_message", "must not be empty".into());
-        }
-        if self.timeout_message.is_empty() {
-            return bad("timeout_message", "must not be empty".into());
-        }
+        let keys = keyring(self.secret.as_deref(), &self.old_secrets)?;
+        let tasks = tasks(self.tasks, &self.config)?;
+        self.config.validate()?;
         #[cfg(feature = "redis")]
-        let backend = match (self.backend, self.redis_url) {
-            (Some(_), Some(_)) => {
-                return bad(
-                    "backend",
-                    "both `.backend(..)` and `.redis(..)` were set".into(),
-                );
-            }
-            (None, Some(url)) => {
-                Some(Arc::new(crate::backend::RedisBackend::builder(url).build()?) as SharedBackend)
-            }
-            (backend, None) => backend,
-        };
+        let backend = backend(self.backend, self.redis_url)?;
         #[cfg(not(feature = "redis"))]
-        let backend = self.backend;
-        let backend = match backend {
-            Some(backend) => backend,
-            None => default_backend()?,
-        };
-        let mut task_names: Vec<&'static str> = tasks.keys().copied().collect();
-        task_names.sort_unstable();
-        let engine = Arc::new(Engine {
-            backend,
-            task_runtime: crate::engine::TaskRuntime::new(self.task_threads),
-            tasks,
-            task_names,
-            keys: Keyring::new(&secret, &self.old_secrets),
-            config: Config {
-                deadline: self.deadline,
-                ttl: self.ttl,
-                max_params_bytes: self.max_params_bytes,
-                max_wait: self.max_wait,
-                retry_after: self.retry_after,
-                concurrency: self.concurrency,
-                progress_interval: self.progress_interval,
-                shutdown_grace: self.shutdown_grace,
-                internal_failure: Failure::with_kind(FailureKind::Internal, self.internal_message),
-                timeout_failure: Failure::with_kind(FailureKind::Timeout, self.timeout_message),
-            },
-            owner: self.owner,
-        });
+        let backend = backend(self.backend)?;
+        let in_process_workers = self.config.in_process_workers;
+        let engine = Arc::new(Engine::new(backend, tasks, keys, self.config, self.owner));
         let (stop, mut stopped) = watch::channel(false);
-        let handle = if self.in_process_workers {
+        let handle = if in_process_workers {
             let runtime = tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
@@ -471,17 +314,91 @@ impl AsyncEndpointBuilder {
     }
 }
 
+/// The keys: `secret` (required) signs, `old_secret`s only verify; each at least 32 bytes.
+fn keyring(secret: Option<&[u8]>, old_secrets: &[Vec<u8>]) -> Result<Keyring, Error> {
+    let Some(secret) = secret else {
+        return Err(bad("secret", "required: at least 32 bytes of key material"));
+    };
+    let too_short = |setting, len: usize| {
+        bad(
+            setting,
+            format!("{len} bytes; at least {MIN_SECRET_LEN} are required"),
+        )
+    };
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(too_short("secret", secret.len()));
+    }
+    if let Some(old) = old_secrets.iter().find(|s| s.len() < MIN_SECRET_LEN) {
+        return Err(too_short("old_secret", old.len()));
+    }
+    Ok(Keyring::new(secret, old_secrets))
+}
+
+/// The tasks by name: at least one, valid and distinct names, deadlines within the TTL.
+fn tasks(
+    registered: Vec<(&'static str, Arc<dyn ErasedTask>)>,
+    config: &Config,
+) -> Result<HashMap<&'static str, Arc<dyn ErasedTask>>, Error> {
+    if registered.is_empty() {
+        return Err(bad("task", "register at least one task"));
+    }
+    let mut tasks = HashMap::new();
+    for (name, task) in registered {
+        if !valid_task_name(name) {
+            return Err(bad(
+                "task",
+                format!("task name {name:?} must be 1-64 characters of A-Z a-z 0-9 _ - . :"),
+            ));
+        }
+        if let Some(deadline) = task.deadline() {
+            config.check_task_deadline(name, deadline)?;
+        }
+        if tasks.insert(name, task).is_some() {
+            return Err(bad("task", format!("two tasks are named {name:?}")));
+        }
+    }
+    Ok(tasks)
+}
+
+/// The backend: `.backend(..)`, or `.redis(url)`, or the in-memory default; not two of them.
+#[cfg(feature = "redis")]
+fn backend(
+    backend: Option<SharedBackend>,
+    redis_url: Option<String>,
+) -> Result<SharedBackend, Error> {
+    match (backend, redis_url) {
+        (Some(_), Some(_)) => Err(bad(
+            "backend",
+            "both `.backend(..)` and `.redis(..)` were set",
+        )),
+        (None, Some(url)) => Ok(DynBackend::new_arc(
+            crate::backend::RedisBackend::builder(url).build()?,
+        )),
+        (Some(backend), None) => Ok(backend),
+        (None, None) => default_backend(),
+    }
+}
+
+/// The backend: `.backend(..)` or the in-memory default.
+#[cfg(not(feature = "redis"))]
+fn backend(backend: Option<SharedBackend>) -> Result<SharedBackend, Error> {
+    match backend {
+        Some(backend) => Ok(backend),
+        None => default_backend(),
+    }
+}
+
 #[cfg(feature = "memory")]
 fn default_backend() -> Result<SharedBackend, Error> {
-    Ok(Arc::new(crate::backend::MemoryBackend::new()))
+    Ok(DynBackend::new_arc(crate::backend::MemoryBackend::new()))
 }
 
 #[cfg(not(feature = "memory"))]
 fn default_backend() -> Result<SharedBackend, Error> {
-    Err(Error::Config {
-        setting: "backend",
-        reason: "no backend chosen and the `memory` feature is off".into(),
-    })
+    Err(bad(
+        "backend",
+        "no backend chosen and the `memory` feature is off",
+    ))
 }
 
 fn valid_task_name(name: &str) -> bool {

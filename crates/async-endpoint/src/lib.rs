@@ -75,31 +75,30 @@
 //!
 //! [axum]: https://docs.rs/axum
 
+mod axum;
 pub mod backend;
+mod clock;
 mod endpoint;
 mod engine;
 mod error;
-mod extract;
-mod id;
+mod failure;
 pub mod js;
-mod layer;
-mod problem;
 #[cfg(test)]
 mod proptests;
-mod status;
+mod protocol;
 mod task;
-mod token;
 mod worker;
 
+pub use self::axum::{
+    AsyncEndpointLayer, AsyncEndpointService, AsyncRequest, InitializedRequest, MissingLayer,
+};
 pub use endpoint::{AsyncEndpoint, AsyncEndpointBuilder};
 pub use error::Error;
-pub use extract::{
-    AsyncRequest, ID_HEADER, ID_PARAM, InitializedRequest, MissingLayer, TOKEN_HEADER, TOKEN_PARAM,
+pub use failure::{Failure, FailureKind};
+pub use protocol::{
+    ID_HEADER, ID_PARAM, ParseIdError, Progress, RequestId, Status, TOKEN_HEADER, TOKEN_PARAM,
 };
-pub use id::{ParseIdError, RequestId};
-pub use layer::{AsyncEndpointLayer, AsyncEndpointService};
-pub use status::{Progress, Status};
-pub use task::{AsyncTask, Failure, FailureKind, RetryPolicy, TaskContext};
+pub use task::{AsyncTask, RetryPolicy, TaskContext};
 
 /// The README's examples, compiled as doctests (they use every feature).
 #[cfg(all(doctest, feature = "redis"))]

@@ -12,9 +12,10 @@ use http::{HeaderMap, HeaderValue, Request};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 
-use crate::RequestId;
-use crate::extract::{Call, MAX_CREDENTIAL_LEN, call, one, requested_wait};
-use crate::token::{Claims, Keyring, TOKEN_LEN, TokenError};
+use crate::axum::{call, requested_wait};
+use crate::protocol::RequestId;
+use crate::protocol::token::{Claims, Keyring, TOKEN_LEN, TokenError};
+use crate::protocol::{Call, MAX_CREDENTIAL_LEN, one};
 
 const KEY: &[u8] = b"proptest-key-proptest-key-proptest-key";
 const OLD_KEY: &[u8] = b"proptest-old-key-proptest-old-key-!!";

@@ -1,14 +1,16 @@
 //! The task side: what users implement ([`AsyncTask`]) and what it reports with ([`TaskContext`],
-//! [`Failure`], [`RetryPolicy`]).
+//! [`Failure`](crate::Failure), [`RetryPolicy`]).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Serialize, de::DeserializeOwned};
 
-use crate::backend::DynBackend;
-use crate::{Progress, RequestId};
+use crate::error::Error;
+use crate::failure::Failure;
+use crate::protocol::{Progress, RequestId};
 
 /// A kind of slow work, run in the background: the `execute_task` of the original gem.
 ///
@@ -71,89 +73,6 @@ pub trait AsyncTask: Send + Sync + 'static {
     /// Retries for this task; off unless overridden.
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::none()
-    }
-}
-
-/// Why a request failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum FailureKind {
-    /// The task returned `Err(Failure::new(..))`; the message is the task's own.
-    Task,
-    /// The task panicked, its params or output could not be decoded, or its worker gave up on it;
-    /// the message is the endpoint's generic one and the details are in `tracing`.
-    Internal,
-    /// The deadline passed before the task finished.
-    Timeout,
-}
-
-/// A failed request: the original gem's `failed 'message'`.
-///
-/// The message is shown to the client, so write it for them; never put error details in it.
-///
-/// ```
-/// use async_endpoint::{Failure, FailureKind};
-///
-/// let f = Failure::new("The card was declined");
-/// assert_eq!(f.message(), "The card was declined");
-/// assert_eq!(f.kind(), FailureKind::Task);
-/// assert!(!f.is_permanent());
-/// assert!(f.permanent().is_permanent());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    kind: FailureKind,
-    message: String,
-    #[serde(skip)]
-    permanent: bool,
-}
-
-impl Failure {
-    /// A failure whose message the client sees.
-    pub fn new(message: impl Into<String>) -> Self {
-        Failure {
-            kind: FailureKind::Task,
-            message: message.into(),
-            permanent: false,
-        }
-    }
-
-    /// Marks the failure as not worth retrying: the request fails at once even when the task has
-    /// a [`RetryPolicy`].
-    #[must_use]
-    pub fn permanent(mut self) -> Self {
-        self.permanent = true;
-        self
-    }
-
-    pub(crate) fn with_kind(kind: FailureKind, message: impl Into<String>) -> Self {
-        Failure {
-            kind,
-            message: message.into(),
-            permanent: kind == FailureKind::Timeout,
-        }
-    }
-
-    /// The message for the client.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// Why it failed.
-    pub fn kind(&self) -> FailureKind {
-        self.kind
-    }
-
-    /// Whether retries are skipped for this failure.
-    pub fn is_permanent(&self) -> bool {
-        self.permanent
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
     }
 }
 
@@ -224,12 +143,22 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Where a task's progress goes (the engine saves it in its backend).
+pub(crate) trait ProgressSink: Send + Sync {
+    /// Saves `progress` of request `id`.
+    fn save(
+        &self,
+        id: RequestId,
+        progress: Progress,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>>;
+}
+
 /// Handed to [`AsyncTask::execute_task`]: who this request is, and a way to report progress.
 pub struct TaskContext {
     id: RequestId,
     attempt: u32,
     deadline_ms: u64,
-    backend: Arc<dyn DynBackend>,
+    sink: Arc<dyn ProgressSink>,
     throttle: Duration,
     last_write: Mutex<Option<Instant>>,
 }
@@ -239,14 +168,14 @@ impl TaskContext {
         id: RequestId,
         attempt: u32,
         deadline_ms: u64,
-        backend: Arc<dyn DynBackend>,
+        sink: Arc<dyn ProgressSink>,
         throttle: Duration,
     ) -> Self {
         TaskContext {
             id,
             attempt,
             deadline_ms,
-            backend,
+            sink,
             throttle,
             last_write: Mutex::new(None),
         }
@@ -285,7 +214,7 @@ impl TaskContext {
             *last = Some(now);
         }
         let progress = Progress::new(at, total, message);
-        if let Err(error) = self.backend.progress(self.id, &progress).await {
+        if let Err(error) = self.sink.save(self.id, progress).await {
             tracing::warn!(request_id = %self.id, error = &error as &dyn std::error::Error, "progress not saved");
         } else {
             tracing::debug!(request_id = %self.id, at, total, "progress");

@@ -10,9 +10,11 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument as _;
 
-use crate::backend::{Begin, Job, Outcome};
-use crate::engine::{Engine, RunError, now_ms};
-use crate::{Failure, RequestId, TaskContext};
+use crate::backend::{Backend, Begin, Job, Outcome, StoredFailure, Update};
+use crate::clock::now_ms;
+use crate::engine::{Engine, RunError};
+use crate::protocol::RequestId;
+use crate::task::TaskContext;
 
 /// How long one fetch may block waiting for jobs.
 const FETCH_BLOCK: Duration = Duration::from_secs(1);
@@ -147,21 +149,12 @@ async fn run_attempts(engine: &Engine, job: &Job) {
     let config = &engine.config;
     let Some(task) = engine.tasks.get(job.task.as_str()).cloned() else {
         tracing::error!("no task of this name is registered in this process: failing the request");
-        finish(
-            engine,
-            job,
-            Outcome::Failed(config.internal_failure.clone()),
-        )
-        .await;
+        finish(engine, job, Outcome::Failed(StoredFailure::internal())).await;
         return;
     };
     let policy = task.retry_policy();
     loop {
-        let begin = match engine
-            .backend
-            .begin(job, now_ms(), &config.timeout_failure)
-            .await
-        {
+        let begin = match engine.backend.begin(job, now_ms()).await {
             Ok(begin) => begin,
             Err(error) => {
                 tracing::warn!(
@@ -185,49 +178,51 @@ async fn run_attempts(engine: &Engine, job: &Job) {
             job.id,
             attempt,
             deadline_ms,
-            engine.backend.clone(),
+            engine.progress.clone(),
             config.progress_interval,
         );
         let remaining = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
         // On the task runtime: an attempt that blocks holds one of its threads, not the app's.
         let mut attempt_handle =
             AbortOnDrop(engine.task_runtime.spawn(task.clone().run(params, ctx)));
-        let failure = match tokio::time::timeout(remaining, &mut attempt_handle.0).await {
-            Err(_) => {
-                tracing::warn!(attempt, "deadline passed while the task ran: cancelled");
-                finish(engine, job, Outcome::Failed(config.timeout_failure.clone())).await;
-                return;
-            }
-            Ok(Ok(Ok(output))) => {
-                finish(engine, job, Outcome::Done(output)).await;
-                return;
-            }
-            Ok(Ok(Err(RunError::Failed(failure)))) => {
-                tracing::info!(attempt, message = failure.message(), "task failed");
-                failure
-            }
-            Ok(Ok(Err(RunError::Internal(detail)))) => {
-                tracing::error!(attempt, detail, "task could not run");
-                config.internal_failure.clone()
-            }
-            Ok(Err(join_error)) => {
-                let detail = if join_error.is_panic() {
-                    panic_message(&*join_error.into_panic())
-                } else {
-                    "cancelled".to_owned()
-                };
-                tracing::error!(attempt, panic = %detail, "task panicked");
-                config.internal_failure.clone()
-            }
-        };
+        let (failure, permanent) =
+            match tokio::time::timeout(remaining, &mut attempt_handle.0).await {
+                Err(_) => {
+                    tracing::warn!(attempt, "deadline passed while the task ran: cancelled");
+                    finish(engine, job, Outcome::Failed(StoredFailure::timeout())).await;
+                    return;
+                }
+                Ok(Ok(Ok(output))) => {
+                    finish(engine, job, Outcome::Done(output)).await;
+                    return;
+                }
+                Ok(Ok(Err(RunError::Failed(failure)))) => {
+                    tracing::info!(attempt, message = failure.message(), "task failed");
+                    let permanent = failure.is_permanent();
+                    (StoredFailure::from(failure), permanent)
+                }
+                Ok(Ok(Err(RunError::Internal(detail)))) => {
+                    tracing::error!(attempt, detail, "task could not run");
+                    (StoredFailure::internal(), false)
+                }
+                Ok(Err(join_error)) => {
+                    let detail = if join_error.is_panic() {
+                        panic_message(&*join_error.into_panic())
+                    } else {
+                        "cancelled".to_owned()
+                    };
+                    tracing::error!(attempt, panic = %detail, "task panicked");
+                    (StoredFailure::internal(), false)
+                }
+            };
         let delay = policy.delay_after(attempt);
         let out_of_time = now_ms().saturating_add(delay.as_millis() as u64) >= deadline_ms;
-        if failure.is_permanent() || attempt >= policy.max_attempts() || out_of_time {
+        if permanent || attempt >= policy.max_attempts() || out_of_time {
             finish(engine, job, Outcome::Failed(failure)).await;
             return;
         }
         tracing::info!(attempt, delay_ms = delay.as_millis() as u64, "retrying");
-        if let Err(error) = engine.backend.retrying(job.id).await {
+        if let Err(error) = engine.backend.update(job.id, Update::Retrying).await {
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
                 "could not mark the request retrying"
@@ -238,14 +233,9 @@ async fn run_attempts(engine: &Engine, job: &Job) {
 }
 
 async fn finish(engine: &Engine, job: &Job, outcome: Outcome) {
-    let config = &engine.config;
     let mut backoff = BACKOFF_MIN;
     for _ in 0..FINISH_TRIES {
-        match engine
-            .backend
-            .finish(job, outcome.clone(), now_ms(), &config.timeout_failure)
-            .await
-        {
+        match engine.backend.finish(job, outcome.clone(), now_ms()).await {
             Ok(status) => {
                 tracing::info!(status = status.as_str(), "request finished");
                 return;
@@ -271,20 +261,4 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         "non-string panic payload".to_owned()
     }
-}
-
-/// The generic failure for panics and internal errors.
-pub(crate) fn default_internal_failure() -> Failure {
-    Failure::with_kind(
-        crate::FailureKind::Internal,
-        "The request could not be completed because of an internal error.",
-    )
-}
-
-/// The generic failure for a passed deadline.
-pub(crate) fn default_timeout_failure() -> Failure {
-    Failure::with_kind(
-        crate::FailureKind::Timeout,
-        "The request did not finish in time.",
-    )
 }

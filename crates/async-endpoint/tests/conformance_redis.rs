@@ -8,9 +8,9 @@ mod redis_support;
 use std::time::Duration;
 
 use async_endpoint::backend::{
-    Backend, Begin, Job, NewRequest, Outcome, RedisBackend, Snapshot, Watch,
+    Backend, Begin, Job, NewRequest, Outcome, RedisBackend, Snapshot, Update, Watch,
 };
-use async_endpoint::{Error, Failure, Progress, RequestId, Status};
+use async_endpoint::{Error, RequestId, Status};
 use redis_support::RedisServer;
 
 /// A Redis backend that owns its private server, so the server lives exactly as long as the test.
@@ -37,13 +37,8 @@ impl Backend for Served {
     async fn create(&self, request: NewRequest) -> Result<(), Error> {
         self.backend.create(request).await
     }
-    async fn poll(
-        &self,
-        id: RequestId,
-        now_ms: u64,
-        timeout: &Failure,
-    ) -> Result<Option<Snapshot>, Error> {
-        self.backend.poll(id, now_ms, timeout).await
+    async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+        self.backend.poll(id, now_ms).await
     }
     fn watch(&self, id: RequestId) -> Watch {
         self.backend.watch(id)
@@ -56,23 +51,14 @@ impl Backend for Served {
     ) -> Result<Vec<Job>, Error> {
         self.backend.fetch(tasks, max, block).await
     }
-    async fn begin(&self, job: &Job, now_ms: u64, timeout: &Failure) -> Result<Begin, Error> {
-        self.backend.begin(job, now_ms, timeout).await
+    async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
+        self.backend.begin(job, now_ms).await
     }
-    async fn progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
-        self.backend.progress(id, progress).await
+    async fn update(&self, id: RequestId, update: Update) -> Result<(), Error> {
+        self.backend.update(id, update).await
     }
-    async fn retrying(&self, id: RequestId) -> Result<(), Error> {
-        self.backend.retrying(id).await
-    }
-    async fn finish(
-        &self,
-        job: &Job,
-        outcome: Outcome,
-        now_ms: u64,
-        timeout: &Failure,
-    ) -> Result<Status, Error> {
-        self.backend.finish(job, outcome, now_ms, timeout).await
+    async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
+        self.backend.finish(job, outcome, now_ms).await
     }
     async fn release(&self, job: &Job) -> Result<(), Error> {
         self.backend.release(job).await

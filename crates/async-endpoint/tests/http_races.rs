@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_endpoint::backend::{
-    Backend, Begin, Job, MemoryBackend, NewRequest, Outcome, Snapshot, Watch,
+    Backend, Begin, Job, MemoryBackend, NewRequest, Outcome, Snapshot, Update, Watch,
 };
 use async_endpoint::{
-    AsyncEndpoint, AsyncEndpointBuilder, AsyncRequest, AsyncTask, Error, Failure, Progress,
-    RequestId, Status, TaskContext,
+    AsyncEndpoint, AsyncEndpointBuilder, AsyncRequest, AsyncTask, Error, Failure, RequestId,
+    Status, TaskContext,
 };
 use axum::extract::Query;
 use axum::response::Response;
@@ -132,13 +132,8 @@ impl<B: Backend> Backend for Twice<B> {
     async fn create(&self, request: NewRequest) -> Result<(), Error> {
         self.0.create(request).await
     }
-    async fn poll(
-        &self,
-        id: RequestId,
-        now_ms: u64,
-        timeout: &Failure,
-    ) -> Result<Option<Snapshot>, Error> {
-        self.0.poll(id, now_ms, timeout).await
+    async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+        self.0.poll(id, now_ms).await
     }
     fn watch(&self, id: RequestId) -> Watch {
         self.0.watch(id)
@@ -153,31 +148,20 @@ impl<B: Backend> Backend for Twice<B> {
         Ok(jobs
             .into_iter()
             .flat_map(|job| {
-                let again = Job {
-                    deliveries: job.deliveries + 1,
-                    ..job.clone()
-                };
+                let mut again = job.clone();
+                again.deliveries += 1;
                 [job, again]
             })
             .collect())
     }
-    async fn begin(&self, job: &Job, now_ms: u64, timeout: &Failure) -> Result<Begin, Error> {
-        self.0.begin(job, now_ms, timeout).await
+    async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
+        self.0.begin(job, now_ms).await
     }
-    async fn progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
-        self.0.progress(id, progress).await
+    async fn update(&self, id: RequestId, update: Update) -> Result<(), Error> {
+        self.0.update(id, update).await
     }
-    async fn retrying(&self, id: RequestId) -> Result<(), Error> {
-        self.0.retrying(id).await
-    }
-    async fn finish(
-        &self,
-        job: &Job,
-        outcome: Outcome,
-        now_ms: u64,
-        timeout: &Failure,
-    ) -> Result<Status, Error> {
-        self.0.finish(job, outcome, now_ms, timeout).await
+    async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
+        self.0.finish(job, outcome, now_ms).await
     }
     async fn release(&self, job: &Job) -> Result<(), Error> {
         self.0.release(job).await

@@ -7,7 +7,7 @@ mod redis_support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_endpoint::backend::{Backend, Begin, NewRequest, Outcome, RedisBackend};
+use async_endpoint::backend::{Backend, Begin, Job, NewRequest, Outcome, RedisBackend, Update};
 use async_endpoint::{
     AsyncEndpoint, AsyncRequest, AsyncTask, Failure, FailureKind, RequestId, Status, TaskContext,
 };
@@ -26,18 +26,14 @@ fn now() -> u64 {
 
 fn request(params: &str) -> NewRequest {
     let created = now();
-    NewRequest {
-        id: RequestId::random(),
-        task: TASK,
-        params: params.to_owned(),
-        created_ms: created,
-        deadline_ms: created + 60_000,
-        ttl: Duration::from_secs(3600),
-    }
-}
-
-fn timeout() -> Failure {
-    Failure::new("too late")
+    NewRequest::new(
+        RequestId::random(),
+        TASK,
+        params,
+        created,
+        created + 60_000,
+        Duration::from_secs(3600),
+    )
 }
 
 struct Upper;
@@ -128,6 +124,22 @@ async fn unreachable_redis_answers_503_then_recovers_by_itself() {
     endpoint.shutdown().await;
 }
 
+/// The next delivery of request `id`'s job to `worker` (a first one, or one claimed after its
+/// last worker went silent).
+async fn delivery(worker: &RedisBackend, task: &'static str, id: RequestId) -> Job {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let jobs = worker
+            .fetch(&[task], 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if let Some(job) = jobs.into_iter().find(|j| j.id == id) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < until, "never redelivered");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_delivered_too_often_fails_instead_of_looping() {
     let Some(server) = redis_support::start() else {
@@ -146,24 +158,72 @@ async fn a_job_delivered_too_often_fails_instead_of_looping() {
     let mut last = None;
     for expected in 1..=3u32 {
         let worker = make();
-        let until = std::time::Instant::now() + Duration::from_secs(20);
-        let job = loop {
-            let jobs = worker
-                .fetch(&[TASK], 10, Duration::from_millis(200))
-                .await
-                .unwrap();
-            if let Some(job) = jobs.into_iter().find(|j| j.id == r.id) {
-                break job;
-            }
-            assert!(std::time::Instant::now() < until, "never redelivered");
-        };
+        let job = delivery(&worker, TASK, r.id).await;
         assert_eq!(job.deliveries, expected);
-        last = Some(worker.begin(&job, now(), &timeout()).await.unwrap());
+        last = Some(worker.begin(&job, now()).await.unwrap());
     }
     assert_eq!(last, Some(Begin::Skip), "the third delivery must not run");
-    let s = make().poll(r.id, now(), &timeout()).await.unwrap().unwrap();
+    let s = make().poll(r.id, now()).await.unwrap().unwrap();
     assert_eq!(s.status, Status::Failed);
-    assert_eq!(s.failure.map(|f| f.kind()), Some(FailureKind::Internal));
+    assert_eq!(s.failure.map(|f| f.kind), Some(FailureKind::Internal));
+}
+
+/// The store keeps a poison job's failure as its kind only; the message a client sees is the
+/// endpoint's configured `internal_error_message`, rendered when it polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_job_shows_the_configured_internal_message() {
+    let Some(server) = redis_support::start() else {
+        return;
+    };
+    let make = || {
+        RedisBackend::builder(server.url())
+            .claim_idle(Duration::from_millis(200))
+            .max_deliveries(1)
+            .build()
+            .unwrap()
+    };
+    // A web-only process with its own message; its jobs are run by the "workers" below.
+    let endpoint = AsyncEndpoint::builder()
+        .secret(b"redis-backend-tests-secret-0123456789abcdef")
+        .backend(make())
+        .task(Upper)
+        .in_process_workers(false)
+        .internal_error_message("Our own words for an internal error.")
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/upper", get(upper))
+        .layer(endpoint.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let started = redis_support::get(web, "/upper", &[]).await.unwrap();
+    assert_eq!(started.status, 202, "{started:?}");
+    let started = started.json();
+    let id = started["async_request_id"].as_str().unwrap().to_owned();
+    let token = started["async_request_token"].as_str().unwrap().to_owned();
+    let request_id: RequestId = id.parse().unwrap();
+    // Each "worker" takes the job and dies (is dropped) without finishing it; the second
+    // delivery is one too many.
+    for expected in 1..=2u32 {
+        let worker = make();
+        let job = delivery(&worker, Upper::NAME, request_id).await;
+        assert_eq!(job.deliveries, expected);
+        let begun = worker.begin(&job, now()).await.unwrap();
+        if expected == 2 {
+            assert_eq!(begun, Begin::Skip, "a poison job must not run");
+        }
+    }
+    let r = redis_support::get(
+        web,
+        "/upper",
+        &[("Async-Request-Id", &id), ("Async-Request-Token", &token)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 422, "{r:?}");
+    assert_eq!(r.json(), "Our own words for an internal error.");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,17 +287,17 @@ async fn streams_hold_only_live_jobs_and_records_stay_small() {
     while done < ids.len() {
         for job in b.fetch(&[TASK], 20, Duration::from_secs(1)).await.unwrap() {
             assert!(matches!(
-                b.begin(&job, now(), &timeout()).await.unwrap(),
+                b.begin(&job, now()).await.unwrap(),
                 Begin::Run { .. }
             ));
-            b.progress(
+            b.update(
                 job.id,
-                &async_endpoint::Progress::new(1, Some(2), "half way"),
+                Update::Progress(async_endpoint::Progress::new(1, Some(2), "half way")),
             )
             .await
             .unwrap();
             let stands = b
-                .finish(&job, Outcome::Done(output.to_owned()), now(), &timeout())
+                .finish(&job, Outcome::Done(output.to_owned()), now())
                 .await
                 .unwrap();
             assert_eq!(stands, Status::Done);
@@ -359,10 +419,11 @@ async fn no_key_outlives_the_ttl() {
     assert_eq!(server.command("EXISTS ae:q:idle_task").unwrap(), ":0");
 
     // Requests with a 1 s TTL: some finished, some left queued or running.
-    let short = |params: &str| NewRequest {
-        ttl: Duration::from_secs(1),
-        deadline_ms: now() + 500,
-        ..request(params)
+    let short = |params: &str| {
+        let mut r = request(params);
+        r.ttl = Duration::from_secs(1);
+        r.deadline_ms = now() + 500;
+        r
     };
     for i in 0..6 {
         b.create(short(&format!("{i}"))).await.unwrap();
@@ -371,11 +432,11 @@ async fn no_key_outlives_the_ttl() {
     assert!(!jobs.is_empty());
     for (n, job) in jobs.iter().enumerate() {
         assert!(matches!(
-            b.begin(job, now(), &timeout()).await.unwrap(),
+            b.begin(job, now()).await.unwrap(),
             Begin::Run { .. }
         ));
         if n % 2 == 0 {
-            b.finish(job, Outcome::Done("1".into()), now(), &timeout())
+            b.finish(job, Outcome::Done("1".into()), now())
                 .await
                 .unwrap();
         }

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, Watch};
-use crate::engine::now_ms;
-use crate::{Error, Failure, Progress, RequestId, Status};
+use super::{
+    Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update, Watch,
+};
+use crate::clock::now_ms;
+use crate::error::Error;
+use crate::protocol::{Progress, RequestId, Status};
 
 /// In-memory backend: one process, records with TTL, jobs in a FIFO queue.
 ///
@@ -62,7 +65,7 @@ struct Record {
     attempt: u32,
     progress: Option<Progress>,
     output: Option<String>,
-    failure: Option<Failure>,
+    failure: Option<StoredFailure>,
     deadline_ms: u64,
     ttl_ms: u64,
     expires_ms: u64,
@@ -70,15 +73,11 @@ struct Record {
 
 impl Record {
     fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            task: self.task.to_owned(),
-            status: self.status,
-            attempt: self.attempt,
-            progress: self.progress.clone(),
-            output: self.output.clone(),
-            failure: self.failure.clone(),
-            deadline_ms: self.deadline_ms,
-        }
+        let mut snapshot = Snapshot::new(self.task, self.status, self.attempt, self.deadline_ms);
+        snapshot.progress = self.progress.clone();
+        snapshot.output = self.output.clone();
+        snapshot.failure = self.failure.clone();
+        snapshot
     }
 
     fn touch(&mut self, now_ms: u64) {
@@ -86,10 +85,10 @@ impl Record {
     }
 
     /// Turns an unfinished request past its deadline into a timeout; true if it did.
-    fn expire_deadline(&mut self, now_ms: u64, timeout: &Failure) -> bool {
+    fn expire_deadline(&mut self, now_ms: u64) -> bool {
         if !self.status.is_terminal() && now_ms > self.deadline_ms {
             self.status = Status::Failed;
-            self.failure = Some(timeout.clone());
+            self.failure = Some(StoredFailure::timeout());
             self.params = String::new();
             self.touch(now_ms);
             true
@@ -119,7 +118,7 @@ impl MemoryBackend {
 
     /// Applies `change` to a live record; when it reports a change, refreshes the TTL and wakes
     /// the record's waiters.
-    fn update(&self, id: RequestId, change: impl FnOnce(&mut Record) -> bool) {
+    fn change(&self, id: RequestId, change: impl FnOnce(&mut Record) -> bool) {
         let now_ms = now_ms();
         let changed = {
             let mut st = self.lock();
@@ -188,30 +187,21 @@ impl Backend for MemoryBackend {
                 },
             );
             st.expiries.push_back((expires_ms, request.id));
-            st.queue.push_back(Job {
-                id: request.id,
-                task: request.task.to_owned(),
-                receipt: String::new(),
-                deliveries: 0,
-            });
+            st.queue
+                .push_back(Job::new(request.id, request.task, String::new(), 0));
         }
         self.inner.queued.notify_one();
         Ok(())
     }
 
-    async fn poll(
-        &self,
-        id: RequestId,
-        now_ms: u64,
-        timeout: &Failure,
-    ) -> Result<Option<Snapshot>, Error> {
+    async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
         let (snapshot, changed) = {
             let mut st = self.lock();
             st.sweep(now_ms);
             match st.live(&id, now_ms) {
                 None => return Ok(None),
                 Some(r) => {
-                    let changed = r.expire_deadline(now_ms, timeout);
+                    let changed = r.expire_deadline(now_ms);
                     (r.snapshot(), changed)
                 }
             }
@@ -264,7 +254,7 @@ impl Backend for MemoryBackend {
         }
     }
 
-    async fn begin(&self, job: &Job, now_ms: u64, timeout: &Failure) -> Result<Begin, Error> {
+    async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
         let mut timed_out = false;
         let begin = {
             let mut st = self.lock();
@@ -272,7 +262,7 @@ impl Backend for MemoryBackend {
                 None => Begin::Skip,
                 Some(r) if r.status.is_terminal() => Begin::Skip,
                 Some(r) if now_ms > r.deadline_ms => {
-                    timed_out = r.expire_deadline(now_ms, timeout);
+                    timed_out = r.expire_deadline(now_ms);
                     Begin::Skip
                 }
                 Some(r) => {
@@ -293,33 +283,25 @@ impl Backend for MemoryBackend {
         Ok(begin)
     }
 
-    async fn progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
-        self.update(id, |r| {
-            matches!(r.status, Status::Running | Status::Retrying) && {
-                r.progress = Some(progress.clone());
-                true
+    async fn update(&self, id: RequestId, update: Update) -> Result<(), Error> {
+        self.change(id, |r| match update {
+            Update::Progress(progress) => {
+                matches!(r.status, Status::Running | Status::Retrying) && {
+                    r.progress = Some(progress);
+                    true
+                }
+            }
+            Update::Retrying => {
+                r.status == Status::Running && {
+                    r.status = Status::Retrying;
+                    true
+                }
             }
         });
         Ok(())
     }
 
-    async fn retrying(&self, id: RequestId) -> Result<(), Error> {
-        self.update(id, |r| {
-            r.status == Status::Running && {
-                r.status = Status::Retrying;
-                true
-            }
-        });
-        Ok(())
-    }
-
-    async fn finish(
-        &self,
-        job: &Job,
-        outcome: Outcome,
-        now_ms: u64,
-        timeout: &Failure,
-    ) -> Result<Status, Error> {
+    async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
         let (status, changed) = {
             let mut st = self.lock();
             match st.live(&job.id, now_ms) {
@@ -327,7 +309,7 @@ impl Backend for MemoryBackend {
                 None => (Status::Failed, false),
                 Some(r) if r.status.is_terminal() => (r.status, false),
                 Some(r) if now_ms > r.deadline_ms => {
-                    r.expire_deadline(now_ms, timeout);
+                    r.expire_deadline(now_ms);
                     (Status::Failed, true)
                 }
                 Some(r) => {

@@ -4,13 +4,19 @@
 //! `queued → running → done | failed`, plus `retrying`; the first terminal state wins and nothing
 //! overwrites it. Implementations: [`MemoryBackend`] (feature `memory`, the default) and
 //! `RedisBackend` (feature `redis`).
+//!
+//! The store never sees a client message it does not need: a failure is stored as its
+//! [`FailureKind`] (plus the task's own message for [`Failure::new`]), and the engine renders the
+//! generic messages (timeout, internal error) from the endpoint's settings when a client reads it.
 
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Error, Failure, Progress, RequestId, Status};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::failure::{Failure, FailureKind};
+use crate::protocol::{Progress, RequestId, Status};
 
 #[cfg(feature = "memory")]
 mod memory;
@@ -25,7 +31,16 @@ pub use notify::{Notifier, Watch};
 pub use redis::{RedisBackend, RedisBackendBuilder};
 
 /// A request to store and enqueue.
+///
+/// ```
+/// use async_endpoint::{RequestId, backend::NewRequest};
+/// use std::time::Duration;
+///
+/// let request = NewRequest::new(RequestId::random(), "my_task", r#"{"n":1}"#, 1_000, 61_000, Duration::from_secs(3600));
+/// assert_eq!(request.deadline_ms, 61_000);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NewRequest {
     /// Its id.
     pub id: RequestId,
@@ -41,8 +56,39 @@ pub struct NewRequest {
     pub ttl: Duration,
 }
 
+impl NewRequest {
+    /// A request of `task` with JSON `params`, created at `created_ms` with its deadline at
+    /// `deadline_ms` (unix milliseconds), living `ttl` after its last write.
+    pub fn new(
+        id: RequestId,
+        task: &'static str,
+        params: impl Into<String>,
+        created_ms: u64,
+        deadline_ms: u64,
+        ttl: Duration,
+    ) -> Self {
+        NewRequest {
+            id,
+            task,
+            params: params.into(),
+            created_ms,
+            deadline_ms,
+            ttl,
+        }
+    }
+}
+
 /// What a poll sees.
+///
+/// ```
+/// use async_endpoint::{Status, backend::{Snapshot, StoredFailure}};
+///
+/// let mut snapshot = Snapshot::new("my_task", Status::Failed, 1, 61_000);
+/// snapshot.failure = Some(StoredFailure::timeout());
+/// assert_eq!(snapshot.output, None);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The task's `NAME`.
     pub task: String,
@@ -55,13 +101,92 @@ pub struct Snapshot {
     /// The output as JSON, when `status` is `Done`.
     pub output: Option<String>,
     /// The failure, when `status` is `Failed`.
-    pub failure: Option<Failure>,
+    pub failure: Option<StoredFailure>,
     /// The deadline, unix milliseconds.
     pub deadline_ms: u64,
 }
 
+impl Snapshot {
+    /// A snapshot without progress, output or failure; set those fields as the record has them.
+    pub fn new(task: impl Into<String>, status: Status, attempt: u32, deadline_ms: u64) -> Self {
+        Snapshot {
+            task: task.into(),
+            status,
+            attempt,
+            progress: None,
+            output: None,
+            failure: None,
+            deadline_ms,
+        }
+    }
+}
+
+/// A failure as the store keeps it: its kind, and for [`FailureKind::Task`] the task's own
+/// message. The generic messages of the other kinds are the endpoint's settings, rendered when a
+/// client reads the request, so they are never stored (and a changed setting applies at once).
+///
+/// Serialized as `{"kind":"timeout"}` or `{"kind":"task","message":"…"}`.
+///
+/// ```
+/// use async_endpoint::{Failure, FailureKind, backend::StoredFailure};
+///
+/// assert_eq!(StoredFailure::timeout().kind, FailureKind::Timeout);
+/// assert_eq!(StoredFailure::timeout().message, None);
+/// let stored = StoredFailure::from(Failure::new("The card was declined"));
+/// assert_eq!(stored, StoredFailure::task("The card was declined"));
+/// assert_eq!(serde_json::to_string(&StoredFailure::internal()).unwrap(), r#"{"kind":"internal"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StoredFailure {
+    /// Why it failed.
+    pub kind: FailureKind,
+    /// The task's own message (kind [`FailureKind::Task`]); `None` for the generic kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl StoredFailure {
+    /// A failure of `kind` without a message of its own (its message is the endpoint's).
+    pub fn of_kind(kind: FailureKind) -> Self {
+        StoredFailure {
+            kind,
+            message: None,
+        }
+    }
+
+    /// The task's own failure with its message for the client.
+    pub fn task(message: impl Into<String>) -> Self {
+        StoredFailure {
+            kind: FailureKind::Task,
+            message: Some(message.into()),
+        }
+    }
+
+    /// The deadline passed.
+    pub fn timeout() -> Self {
+        Self::of_kind(FailureKind::Timeout)
+    }
+
+    /// A panic, an undecodable value, or a job its workers kept dying on.
+    pub fn internal() -> Self {
+        Self::of_kind(FailureKind::Internal)
+    }
+}
+
+impl From<Failure> for StoredFailure {
+    /// Keeps the message only where it is the task's own.
+    fn from(failure: Failure) -> Self {
+        match failure.kind() {
+            FailureKind::Task => StoredFailure::task(failure.message()),
+            kind => StoredFailure::of_kind(kind),
+        }
+    }
+}
+
 /// A delivered job, as a worker receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Job {
     /// The request it belongs to.
     pub id: RequestId,
@@ -71,6 +196,30 @@ pub struct Job {
     pub receipt: String,
     /// How many times this job has been delivered, this delivery included.
     pub deliveries: u32,
+}
+
+impl Job {
+    /// A delivery of the job of request `id`.
+    ///
+    /// ```
+    /// use async_endpoint::{RequestId, backend::Job};
+    ///
+    /// let job = Job::new(RequestId::random(), "my_task", "1700000000000-0", 1);
+    /// assert_eq!(job.deliveries, 1);
+    /// ```
+    pub fn new(
+        id: RequestId,
+        task: impl Into<String>,
+        receipt: impl Into<String>,
+        deliveries: u32,
+    ) -> Self {
+        Job {
+            id,
+            task: task.into(),
+            receipt: receipt.into(),
+            deliveries,
+        }
+    }
 }
 
 /// What a worker should do with a job it received.
@@ -91,6 +240,17 @@ pub enum Begin {
     Skip,
 }
 
+/// A change to an unfinished request, written by [`Backend::update`]. Ignored once the request
+/// is terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Update {
+    /// New progress of a `running` or `retrying` request.
+    Progress(Progress),
+    /// A `running` request's attempt failed and another one is scheduled: it becomes `retrying`.
+    Retrying,
+}
+
 /// How an attempt ended, as written by [`Backend::finish`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -98,17 +258,22 @@ pub enum Outcome {
     /// The output, as JSON.
     Done(String),
     /// The failure.
-    Failed(Failure),
+    Failed(StoredFailure),
 }
-
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Storage and queue for async requests. Implement it to add a backend; run the conformance suite
 /// in `tests/conformance` against it.
 ///
+/// Methods are `async fn`s that return `Send` futures: implement them with plain `async fn`.
 /// Times are unix milliseconds passed in by the engine, so every process judges deadlines the
 /// same way.
-pub trait Backend: Send + Sync + 'static {
+// The engine holds backends type-erased (no backend parameter on the endpoint, the extractor or
+// the layer). `dynosaur` writes the object-safe form (`DynBackend`, boxing each future) from this
+// one definition, so the signatures are written once.
+// Its `pub` constructors are reported at the trait's span; the type itself is crate-private.
+#[allow(unreachable_pub)]
+#[dynosaur::dynosaur(pub(crate) DynBackend = dyn(box) Backend)]
+pub trait Backend: Send + Sync {
     /// Stores `request` as `queued` (with its TTL) and enqueues its job, atomically.
     fn create(&self, request: NewRequest) -> impl Future<Output = Result<(), Error>> + Send;
 
@@ -119,7 +284,6 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         id: RequestId,
         now_ms: u64,
-        timeout: &Failure,
     ) -> impl Future<Output = Result<Option<Snapshot>, Error>> + Send;
 
     /// Registers interest in changes of `id`: the returned [`Watch`] fires after any later write
@@ -137,22 +301,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Starts an attempt: a `queued`, `retrying` or (re-delivered) `running` record becomes
     /// `running` with its attempt count raised. Terminal or missing records, and those past their
     /// deadline (turned into `timeout` failures), give [`Begin::Skip`] and acknowledge the job.
-    fn begin(
-        &self,
-        job: &Job,
-        now_ms: u64,
-        timeout: &Failure,
-    ) -> impl Future<Output = Result<Begin, Error>> + Send;
+    fn begin(&self, job: &Job, now_ms: u64) -> impl Future<Output = Result<Begin, Error>> + Send;
 
-    /// Saves progress of a `running` or `retrying` request; ignored once terminal.
-    fn progress(
+    /// Applies `update` to an unfinished request (see [`Update`]); ignored once terminal.
+    fn update(
         &self,
         id: RequestId,
-        progress: &Progress,
+        update: Update,
     ) -> impl Future<Output = Result<(), Error>> + Send;
-
-    /// Marks a `running` request `retrying` (between attempts); ignored once terminal.
-    fn retrying(&self, id: RequestId) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Writes the outcome unless the request is already terminal (the first terminal state wins),
     /// then acknowledges the job. Past the deadline the outcome becomes `timeout` instead.
@@ -162,105 +318,11 @@ pub trait Backend: Send + Sync + 'static {
         job: &Job,
         outcome: Outcome,
         now_ms: u64,
-        timeout: &Failure,
     ) -> impl Future<Output = Result<Status, Error>> + Send;
 
     /// Hands an unfinished job back (graceful shutdown) so another worker can take it.
     fn release(&self, job: &Job) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
-/// Object-safe mirror of [`Backend`], so the engine and extractor need no backend type parameter.
-pub(crate) trait DynBackend: Send + Sync + 'static {
-    fn create(&self, request: NewRequest) -> BoxFuture<'_, Result<(), Error>>;
-    fn poll<'a>(
-        &'a self,
-        id: RequestId,
-        now_ms: u64,
-        timeout: &'a Failure,
-    ) -> BoxFuture<'a, Result<Option<Snapshot>, Error>>;
-    fn watch(&self, id: RequestId) -> Watch;
-    fn fetch<'a>(
-        &'a self,
-        tasks: &'a [&'static str],
-        max: usize,
-        block: Duration,
-    ) -> BoxFuture<'a, Result<Vec<Job>, Error>>;
-    fn begin<'a>(
-        &'a self,
-        job: &'a Job,
-        now_ms: u64,
-        timeout: &'a Failure,
-    ) -> BoxFuture<'a, Result<Begin, Error>>;
-    fn progress<'a>(
-        &'a self,
-        id: RequestId,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), Error>>;
-    fn retrying(&self, id: RequestId) -> BoxFuture<'_, Result<(), Error>>;
-    fn finish<'a>(
-        &'a self,
-        job: &'a Job,
-        outcome: Outcome,
-        now_ms: u64,
-        timeout: &'a Failure,
-    ) -> BoxFuture<'a, Result<Status, Error>>;
-    fn release<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), Error>>;
-}
-
-impl<B: Backend> DynBackend for B {
-    fn create(&self, request: NewRequest) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(Backend::create(self, request))
-    }
-    fn poll<'a>(
-        &'a self,
-        id: RequestId,
-        now_ms: u64,
-        timeout: &'a Failure,
-    ) -> BoxFuture<'a, Result<Option<Snapshot>, Error>> {
-        Box::pin(Backend::poll(self, id, now_ms, timeout))
-    }
-    fn watch(&self, id: RequestId) -> Watch {
-        Backend::watch(self, id)
-    }
-    fn fetch<'a>(
-        &'a self,
-        tasks: &'a [&'static str],
-        max: usize,
-        block: Duration,
-    ) -> BoxFuture<'a, Result<Vec<Job>, Error>> {
-        Box::pin(Backend::fetch(self, tasks, max, block))
-    }
-    fn begin<'a>(
-        &'a self,
-        job: &'a Job,
-        now_ms: u64,
-        timeout: &'a Failure,
-    ) -> BoxFuture<'a, Result<Begin, Error>> {
-        Box::pin(Backend::begin(self, job, now_ms, timeout))
-    }
-    fn progress<'a>(
-        &'a self,
-        id: RequestId,
-        progress: &'a Progress,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(Backend::progress(self, id, progress))
-    }
-    fn retrying(&self, id: RequestId) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(Backend::retrying(self, id))
-    }
-    fn finish<'a>(
-        &'a self,
-        job: &'a Job,
-        outcome: Outcome,
-        now_ms: u64,
-        timeout: &'a Failure,
-    ) -> BoxFuture<'a, Result<Status, Error>> {
-        Box::pin(Backend::finish(self, job, outcome, now_ms, timeout))
-    }
-    fn release<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(Backend::release(self, job))
-    }
-}
-
 /// Shared, type-erased handle to a backend.
-pub(crate) type SharedBackend = Arc<dyn DynBackend>;
+pub(crate) type SharedBackend = std::sync::Arc<DynBackend<'static>>;

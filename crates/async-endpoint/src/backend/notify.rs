@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use crate::RequestId;
+use crate::protocol::RequestId;
 
 /// A registry of waiters keyed by request id.
 ///

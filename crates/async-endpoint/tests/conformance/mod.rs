@@ -16,8 +16,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_endpoint::backend::{Backend, Begin, Job, NewRequest, Outcome};
-use async_endpoint::{Failure, FailureKind, Progress, RequestId, Status};
+use async_endpoint::backend::{Backend, Begin, Job, NewRequest, Outcome, StoredFailure, Update};
+use async_endpoint::{FailureKind, Progress, RequestId, Status};
 
 /// Generates one `#[tokio::test]` per behaviour for the backend made by `$make` (an expression
 /// whose value is awaited to give the backend).
@@ -71,20 +71,24 @@ fn now() -> u64 {
         .as_millis() as u64
 }
 
-fn timeout_failure() -> Failure {
-    Failure::new("deadline passed")
+fn timeout_failure() -> StoredFailure {
+    StoredFailure::timeout()
+}
+
+fn message(s: &async_endpoint::backend::Snapshot) -> Option<&str> {
+    s.failure.as_ref().and_then(|f| f.message.as_deref())
 }
 
 fn request(task: &'static str, deadline_in_ms: i64, ttl: Duration) -> NewRequest {
     let created = now();
-    NewRequest {
-        id: RequestId::random(),
+    NewRequest::new(
+        RequestId::random(),
         task,
-        params: r#"{"n":1}"#.to_owned(),
-        created_ms: created,
-        deadline_ms: (created as i64 + deadline_in_ms) as u64,
+        r#"{"n":1}"#,
+        created,
+        (created as i64 + deadline_in_ms) as u64,
         ttl,
-    }
+    )
 }
 
 async fn create<B: Backend>(b: &B, deadline_in_ms: i64) -> NewRequest {
@@ -107,11 +111,7 @@ async fn fetch_one<B: Backend>(b: &B, id: RequestId) -> Job {
 }
 
 async fn run<B: Backend>(b: &B, job: &Job) -> (String, u32) {
-    match b
-        .begin(job, now(), &timeout_failure())
-        .await
-        .expect("begin")
-    {
+    match b.begin(job, now()).await.expect("begin") {
         Begin::Run {
             params, attempt, ..
         } => (params, attempt),
@@ -120,20 +120,16 @@ async fn run<B: Backend>(b: &B, job: &Job) -> (String, u32) {
 }
 
 async fn status<B: Backend>(b: &B, id: RequestId) -> Status {
-    b.poll(id, now(), &timeout_failure())
+    b.poll(id, now())
         .await
         .expect("poll")
         .expect("record exists")
         .status
 }
 
-pub async fn create_then_poll_is_queued<B: Backend>(b: Arc<B>) {
+pub async fn create_then_poll_is_queued<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
-    let s = b
-        .poll(r.id, now(), &timeout_failure())
-        .await
-        .unwrap()
-        .unwrap();
+    let s = b.poll(r.id, now()).await.unwrap().unwrap();
     assert_eq!(s.status, Status::Queued);
     assert_eq!(s.task, TASK);
     assert_eq!(s.attempt, 0);
@@ -143,15 +139,12 @@ pub async fn create_then_poll_is_queued<B: Backend>(b: Arc<B>) {
     assert_eq!(s.deadline_ms, r.deadline_ms);
 }
 
-pub async fn unknown_id_polls_none<B: Backend>(b: Arc<B>) {
-    let got = b
-        .poll(RequestId::random(), now(), &timeout_failure())
-        .await
-        .unwrap();
+pub async fn unknown_id_polls_none<B: Backend + 'static>(b: Arc<B>) {
+    let got = b.poll(RequestId::random(), now()).await.unwrap();
     assert_eq!(got, None);
 }
 
-pub async fn full_lifecycle<B: Backend>(b: Arc<B>) {
+pub async fn full_lifecycle<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     assert_eq!(job.task, TASK);
@@ -161,49 +154,31 @@ pub async fn full_lifecycle<B: Backend>(b: Arc<B>) {
     assert_eq!(attempt, 1);
     assert_eq!(status(&*b, r.id).await, Status::Running);
     let p = Progress::new(2, Some(4), "half way");
-    b.progress(r.id, &p).await.unwrap();
-    let s = b
-        .poll(r.id, now(), &timeout_failure())
-        .await
-        .unwrap()
-        .unwrap();
+    b.update(r.id, Update::Progress(p.clone())).await.unwrap();
+    let s = b.poll(r.id, now()).await.unwrap().unwrap();
     assert_eq!(s.progress, Some(p));
     let stands = b
-        .finish(
-            &job,
-            Outcome::Done(r#"{"ok":true}"#.into()),
-            now(),
-            &timeout_failure(),
-        )
+        .finish(&job, Outcome::Done(r#"{"ok":true}"#.into()), now())
         .await
         .unwrap();
     assert_eq!(stands, Status::Done);
-    let s = b
-        .poll(r.id, now(), &timeout_failure())
-        .await
-        .unwrap()
-        .unwrap();
+    let s = b.poll(r.id, now()).await.unwrap().unwrap();
     assert_eq!(s.status, Status::Done);
     assert_eq!(s.output.as_deref(), Some(r#"{"ok":true}"#));
     assert_eq!(s.failure, None);
 }
 
-pub async fn first_terminal_state_wins<B: Backend>(b: Arc<B>) {
+pub async fn first_terminal_state_wins<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
     let first = b
-        .finish(
-            &job,
-            Outcome::Failed(Failure::new("first")),
-            now(),
-            &timeout_failure(),
-        )
+        .finish(&job, Outcome::Failed(StoredFailure::task("first")), now())
         .await
         .unwrap();
     assert_eq!(first, Status::Failed);
     let second = b
-        .finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
+        .finish(&job, Outcome::Done("1".into()), now())
         .await
         .unwrap();
     assert_eq!(
@@ -211,17 +186,13 @@ pub async fn first_terminal_state_wins<B: Backend>(b: Arc<B>) {
         Status::Failed,
         "a later outcome must not overwrite the first"
     );
-    let s = b
-        .poll(r.id, now(), &timeout_failure())
-        .await
-        .unwrap()
-        .unwrap();
+    let s = b.poll(r.id, now()).await.unwrap().unwrap();
     assert_eq!(s.status, Status::Failed);
-    assert_eq!(s.failure.as_ref().map(Failure::message), Some("first"));
+    assert_eq!(message(&s), Some("first"));
     assert_eq!(s.output, None);
 }
 
-pub async fn concurrent_finishes_agree<B: Backend>(b: Arc<B>) {
+pub async fn concurrent_finishes_agree<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
@@ -233,11 +204,9 @@ pub async fn concurrent_finishes_agree<B: Backend>(b: Arc<B>) {
             let outcome = if i % 2 == 0 {
                 Outcome::Done(format!("{i}"))
             } else {
-                Outcome::Failed(Failure::new(format!("f{i}")))
+                Outcome::Failed(StoredFailure::task(format!("f{i}")))
             };
-            b.finish(&job, outcome, now(), &timeout_failure())
-                .await
-                .unwrap()
+            b.finish(&job, outcome, now()).await.unwrap()
         }));
     }
     let mut stands = Vec::new();
@@ -248,11 +217,7 @@ pub async fn concurrent_finishes_agree<B: Backend>(b: Arc<B>) {
         stands.windows(2).all(|w| w[0] == w[1]),
         "every finisher sees one outcome: {stands:?}"
     );
-    let s = b
-        .poll(r.id, now(), &timeout_failure())
-        .await
-        .unwrap()
-        .unwrap();
+    let s = b.poll(r.id, now()).await.unwrap().unwrap();
     assert_eq!(s.status, stands[0]);
     match s.status {
         Status::Done => assert!(s.output.is_some() && s.failure.is_none()),
@@ -261,14 +226,14 @@ pub async fn concurrent_finishes_agree<B: Backend>(b: Arc<B>) {
     }
 }
 
-pub async fn delivery_after_terminal_is_skipped<B: Backend>(b: Arc<B>) {
+pub async fn delivery_after_terminal_is_skipped<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
-    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
+    b.finish(&job, Outcome::Done("1".into()), now())
         .await
         .unwrap();
-    let again = b.begin(&job, now(), &timeout_failure()).await.unwrap();
+    let again = b.begin(&job, now()).await.unwrap();
     assert_eq!(
         again,
         Begin::Skip,
@@ -277,108 +242,84 @@ pub async fn delivery_after_terminal_is_skipped<B: Backend>(b: Arc<B>) {
     assert_eq!(status(&*b, r.id).await, Status::Done);
 }
 
-pub async fn poll_past_deadline_times_out<B: Backend>(b: Arc<B>) {
+pub async fn poll_past_deadline_times_out<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 1_000).await;
     let later = r.deadline_ms + 1;
-    let s = b
-        .poll(r.id, later, &timeout_failure())
-        .await
-        .unwrap()
-        .unwrap();
+    let s = b.poll(r.id, later).await.unwrap().unwrap();
     assert_eq!(s.status, Status::Failed);
     assert_eq!(s.failure, Some(timeout_failure()));
     // The timeout is stored: a worker finishing late changes nothing.
     let job = fetch_one(&*b, r.id).await;
-    assert_eq!(
-        b.begin(&job, now(), &timeout_failure()).await.unwrap(),
-        Begin::Skip
-    );
+    assert_eq!(b.begin(&job, now()).await.unwrap(), Begin::Skip);
     let stands = b
-        .finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
+        .finish(&job, Outcome::Done("1".into()), now())
         .await
         .unwrap();
     assert_eq!(stands, Status::Failed);
     assert_eq!(status(&*b, r.id).await, Status::Failed);
 }
 
-pub async fn begin_past_deadline_skips_and_times_out<B: Backend>(b: Arc<B>) {
+pub async fn begin_past_deadline_skips_and_times_out<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, -1).await;
     let job = fetch_one(&*b, r.id).await;
-    let begin = b.begin(&job, now(), &timeout_failure()).await.unwrap();
+    let begin = b.begin(&job, now()).await.unwrap();
     assert_eq!(
         begin,
         Begin::Skip,
         "a job picked up after its deadline must not run"
     );
-    let s = b
-        .poll(r.id, now(), &timeout_failure())
-        .await
-        .unwrap()
-        .unwrap();
+    let s = b.poll(r.id, now()).await.unwrap().unwrap();
     assert_eq!(s.status, Status::Failed);
     assert_eq!(s.failure, Some(timeout_failure()));
     assert_eq!(s.attempt, 0);
 }
 
-pub async fn finish_past_deadline_is_timeout<B: Backend>(b: Arc<B>) {
+pub async fn finish_past_deadline_is_timeout<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
     let stands = b
-        .finish(
-            &job,
-            Outcome::Done("1".into()),
-            r.deadline_ms + 1,
-            &timeout_failure(),
-        )
+        .finish(&job, Outcome::Done("1".into()), r.deadline_ms + 1)
         .await
         .unwrap();
     assert_eq!(stands, Status::Failed);
-    let s = b
-        .poll(r.id, now(), &timeout_failure())
-        .await
-        .unwrap()
-        .unwrap();
+    let s = b.poll(r.id, now()).await.unwrap().unwrap();
     assert_eq!(
-        s.failure.as_ref().map(Failure::kind),
-        Some(FailureKind::Task)
+        s.failure.as_ref().map(|f| f.kind),
+        Some(FailureKind::Timeout)
     );
     assert_eq!(s.failure, Some(timeout_failure()));
 }
 
-pub async fn progress_after_terminal_is_ignored<B: Backend>(b: Arc<B>) {
+pub async fn progress_after_terminal_is_ignored<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
     let p = Progress::new(1, Some(2), "one");
-    b.progress(r.id, &p).await.unwrap();
-    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
+    b.update(r.id, Update::Progress(p.clone())).await.unwrap();
+    b.finish(&job, Outcome::Done("1".into()), now())
         .await
         .unwrap();
-    b.progress(r.id, &Progress::new(2, Some(2), "late"))
+    b.update(r.id, Update::Progress(Progress::new(2, Some(2), "late")))
         .await
         .unwrap();
-    b.retrying(r.id).await.unwrap();
-    let s = b
-        .poll(r.id, now(), &timeout_failure())
-        .await
-        .unwrap()
-        .unwrap();
+    b.update(r.id, Update::Retrying).await.unwrap();
+    let s = b.poll(r.id, now()).await.unwrap().unwrap();
     assert_eq!(s.status, Status::Done);
     assert_eq!(s.progress, Some(p));
 }
 
-pub async fn retrying_then_next_attempt<B: Backend>(b: Arc<B>) {
+pub async fn retrying_then_next_attempt<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     assert_eq!(run(&*b, &job).await.1, 1);
-    b.retrying(r.id).await.unwrap();
+    b.update(r.id, Update::Retrying).await.unwrap();
     assert_eq!(status(&*b, r.id).await, Status::Retrying);
     assert_eq!(run(&*b, &job).await.1, 2);
     assert_eq!(status(&*b, r.id).await, Status::Running);
 }
 
-pub async fn watch_wakes_on_every_change<B: Backend>(b: Arc<B>) {
+pub async fn watch_wakes_on_every_change<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let mut watch = b.watch(r.id);
     let job = fetch_one(&*b, r.id).await;
@@ -386,13 +327,13 @@ pub async fn watch_wakes_on_every_change<B: Backend>(b: Arc<B>) {
     tokio::time::timeout(LONG, watch.changed())
         .await
         .expect("woken by begin");
-    b.progress(r.id, &Progress::new(1, None, "p"))
+    b.update(r.id, Update::Progress(Progress::new(1, None, "p")))
         .await
         .unwrap();
     tokio::time::timeout(LONG, watch.changed())
         .await
         .expect("woken by progress");
-    b.finish(&job, Outcome::Done("1".into()), now(), &timeout_failure())
+    b.finish(&job, Outcome::Done("1".into()), now())
         .await
         .unwrap();
     tokio::time::timeout(LONG, watch.changed())
@@ -406,7 +347,7 @@ pub async fn watch_wakes_on_every_change<B: Backend>(b: Arc<B>) {
     assert!(woken.is_err(), "woken by another request's change");
 }
 
-pub async fn fetch_honours_max_and_tasks<B: Backend>(b: Arc<B>) {
+pub async fn fetch_honours_max_and_tasks<B: Backend + 'static>(b: Arc<B>) {
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(create(&*b, 60_000).await.id);
@@ -437,7 +378,7 @@ pub async fn fetch_honours_max_and_tasks<B: Backend>(b: Arc<B>) {
     );
 }
 
-pub async fn fetch_blocks_until_a_job_arrives<B: Backend>(b: Arc<B>) {
+pub async fn fetch_blocks_until_a_job_arrives<B: Backend + 'static>(b: Arc<B>) {
     // Make sure the queue exists and is empty.
     assert!(
         b.fetch(&[TASK], 10, Duration::from_millis(100))
@@ -455,7 +396,7 @@ pub async fn fetch_blocks_until_a_job_arrives<B: Backend>(b: Arc<B>) {
     assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![r.id]);
 }
 
-pub async fn released_job_is_delivered_again<B: Backend>(b: Arc<B>) {
+pub async fn released_job_is_delivered_again<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
@@ -466,17 +407,12 @@ pub async fn released_job_is_delivered_again<B: Backend>(b: Arc<B>) {
     assert_eq!(run(&*b, &again).await.1, 2);
 }
 
-pub async fn records_expire_after_ttl<B: Backend>(b: Arc<B>) {
+pub async fn records_expire_after_ttl<B: Backend + 'static>(b: Arc<B>) {
     let r = request(TASK, 500, Duration::from_secs(1));
     b.create(r.clone()).await.unwrap();
-    assert!(
-        b.poll(r.id, now(), &timeout_failure())
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(b.poll(r.id, now()).await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(b.poll(r.id, now(), &timeout_failure()).await.unwrap(), None);
+    assert_eq!(b.poll(r.id, now()).await.unwrap(), None);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -485,7 +421,7 @@ pub async fn records_expire_after_ttl<B: Backend>(b: Arc<B>) {
 /// The same job delivered twice (a hand-back and a second delivery while the first still runs,
 /// as when a worker is presumed dead): both runs may start, both finish at once with different
 /// outcomes, and exactly one outcome stands for everybody.
-pub async fn duplicate_delivery_first_outcome_wins<B: Backend>(b: Arc<B>) {
+pub async fn duplicate_delivery_first_outcome_wins<B: Backend + 'static>(b: Arc<B>) {
     for round in 0..5 {
         let r = create(&*b, 60_000).await;
         let first = fetch_one(&*b, r.id).await;
@@ -503,11 +439,9 @@ pub async fn duplicate_delivery_first_outcome_wins<B: Backend>(b: Arc<B>) {
                     let outcome = if round % 2 == 0 {
                         Outcome::Done(format!("\"{who}\""))
                     } else {
-                        Outcome::Failed(Failure::new(who))
+                        Outcome::Failed(StoredFailure::task(who))
                     };
-                    b.finish(&job, outcome, now(), &timeout_failure())
-                        .await
-                        .unwrap()
+                    b.finish(&job, outcome, now()).await.unwrap()
                 })
             })
             .collect();
@@ -519,11 +453,7 @@ pub async fn duplicate_delivery_first_outcome_wins<B: Backend>(b: Arc<B>) {
             stands[0], stands[1],
             "both finishers see the outcome that stands"
         );
-        let s = b
-            .poll(r.id, now(), &timeout_failure())
-            .await
-            .unwrap()
-            .unwrap();
+        let s = b.poll(r.id, now()).await.unwrap().unwrap();
         assert_eq!(s.status, stands[0]);
         match s.status {
             Status::Done => {
@@ -532,28 +462,17 @@ pub async fn duplicate_delivery_first_outcome_wins<B: Backend>(b: Arc<B>) {
                 assert_eq!(s.failure, None);
             }
             Status::Failed => {
-                let m = s.failure.as_ref().map(Failure::message).unwrap();
+                let m = message(&s).unwrap();
                 assert!(m == "first" || m == "second", "{m}");
                 assert_eq!(s.output, None);
             }
             other => panic!("not terminal: {other:?}"),
         }
         // A third delivery of the finished job does not run.
-        let again = Job {
-            deliveries: 3,
-            ..fetch_or_clone(&*b, r.id).await
-        };
-        assert_eq!(
-            b.begin(&again, now(), &timeout_failure()).await.unwrap(),
-            Begin::Skip
-        );
-        assert_eq!(
-            b.poll(r.id, now(), &timeout_failure())
-                .await
-                .unwrap()
-                .unwrap(),
-            s
-        );
+        let mut again = fetch_or_clone(&*b, r.id).await;
+        again.deliveries = 3;
+        assert_eq!(b.begin(&again, now()).await.unwrap(), Begin::Skip);
+        assert_eq!(b.poll(r.id, now()).await.unwrap().unwrap(), s);
     }
 }
 
@@ -563,45 +482,35 @@ async fn fetch_or_clone<B: Backend>(b: &B, id: RequestId) -> Job {
         .fetch(&[TASK], 100, Duration::from_millis(100))
         .await
         .unwrap();
-    jobs.into_iter().find(|j| j.id == id).unwrap_or(Job {
-        id,
-        task: TASK.to_owned(),
-        receipt: String::new(),
-        deliveries: 1,
-    })
+    jobs.into_iter()
+        .find(|j| j.id == id)
+        .unwrap_or(Job::new(id, TASK, "", 1))
 }
 
 /// The deadline is the last moment a request may still finish: a poll exactly at it does not
 /// time the request out, and an outcome written exactly at it stands.
-pub async fn finish_exactly_at_the_deadline_stands<B: Backend>(b: Arc<B>) {
+pub async fn finish_exactly_at_the_deadline_stands<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
     let at = r.deadline_ms;
-    let s = b.poll(r.id, at, &timeout_failure()).await.unwrap().unwrap();
+    let s = b.poll(r.id, at).await.unwrap().unwrap();
     assert_eq!(
         s.status,
         Status::Running,
         "a poll exactly at the deadline is not past it"
     );
-    let stands = b
-        .finish(&job, Outcome::Done("7".into()), at, &timeout_failure())
-        .await
-        .unwrap();
+    let stands = b.finish(&job, Outcome::Done("7".into()), at).await.unwrap();
     assert_eq!(stands, Status::Done);
     // Later polls, past the deadline, see the outcome that was written in time.
-    let s = b
-        .poll(r.id, at + 1, &timeout_failure())
-        .await
-        .unwrap()
-        .unwrap();
+    let s = b.poll(r.id, at + 1).await.unwrap().unwrap();
     assert_eq!(s.status, Status::Done);
     assert_eq!(s.output.as_deref(), Some("7"));
 }
 
 /// A worker finishing exactly at the deadline while a poll arrives one millisecond after it:
 /// either may win, but the finisher, the racing poll and every later poll agree.
-pub async fn finish_racing_a_deadline_poll_agree<B: Backend>(b: Arc<B>) {
+pub async fn finish_racing_a_deadline_poll_agree<B: Backend + 'static>(b: Arc<B>) {
     let mut seen = std::collections::HashSet::new();
     for _ in 0..20 {
         let r = create(&*b, 60_000).await;
@@ -610,24 +519,14 @@ pub async fn finish_racing_a_deadline_poll_agree<B: Backend>(b: Arc<B>) {
         let finisher = {
             let (b, job) = (b.clone(), job.clone());
             tokio::spawn(async move {
-                b.finish(
-                    &job,
-                    Outcome::Done("1".into()),
-                    r.deadline_ms,
-                    &timeout_failure(),
-                )
-                .await
-                .unwrap()
+                b.finish(&job, Outcome::Done("1".into()), r.deadline_ms)
+                    .await
+                    .unwrap()
             })
         };
         let poller = {
             let b = b.clone();
-            tokio::spawn(async move {
-                b.poll(r.id, r.deadline_ms + 1, &timeout_failure())
-                    .await
-                    .unwrap()
-                    .unwrap()
-            })
+            tokio::spawn(async move { b.poll(r.id, r.deadline_ms + 1).await.unwrap().unwrap() })
         };
         let stands = finisher.await.unwrap();
         let polled = poller.await.unwrap();
@@ -635,11 +534,7 @@ pub async fn finish_racing_a_deadline_poll_agree<B: Backend>(b: Arc<B>) {
             polled.status.is_terminal(),
             "past the deadline a poll sees a final state"
         );
-        let last = b
-            .poll(r.id, now(), &timeout_failure())
-            .await
-            .unwrap()
-            .unwrap();
+        let last = b.poll(r.id, now()).await.unwrap().unwrap();
         assert_eq!(stands, polled.status, "finisher and racing poll agree");
         assert_eq!(last, polled, "later polls see what the racing poll saw");
         match last.status {
@@ -654,7 +549,7 @@ pub async fn finish_racing_a_deadline_poll_agree<B: Backend>(b: Arc<B>) {
 
 /// Progress written while and after the request finishes: the outcome is untouched and, once
 /// it stands, nothing about the record changes any more.
-pub async fn progress_racing_finish_changes_nothing_after<B: Backend>(b: Arc<B>) {
+pub async fn progress_racing_finish_changes_nothing_after<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
@@ -662,46 +557,37 @@ pub async fn progress_racing_finish_changes_nothing_after<B: Backend>(b: Arc<B>)
         .map(|i| {
             let b = b.clone();
             tokio::spawn(async move {
-                b.progress(r.id, &Progress::new(i, Some(20), format!("step {i}")))
-                    .await
-                    .unwrap();
+                b.update(
+                    r.id,
+                    Update::Progress(Progress::new(i, Some(20), format!("step {i}"))),
+                )
+                .await
+                .unwrap();
             })
         })
         .collect();
     let stands = b
-        .finish(
-            &job,
-            Outcome::Done("\"ok\"".into()),
-            now(),
-            &timeout_failure(),
-        )
+        .finish(&job, Outcome::Done("\"ok\"".into()), now())
         .await
         .unwrap();
     for w in writers {
         w.await.unwrap();
     }
     assert_eq!(stands, Status::Done);
-    let after = b
-        .poll(r.id, now(), &timeout_failure())
-        .await
-        .unwrap()
-        .unwrap();
+    let after = b.poll(r.id, now()).await.unwrap().unwrap();
     assert_eq!(after.status, Status::Done);
     assert_eq!(after.output.as_deref(), Some("\"ok\""));
     if let Some(p) = &after.progress {
         assert!(p.message.starts_with("step "), "{p:?}");
     }
     for i in 0..10u64 {
-        b.progress(r.id, &Progress::new(100 + i, None, "late"))
+        b.update(r.id, Update::Progress(Progress::new(100 + i, None, "late")))
             .await
             .unwrap();
-        b.retrying(r.id).await.unwrap();
+        b.update(r.id, Update::Retrying).await.unwrap();
     }
     assert_eq!(
-        b.poll(r.id, now(), &timeout_failure())
-            .await
-            .unwrap()
-            .unwrap(),
+        b.poll(r.id, now()).await.unwrap().unwrap(),
         after,
         "nothing changes once terminal"
     );
@@ -709,7 +595,7 @@ pub async fn progress_racing_finish_changes_nothing_after<B: Backend>(b: Arc<B>)
 
 /// 50 concurrent pollers while the request finishes: each sees the request under way until it
 /// sees it final, never under way again after, and all see the same final snapshot.
-pub async fn polls_racing_finish_agree<B: Backend>(b: Arc<B>) {
+pub async fn polls_racing_finish_agree<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
@@ -722,15 +608,11 @@ pub async fn polls_racing_finish_agree<B: Backend>(b: Arc<B>) {
                 let mut under_way = 0u32;
                 let give_up = std::time::Instant::now() + Duration::from_secs(60);
                 loop {
-                    let s = b
-                        .poll(r.id, now(), &timeout_failure())
-                        .await
-                        .unwrap()
-                        .unwrap();
+                    let s = b.poll(r.id, now()).await.unwrap().unwrap();
                     if s.status.is_terminal() {
                         // Once final, it stays final.
                         for _ in 0..3 {
-                            let again = b.poll(r.id, now(), &timeout_failure()).await.unwrap();
+                            let again = b.poll(r.id, now()).await.unwrap();
                             assert_eq!(again.as_ref(), Some(&s));
                         }
                         return (s, under_way);
@@ -759,12 +641,7 @@ pub async fn polls_racing_finish_agree<B: Backend>(b: Arc<B>) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let stands = b
-        .finish(
-            &job,
-            Outcome::Done("\"final\"".into()),
-            now(),
-            &timeout_failure(),
-        )
+        .finish(&job, Outcome::Done("\"final\"".into()), now())
         .await
         .unwrap();
     assert_eq!(stands, Status::Done);

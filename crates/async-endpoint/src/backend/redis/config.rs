@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::RedisBackend;
-use crate::Error;
+use crate::error::Error;
 
 /// Configures a [`RedisBackend`]; `build()` checks every setting and names the bad one.
 ///

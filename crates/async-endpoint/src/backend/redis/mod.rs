@@ -38,8 +38,11 @@ use serde::Serialize;
 pub use config::RedisBackendBuilder;
 use scripts::{Skipped, Stored, Write};
 
-use super::{Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, Watch};
-use crate::{Error, Failure, Progress, RequestId, Status};
+use super::{
+    Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update, Watch,
+};
+use crate::error::Error;
+use crate::protocol::{Progress, RequestId, Status};
 
 /// The consumer group every worker of every process joins, one per task stream.
 const GROUP: &str = "workers";
@@ -121,8 +124,11 @@ struct Inner {
     /// Entries delivered to this process and not yet terminal: (task, entry id) → heartbeat
     /// until (unix ms). A heartbeat keeps them from being claimed by other workers.
     in_flight: Mutex<HashMap<(String, String), u64>>,
-    /// The failure written when a job was delivered more than `max_deliveries` times.
+    /// The failure written when a job was delivered more than `max_deliveries` times: its kind
+    /// only, so the client sees the endpoint's configured internal-error message.
     poison_json: String,
+    /// The failure written when a deadline passes: its kind only.
+    timeout_json: String,
     scripts: scripts::Scripts,
     /// Dropped with the backend; background tasks watch it and end.
     closed: tokio::sync::watch::Sender<()>,
@@ -206,11 +212,11 @@ impl RedisBackend {
             channel: format!("{}:n", settings.prefix),
             prefix: settings.prefix.clone(),
         };
-        let poison = crate::worker::default_internal_failure();
-        // A struct of two strings always serializes; the fallback is the same JSON by hand.
-        let poison_json = serde_json::to_string(&poison).unwrap_or_else(|_| {
-            r#"{"kind":"internal","message":"The request could not be completed because of an internal error."}"#.to_owned()
-        });
+        // A kind alone always serializes; the fallbacks are the same JSON by hand.
+        let poison_json = failure_json(&StoredFailure::internal())
+            .unwrap_or_else(|_| r#"{"kind":"internal"}"#.to_owned());
+        let timeout_json = failure_json(&StoredFailure::timeout())
+            .unwrap_or_else(|_| r#"{"kind":"timeout"}"#.to_owned());
         RedisBackend {
             inner: Arc::new(Inner {
                 client,
@@ -226,6 +232,7 @@ impl RedisBackend {
                 queue: Mutex::new(queue::QueueState::default()),
                 in_flight: Mutex::new(HashMap::new()),
                 poison_json,
+                timeout_json,
                 scripts: scripts::Scripts::new(GROUP),
                 closed: tokio::sync::watch::channel(()).0,
                 settings,
@@ -468,7 +475,7 @@ impl Fields {
             .ok_or_else(|| Error::Corrupt("record without a deadline".to_owned()))?;
         let progress: Option<Progress> = decode(&task, self.progress)?;
         let output = self.output.filter(|_| status == Status::Done);
-        let failure: Option<Failure> = if status == Status::Failed {
+        let failure: Option<StoredFailure> = if status == Status::Failed {
             decode(&task, self.failure)?
         } else {
             None
@@ -517,7 +524,7 @@ fn reply<T: FromRedisValue>(what: &str, value: Value) -> Result<T, Error> {
     redis::from_redis_value(value).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
 
-fn failure_json(failure: &Failure) -> Result<String, Error> {
+fn failure_json(failure: &StoredFailure) -> Result<String, Error> {
     serde_json::to_string(failure)
         .map_err(|e| Error::Corrupt(format!("failure not encodable: {e}")))
 }
@@ -561,12 +568,7 @@ impl Backend for RedisBackend {
         self.bounded(call.invoke_async::<()>(&mut conn)).await
     }
 
-    async fn poll(
-        &self,
-        id: RequestId,
-        now_ms: u64,
-        timeout: &Failure,
-    ) -> Result<Option<Snapshot>, Error> {
+    async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
         self.await_subscriber().await;
         let keys = &self.inner.keys;
         let key = keys.record(&id);
@@ -585,7 +587,7 @@ impl Backend for RedisBackend {
         let mut call = self.inner.scripts.poll.prepare_invoke();
         call.key(&key)
             .arg(now_ms)
-            .arg(failure_json(timeout)?)
+            .arg(&self.inner.timeout_json)
             .arg(&keys.channel)
             .arg(id.to_string());
         let polled: Option<(Fields, Write)> = reply(
@@ -615,7 +617,7 @@ impl Backend for RedisBackend {
         queue::fetch(self, tasks, max, block).await
     }
 
-    async fn begin(&self, job: &Job, now_ms: u64, timeout: &Failure) -> Result<Begin, Error> {
+    async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
         self.await_subscriber().await;
         let inner = &self.inner;
         let keys = &inner.keys;
@@ -625,7 +627,7 @@ impl Backend for RedisBackend {
             call.key(keys.record(&job.id))
                 .key(keys.queue(&job.task))
                 .arg(now_ms)
-                .arg(failure_json(timeout)?)
+                .arg(&inner.timeout_json)
                 .arg(&keys.channel)
                 .arg(job.id.to_string())
                 .arg(GROUP)
@@ -677,7 +679,45 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
+    async fn update(&self, id: RequestId, update: Update) -> Result<(), Error> {
+        match update {
+            Update::Progress(progress) => self.save_progress(id, &progress).await,
+            Update::Retrying => self.mark_retrying(id).await,
+        }
+    }
+
+    async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
+        self.await_subscriber().await;
+        let keys = &self.inner.keys;
+        let (kind, value) = match outcome {
+            Outcome::Done(output) => (Stored::Done, output),
+            Outcome::Failed(failure) => (Stored::Failed, failure_json(&failure)?),
+        };
+        let mut conn = self.conn().await?;
+        let mut call = self.inner.scripts.finish.prepare_invoke();
+        call.key(keys.record(&job.id))
+            .key(keys.queue(&job.task))
+            .arg(now_ms)
+            .arg(&self.inner.timeout_json)
+            .arg(&keys.channel)
+            .arg(job.id.to_string())
+            .arg(GROUP)
+            .arg(&job.receipt)
+            .arg(kind.code())
+            .arg(value);
+        let stands = self.bounded(call.invoke_async(&mut conn)).await?;
+        queue::forget(self, job);
+        reply::<Stored>("finish reply", stands).map(Stored::status)
+    }
+
+    async fn release(&self, job: &Job) -> Result<(), Error> {
+        queue::release(self, job).await
+    }
+}
+
+impl RedisBackend {
+    /// Saves progress of a running or retrying request.
+    async fn save_progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
         self.await_subscriber().await;
         let keys = &self.inner.keys;
         let json = serde_json::to_string(&StoredProgress {
@@ -695,7 +735,8 @@ impl Backend for RedisBackend {
         self.bounded(call.invoke_async::<()>(&mut conn)).await
     }
 
-    async fn retrying(&self, id: RequestId) -> Result<(), Error> {
+    /// Marks a running request retrying.
+    async fn mark_retrying(&self, id: RequestId) -> Result<(), Error> {
         self.await_subscriber().await;
         let keys = &self.inner.keys;
         let mut conn = self.conn().await?;
@@ -704,39 +745,5 @@ impl Backend for RedisBackend {
             .arg(&keys.channel)
             .arg(id.to_string());
         self.bounded(call.invoke_async::<()>(&mut conn)).await
-    }
-
-    async fn finish(
-        &self,
-        job: &Job,
-        outcome: Outcome,
-        now_ms: u64,
-        timeout: &Failure,
-    ) -> Result<Status, Error> {
-        self.await_subscriber().await;
-        let keys = &self.inner.keys;
-        let (kind, value) = match outcome {
-            Outcome::Done(output) => (Stored::Done, output),
-            Outcome::Failed(failure) => (Stored::Failed, failure_json(&failure)?),
-        };
-        let mut conn = self.conn().await?;
-        let mut call = self.inner.scripts.finish.prepare_invoke();
-        call.key(keys.record(&job.id))
-            .key(keys.queue(&job.task))
-            .arg(now_ms)
-            .arg(failure_json(timeout)?)
-            .arg(&keys.channel)
-            .arg(job.id.to_string())
-            .arg(GROUP)
-            .arg(&job.receipt)
-            .arg(kind.code())
-            .arg(value);
-        let stands = self.bounded(call.invoke_async(&mut conn)).await?;
-        queue::forget(self, job);
-        reply::<Stored>("finish reply", stands).map(Stored::status)
-    }
-
-    async fn release(&self, job: &Job) -> Result<(), Error> {
-        queue::release(self, job).await
     }
 }

@@ -27,8 +27,9 @@ use tokio::time::Instant;
 use super::scripts::Group;
 use super::{GROUP, Inner, RedisBackend, code, has_code, map_err, reply};
 use crate::backend::Job;
-use crate::engine::now_ms;
-use crate::{Error, RequestId};
+use crate::clock::now_ms;
+use crate::error::Error;
+use crate::protocol::RequestId;
 
 /// Consumers with nothing pending and idle this long are deleted (at least; see `reap_idle`).
 const REAP_IDLE: Duration = Duration::from_secs(3600);

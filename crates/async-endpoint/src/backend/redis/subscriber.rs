@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 
-use crate::RequestId;
 use crate::backend::Notifier;
+use crate::protocol::RequestId;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::RequestId;
+
 /// The state of an async request. `Done` and `Failed` are terminal: the first one written wins.
 ///
 /// Serialized in lowercase (`"queued"`, `"running"`, …), as in the 202 body.
@@ -120,4 +122,13 @@ impl Serialize for Progress {
         st.serialize_field("message", &self.message)?;
         st.end()
     }
+}
+
+/// The body of every 202: `{async_request_id, async_request_token, status, progress}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct StatusBody {
+    pub(crate) async_request_id: RequestId,
+    pub(crate) async_request_token: String,
+    pub(crate) status: Status,
+    pub(crate) progress: Option<Progress>,
 }

@@ -1,42 +1,13 @@
-//! The engine shared by the layer, the extractor and the workers.
+//! The engine's side of tasks: [`AsyncTask`] with its types erased, and the runtime attempts
+//! run on.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use crate::backend::SharedBackend;
-use crate::token::Keyring;
-use crate::{AsyncTask, Failure, RetryPolicy, TaskContext};
-
-/// Derives the owner of a request (e.g. the signed-in user's id) from its parts.
-pub(crate) type OwnerFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;
-
-/// Validated settings (see the builder for meanings and defaults).
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) deadline: Duration,
-    pub(crate) ttl: Duration,
-    pub(crate) max_params_bytes: usize,
-    pub(crate) max_wait: Duration,
-    pub(crate) retry_after: Duration,
-    pub(crate) concurrency: usize,
-    pub(crate) progress_interval: Duration,
-    pub(crate) shutdown_grace: Duration,
-    pub(crate) internal_failure: Failure,
-    pub(crate) timeout_failure: Failure,
-}
-
-pub(crate) struct Engine {
-    pub(crate) backend: SharedBackend,
-    pub(crate) task_runtime: TaskRuntime,
-    pub(crate) tasks: HashMap<&'static str, Arc<dyn ErasedTask>>,
-    pub(crate) task_names: Vec<&'static str>,
-    pub(crate) keys: Keyring,
-    pub(crate) config: Config,
-    pub(crate) owner: Option<OwnerFn>,
-}
+use crate::failure::Failure;
+use crate::task::{AsyncTask, RetryPolicy, TaskContext};
 
 /// Where task attempts run. By default a multi-thread runtime of their own, made on first use,
 /// so a task that blocks (a blocking SDK, heavy CPU) holds one of *its* threads and never stalls
@@ -90,13 +61,6 @@ impl Drop for TaskRuntime {
             runtime.shutdown_background();
         }
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

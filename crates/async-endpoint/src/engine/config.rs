@@ -1,0 +1,176 @@
+//! The endpoint's settings: one struct with documented defaults, and one check per setting.
+
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::failure::{DEFAULT_INTERNAL_MESSAGE, DEFAULT_TIMEOUT_MESSAGE};
+
+/// Settings of an endpoint (the builder's table lists them with their meanings).
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// Time from start until an unfinished request fails (per-task override). Default 60 s.
+    pub(crate) deadline: Duration,
+    /// How long a record (and its token) lives after its last write. Default 1 h.
+    pub(crate) ttl: Duration,
+    /// Largest serialized params. Default 64 KiB.
+    pub(crate) max_params_bytes: usize,
+    /// Cap on `Prefer: wait=N`; zero disables waiting polls. Default 25 s.
+    pub(crate) max_wait: Duration,
+    /// `Retry-After` sent with 202 (whole seconds). Default 1 s.
+    pub(crate) retry_after: Duration,
+    /// Tasks run at once per worker process. Default 64.
+    pub(crate) concurrency: usize,
+    /// Minimum time between two progress writes of one request. Default 250 ms.
+    pub(crate) progress_interval: Duration,
+    /// Time running tasks get to finish on shutdown. Default 30 s.
+    pub(crate) shutdown_grace: Duration,
+    /// Threads of the runtime tasks run on; 0 runs them on the app's. Default: CPUs, at least 2.
+    pub(crate) task_threads: usize,
+    /// Whether this process runs workers. Default `true`.
+    pub(crate) in_process_workers: bool,
+    /// The client's message for panics and internal errors. Default: a generic sentence.
+    pub(crate) internal_error_message: String,
+    /// The client's message for a passed deadline. Default: a generic sentence.
+    pub(crate) timeout_message: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            deadline: Duration::from_secs(60),
+            ttl: Duration::from_secs(3600),
+            max_params_bytes: 64 * 1024,
+            max_wait: Duration::from_secs(25),
+            retry_after: Duration::from_secs(1),
+            concurrency: 64,
+            progress_interval: Duration::from_millis(250),
+            shutdown_grace: Duration::from_secs(30),
+            task_threads: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            in_process_workers: true,
+            internal_error_message: DEFAULT_INTERNAL_MESSAGE.to_owned(),
+            timeout_message: DEFAULT_TIMEOUT_MESSAGE.to_owned(),
+        }
+    }
+}
+
+/// The error naming `setting`.
+pub(crate) fn bad(setting: &'static str, reason: impl Into<String>) -> Error {
+    Error::Config {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Checks every setting; the error names the first bad one.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        self.check_deadline()?;
+        self.check_ttl()?;
+        self.check_max_params_bytes()?;
+        self.check_concurrency()?;
+        self.check_max_wait()?;
+        self.check_messages()
+    }
+
+    fn check_deadline(&self) -> Result<(), Error> {
+        if self.deadline.is_zero() {
+            return Err(bad("deadline", "must be above zero"));
+        }
+        Ok(())
+    }
+
+    fn check_ttl(&self) -> Result<(), Error> {
+        if self.ttl <= self.deadline {
+            return Err(bad(
+                "ttl",
+                format!(
+                    "{:?} must exceed the deadline ({:?}) so records outlive their requests",
+                    self.ttl, self.deadline
+                ),
+            ));
+        }
+        if self.ttl < Duration::from_secs(1) {
+            return Err(bad(
+                "ttl",
+                "must be at least one second (tokens count whole seconds)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A task's own deadline must fit in the TTL like the endpoint's (checked per task).
+    pub(crate) fn check_task_deadline(&self, task: &str, deadline: Duration) -> Result<(), Error> {
+        if deadline.is_zero() || deadline >= self.ttl {
+            return Err(bad(
+                "task",
+                format!("deadline of task {task:?} must be above zero and below the ttl"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_max_params_bytes(&self) -> Result<(), Error> {
+        if self.max_params_bytes == 0 {
+            return Err(bad("max_params_bytes", "must be above zero"));
+        }
+        Ok(())
+    }
+
+    fn check_concurrency(&self) -> Result<(), Error> {
+        if self.concurrency == 0 {
+            return Err(bad("concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn check_max_wait(&self) -> Result<(), Error> {
+        if self.max_wait > Duration::from_secs(300) {
+            return Err(bad(
+                "max_wait",
+                "at most 300 s; proxies cut longer requests",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_messages(&self) -> Result<(), Error> {
+        if self.internal_error_message.is_empty() {
+            return Err(bad("internal_error_message", "must not be empty"));
+        }
+        if self.timeout_message.is_empty() {
+            return Err(bad("timeout_message", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_each_check_names_its_setting() {
+        assert!(Config::default().validate().is_ok());
+        let setting = |change: fn(&mut Config)| {
+            let mut config = Config::default();
+            change(&mut config);
+            match config.validate() {
+                Err(Error::Config { setting, .. }) => setting,
+                other => panic!("expected a config error, got {other:?}"),
+            }
+        };
+        assert_eq!(setting(|c| c.deadline = Duration::ZERO), "deadline");
+        assert_eq!(setting(|c| c.ttl = c.deadline), "ttl");
+        assert_eq!(setting(|c| c.max_params_bytes = 0), "max_params_bytes");
+        assert_eq!(setting(|c| c.concurrency = 0), "concurrency");
+        assert_eq!(
+            setting(|c| c.max_wait = Duration::from_secs(301)),
+            "max_wait"
+        );
+        assert_eq!(
+            setting(|c| c.internal_error_message.clear()),
+            "internal_error_message"
+        );
+        assert_eq!(setting(|c| c.timeout_message.clear()), "timeout_message");
+    }
+}

@@ -1,0 +1,68 @@
+//! RFC 9457 problem documents: the only error bodies a client ever sees.
+//!
+//! A [`Problem`] is framework-neutral: the engine decides which one applies, and each framework
+//! adapter writes [`Problem::status`], [`Problem::body`] and the headers it names.
+
+use http::StatusCode;
+
+/// The media type of problem documents.
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Every problem the protocol answers with; each has a fixed, client-safe `detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Problem {
+    /// Unknown, malformed, forged or foreign id/token: one body for all of them, so no oracle.
+    NotFound,
+    /// A genuine token past its expiry.
+    Gone,
+    /// The backend cannot be reached; the client should come back after `retry_after` seconds.
+    Unavailable {
+        /// Whole seconds for `Retry-After`.
+        retry_after: u64,
+    },
+    /// A mistake of the application's developer, or a backend refusal (logged with its cause);
+    /// the client learns nothing.
+    Internal,
+}
+
+impl Problem {
+    /// The HTTP status.
+    pub(crate) fn status(self) -> StatusCode {
+        match self {
+            Problem::NotFound => StatusCode::NOT_FOUND,
+            Problem::Gone => StatusCode::GONE,
+            Problem::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `detail` member: fixed text, never an error's.
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            Problem::NotFound => "No async request matches this id and token.",
+            Problem::Gone => "This async request has expired; start a new one.",
+            Problem::Unavailable { .. } => "The service is temporarily unavailable; retry later.",
+            Problem::Internal => "The server could not handle this request.",
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, when the problem calls for one.
+    pub(crate) fn retry_after(self) -> Option<u64> {
+        match self {
+            Problem::Unavailable { retry_after } => Some(retry_after),
+            _ => None,
+        }
+    }
+
+    /// The `application/problem+json` body.
+    pub(crate) fn body(self) -> String {
+        let status = self.status();
+        serde_json::json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": self.detail(),
+        })
+        .to_string()
+    }
+}
