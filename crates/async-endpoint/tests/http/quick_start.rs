@@ -1,8 +1,6 @@
 //! Runs the README's quick start (`examples/quick_start.rs`) as a real server on 127.0.0.1:3000
 //! and drives it over HTTP; also checks the README shows that file's code verbatim.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -23,30 +21,10 @@ fn example_binary() -> std::path::PathBuf {
         .join(format!("quick_start{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// A minimal HTTP/1.1 GET: status code and body.
+/// A GET on the quick start's address: status code and body.
 fn get(path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect("127.0.0.1:3000")?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response[9..12].parse().unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        // One chunk is enough for these small bodies: "<hex>\r\n<data>\r\n0\r\n\r\n".
-        body.split("\r\n").nth(1).unwrap_or("").to_owned()
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
+    let answer = test_support::http::blocking_get("127.0.0.1:3000", path, headers)?;
+    Ok((answer.status, answer.body))
 }
 
 #[test]

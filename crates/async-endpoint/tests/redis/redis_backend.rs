@@ -3,8 +3,6 @@
 //! memory a record costs. Each test runs its own private redis-server.
 #![cfg(feature = "redis")]
 
-mod redis_support;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_endpoint::backend::{Backend, Begin, NewRequest, Outcome, RedisBackend};
@@ -62,7 +60,7 @@ async fn upper(request: AsyncRequest<Upper>) -> Response {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_answers_503_then_recovers_by_itself() {
     // Nothing listens on this port yet: the process must start anyway (lazy connection).
-    let port = redis_support::free_port();
+    let port = test_support::free_port();
     let backend = RedisBackend::builder(format!("redis://127.0.0.1:{port}/"))
         .connection_timeout(Duration::from_millis(300))
         .response_timeout(Duration::from_millis(300))
@@ -81,7 +79,7 @@ async fn unreachable_redis_answers_503_then_recovers_by_itself() {
     let web = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let r = redis_support::get(web, "/upper", &[]).await.unwrap();
+    let r = test_support::http::get(web, "/upper", &[]).await.unwrap();
     assert_eq!(r.status, 503, "{r:?}");
     assert!(
         r.header("content-type")
@@ -90,13 +88,13 @@ async fn unreachable_redis_answers_503_then_recovers_by_itself() {
     );
     assert!(r.header("retry-after").is_some(), "{r:?}");
 
-    let Some(_server) = redis_support::RedisServer::start_at(port) else {
+    let Some(_server) = test_support::redis::RedisServer::start_at(port) else {
         return;
     };
     // Redis is up now: the same process starts and finishes requests without a restart.
     let until = std::time::Instant::now() + Duration::from_secs(30);
     let started = loop {
-        let r = redis_support::get(web, "/upper", &[]).await.unwrap();
+        let r = test_support::http::get(web, "/upper", &[]).await.unwrap();
         if r.status == 202 {
             break r.json();
         }
@@ -107,7 +105,7 @@ async fn unreachable_redis_answers_503_then_recovers_by_itself() {
     let id = started["async_request_id"].as_str().unwrap().to_owned();
     let token = started["async_request_token"].as_str().unwrap().to_owned();
     loop {
-        let r = redis_support::get(
+        let r = test_support::http::get(
             web,
             "/upper",
             &[
@@ -130,7 +128,7 @@ async fn unreachable_redis_answers_503_then_recovers_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_delivered_too_often_fails_instead_of_looping() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let make = || {
@@ -168,7 +166,7 @@ async fn a_job_delivered_too_often_fails_instead_of_looping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_hold_only_live_jobs_and_records_stay_small() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let b = RedisBackend::builder(server.url()).build().unwrap();
@@ -252,7 +250,7 @@ async fn builder_redis_shorthand_checks_the_url_and_runs_requests() {
         .build();
     assert_eq!(setting(both), "backend");
 
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let endpoint = base().redis(server.url()).build().unwrap();
@@ -305,7 +303,7 @@ async fn send(app: &Router, uri: &str, headers: &[(&str, &str)]) -> (u16, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_outlives_the_ttl() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let b = RedisBackend::builder(server.url()).build().unwrap();

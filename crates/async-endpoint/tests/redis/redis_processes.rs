@@ -9,10 +9,7 @@
 //! extra binary target in the published crate and no cargo invocation from inside a test.
 #![cfg(feature = "redis")]
 
-mod redis_support;
-
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_endpoint::backend::RedisBackend;
@@ -21,8 +18,9 @@ use axum::extract::Query;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use redis_support::{HttpResponse, collect_lines, get as http_get, wait_line};
 use serde::{Deserialize, Serialize};
+use test_support::http::{Response as HttpResponse, get as http_get};
+use test_support::process::{ChildOutput, collect_lines, wait_line};
 
 const SECRET: &[u8] = b"redis-process-tests-secret-0123456789abcdef";
 /// Generous bound for anything that should take a few seconds on a busy 2-core machine.
@@ -155,7 +153,7 @@ fn node() {
 /// A spawned node, killed (SIGKILL) on drop.
 struct Node {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: ChildOutput,
     pid: u32,
 }
 
@@ -171,7 +169,12 @@ impl Node {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new(exe)
             .args([
-                "node",
+                // This test's path in the binary (`redis_processes::node`).
+                format!(
+                    "{}::node",
+                    module_path!().split_once("::").expect("a module").1
+                )
+                .as_str(),
                 "--exact",
                 "--ignored",
                 "--nocapture",
@@ -272,7 +275,7 @@ fn is_problem_503(r: &HttpResponse) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_web_and_two_worker_processes_share_requests() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let url = server.url();
@@ -323,7 +326,7 @@ async fn two_web_and_two_worker_processes_share_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_of_a_worker_killed_mid_task_is_finished_by_the_other() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let url = server.url();
@@ -365,6 +368,7 @@ fn terminate(node: &mut Node) {
     assert!(sent.success());
     let status = node.child.wait().expect("wait");
     assert!(status.success(), "worker exited with {status}");
+    node.lines.join();
     assert!(
         node.lines.lock().unwrap().iter().any(|l| l == "STOPPED"),
         "the worker did not shut down gracefully"
@@ -388,7 +392,7 @@ async fn runner_of(a: Node, b: Node, id: &str) -> (Node, Node) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_task_finishes_within_the_grace_period_or_hands_the_job_back() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let url = server.url();
@@ -435,7 +439,7 @@ async fn sigterm_mid_task_finishes_within_the_grace_period_or_hands_the_job_back
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_mid_run_leaves_every_request_with_an_answer() {
-    let Some(mut server) = redis_support::start_persistent() else {
+    let Some(mut server) = test_support::redis::start_persistent() else {
         return;
     };
     let url = server.url();
