@@ -79,21 +79,19 @@ impl RedisServer {
     /// Starts a private server on a free port (trying up to 5), without the skip rule: the
     /// error is `NotFound` when redis-server is not installed (for the benchmark).
     pub fn try_start(persistent: bool) -> std::io::Result<RedisServer> {
-        let dir = crate::temp_dir("ae-redis-test");
         for _ in 0..5 {
+            // A directory per attempt: a failed attempt's drop removes its own.
             let mut server = RedisServer {
                 child: None,
                 port: crate::free_port(),
-                dir: dir.clone(),
+                dir: crate::temp_dir("ae-redis-test"),
                 persistent,
             };
-            match server.spawn() {
-                Ok(true) => return Ok(server),
-                Ok(false) => continue, // port taken in the meantime: try another
-                Err(e) => return Err(e),
+            if server.spawn()? {
+                return Ok(server);
             }
+            // The port was taken in the meantime: try another.
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Err(std::io::Error::other(
             "redis-server did not come up on any of 5 ports",
         ))
