@@ -71,12 +71,6 @@ impl Drop for Proc {
     }
 }
 
-pub(crate) fn free_port() -> Result<u16, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Resident set size of a process, bytes.
 pub(crate) fn rss(pid: u32) -> Result<u64, BoxError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -91,21 +85,19 @@ pub(crate) fn rss(pid: u32) -> Result<u64, BoxError> {
 
 /// A private redis-server.
 pub(crate) struct Redis {
-    _proc: Proc,
+    _server: test_support::redis::RedisServer,
     pub(crate) port: u16,
     pub(crate) url: String,
     conn: Mutex<redis::Connection>,
 }
 
 impl Redis {
-    pub(crate) fn start(dir: &Path) -> Result<Redis, BoxError> {
-        let port = free_port()?;
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .args(["--dir", &dir.display().to_string()]);
-        let proc = Proc::spawn(cmd, &dir.join("redis.log"))?;
-        let url = format!("redis://127.0.0.1:{port}/");
+    /// A private redis-server (test-support's launcher: its own temporary directory, removed
+    /// on drop; `_dir` is the run's directory, kept for the callers).
+    pub(crate) fn start(_dir: &Path) -> Result<Redis, BoxError> {
+        let server = test_support::redis::RedisServer::try_start(false)
+            .map_err(|e| format!("redis-server: {e}"))?;
+        let (port, url) = (server.port, server.url());
         let client = redis::Client::open(url.as_str())?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let conn = loop {
@@ -116,7 +108,7 @@ impl Redis {
             }
         };
         Ok(Redis {
-            _proc: proc,
+            _server: server,
             port,
             url,
             conn: Mutex::new(conn),

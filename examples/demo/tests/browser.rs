@@ -1,4 +1,4 @@
-//! The demo page in a real browser (headless Chromium through `browser-harness`): the built
+//! The demo page in a real browser (headless Chromium through `test_support::browser`): the built
 //! `demo` binary is started on a free port; the test starts requests from the form and checks
 //! that progress advances and the result shows, that a failure shows the error, that the
 //! synchronous buttons and the jQuery example answer, and that the heartbeat stalls while the
@@ -11,9 +11,9 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use browser_harness::{Browser, Options};
 use serde_json::Value;
 use support::Demo;
+use test_support::browser::{Browser, Options};
 
 /// Bounds for things that take seconds when the machine is idle; generous for a loaded one.
 const LONG: Duration = Duration::from_secs(60);
@@ -90,7 +90,7 @@ fn screenshot_path(name: &str) -> PathBuf {
 
 #[test]
 fn demo_page_in_chromium() {
-    if !browser_harness::browser_or_skip("demo_page_in_chromium") {
+    if !test_support::browser::available_or_skip("demo_page_in_chromium") {
         return;
     }
     let demo = Demo::start(&[], &[]);
@@ -288,7 +288,7 @@ fn demo_page_in_chromium() {
 #[test]
 fn on_one_runtime_thread_a_blocking_call_stalls_everything_and_the_page_fits_a_phone() {
     let name = "on_one_runtime_thread_a_blocking_call_stalls_everything_and_the_page_fits_a_phone";
-    if !browser_harness::browser_or_skip(name) {
+    if !test_support::browser::available_or_skip(name) {
         return;
     }
     let demo = Demo::start(&[], &[("TOKIO_WORKER_THREADS", "1")]);

@@ -6,82 +6,15 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::Demo;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// A private `redis-server` on a free loopback port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new(&binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let redis = Redis { child, port };
-        let start = Instant::now();
-        while !redis.pong() {
-            assert!(start.elapsed() < LONG, "redis-server did not answer PING");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(redis)
-    }
-
-    fn pong(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let mut buf = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut buf).is_ok()
-            && &buf == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn skip_or_fail(why: &str) {
-    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    assert!(
-        !ci,
-        "two_web_processes_and_two_workers: {why} (CI=true: install redis-server)"
-    );
-    let _ = writeln!(
-        std::io::stderr(),
-        "\nSKIPPED: two_web_processes_and_two_workers: {why}\n"
-    );
-}
-
 #[test]
 fn two_web_processes_and_two_workers() {
-    let Some(redis) = Redis::start() else {
-        skip_or_fail("redis-server not found");
+    let Some(redis) = test_support::redis::start() else {
         return;
     };
     let url = redis.url();

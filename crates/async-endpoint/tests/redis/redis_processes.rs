@@ -9,8 +9,6 @@
 //! extra binary target in the published crate and no cargo invocation from inside a test.
 #![cfg(feature = "redis")]
 
-mod redis_support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,8 +18,9 @@ use axum::extract::Query;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use redis_support::{HttpResponse, Lines, collect_lines, get as http_get, wait_line};
 use serde::{Deserialize, Serialize};
+use test_support::http::{Response as HttpResponse, get as http_get};
+use test_support::process::ChildOutput;
 
 const SECRET: &[u8] = b"redis-process-tests-secret-0123456789abcdef";
 /// Generous bound for anything that should take a few seconds on a busy 2-core machine.
@@ -154,7 +153,7 @@ fn node() {
 /// A spawned node, killed (SIGKILL) on drop.
 struct Node {
     child: Child,
-    out: Lines,
+    lines: ChildOutput,
     pid: u32,
 }
 
@@ -170,7 +169,12 @@ impl Node {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new(exe)
             .args([
-                "node",
+                // This test's path in the binary (`redis_processes::node`).
+                format!(
+                    "{}::node",
+                    module_path!().split_once("::").expect("a module").1
+                )
+                .as_str(),
                 "--exact",
                 "--ignored",
                 "--nocapture",
@@ -184,27 +188,27 @@ impl Node {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn node");
-        let out = collect_lines(&mut child);
+        let lines = ChildOutput::capture(&mut child);
         let pid = child.id();
-        Node { child, out, pid }
+        Node { child, lines, pid }
     }
 
     fn web(url: &str, claim_idle_ms: u64) -> (Node, u16) {
         let node = Node::spawn("web", url, claim_idle_ms);
-        let line = wait_line(&node.out.lines, "LISTENING ", PATIENCE);
+        let line = node.lines.wait_line("LISTENING ", PATIENCE);
         let port = line["LISTENING ".len()..].parse().expect("port");
         (node, port)
     }
 
     fn worker(url: &str, claim_idle_ms: u64) -> Node {
         let node = Node::spawn("worker", url, claim_idle_ms);
-        wait_line(&node.out.lines, "READY ", PATIENCE);
+        node.lines.wait_line("READY ", PATIENCE);
         node
     }
 
     fn ran(&self, id: &str) -> bool {
         let prefix = format!("RUN {id} ");
-        self.out.snapshot().iter().any(|l| l.contains(&prefix))
+        self.lines.lines().iter().any(|l| l.contains(&prefix))
     }
 }
 
@@ -267,7 +271,7 @@ fn is_problem_503(r: &HttpResponse) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_web_and_two_worker_processes_share_requests() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let url = server.url();
@@ -337,7 +341,7 @@ async fn two_web_and_two_worker_processes_share_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_of_a_worker_killed_mid_task_is_finished_by_the_other() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let url = server.url();
@@ -380,8 +384,9 @@ fn terminate(node: &mut Node) {
     let status = node.child.wait().expect("wait");
     assert!(status.success(), "worker exited with {status}");
     // The child has exited; its last lines may still be in the pipe: read to the end first.
+    node.lines.join();
     assert!(
-        node.out.read_to_end().iter().any(|l| l == "STOPPED"),
+        node.lines.lines().iter().any(|l| l == "STOPPED"),
         "the worker did not shut down gracefully"
     );
 }
@@ -403,7 +408,7 @@ async fn runner_of(a: Node, b: Node, id: &str) -> (Node, Node) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_task_finishes_within_the_grace_period_or_hands_the_job_back() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let url = server.url();
@@ -450,7 +455,7 @@ async fn sigterm_mid_task_finishes_within_the_grace_period_or_hands_the_job_back
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_mid_run_leaves_every_request_with_an_answer() {
-    let Some(mut server) = redis_support::start_persistent() else {
+    let Some(mut server) = test_support::redis::start_persistent() else {
         return;
     };
     let url = server.url();

@@ -13,7 +13,6 @@ use std::process::Command;
 fn js_client_unit_tests_pass() {
     let js_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../js");
     let node = std::env::var_os("NODE").unwrap_or_else(|| "node".into());
-    let in_ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     if !js_dir.join("package.json").is_file() {
         // The crate as published (a .crate file) carries no js/ directory.
         let _ = writeln!(
@@ -34,19 +33,11 @@ fn js_client_unit_tests_pass() {
     {
         Ok(output) => output,
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            assert!(
-                !in_ci,
-                "node not found ({node:?}): the JS client tests must run in CI. Install Node.js >= 18 \
-                 or set NODE to its path."
-            );
-            // Straight to the process's stderr: the test harness captures `eprintln!` of passing
-            // tests, and this must be seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n==================================================================\n\
-                 SKIPPED: node not found ({node:?}); the JS client tests did not run.\n\
-                 Install Node.js >= 18 (or set NODE) to run them.\n\
-                 =================================================================="
+            test_support::skip(
+                "js_client_unit_tests_pass",
+                &format!(
+                    "node not found ({node:?}): install Node.js >= 18 or set NODE to its path"
+                ),
             );
             return;
         }

@@ -1,10 +1,10 @@
-//! The bundled JS client in a real browser: headless Chromium (through `browser-harness`) loads a
+//! The bundled JS client in a real browser: headless Chromium (through `test_support::browser`) loads a
 //! page from a real axum server that uses this crate, and drives both the ES module
 //! (`asyncRequest`) and the original jQuery call (`$.getAsyncRequest(url, 10000).success(…).error(…)`)
 //! to a success, a task failure, a client timeout and progress updates. The server records every
 //! request URI, to show the id and token travel in headers only.
 //!
-//! Needs `chromium` + `chromium-driver` (see `browser_harness::browser_available`) and jQuery 3
+//! Needs `chromium` + `chromium-driver` (see `test_support::browser::available`) and jQuery 3
 //! from Debian's `libjs-jquery` (`/usr/share/javascript/jquery/jquery.min.js`, or the `JQUERY`
 //! environment variable). Without them the test is skipped loudly, or fails when `CI=true`.
 //! It takes about 15 s: the jQuery timeout case uses the snippet's 10 s timeout verbatim.
@@ -22,9 +22,9 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use browser_harness::Browser;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use test_support::browser::Browser;
 
 const SECRET: &[u8] = b"browser test secret, 32 bytes or more of it";
 const FAILURE_MESSAGE: &str = "the upstream API said no";
@@ -264,13 +264,13 @@ const CASES: [&str; 7] = [
 #[test]
 fn js_client_in_headless_chromium() {
     const TEST: &str = "browser_js::js_client_in_headless_chromium";
-    if !browser_harness::browser_or_skip(TEST) {
+    if !test_support::browser::available_or_skip(TEST) {
         return;
     }
     let jquery = match jquery_path() {
         Ok(path) => path,
         Err(why) => {
-            browser_harness::skip_or_fail(TEST, &why);
+            test_support::skip(TEST, &why);
             return;
         }
     };

@@ -11,8 +11,6 @@
 //! goes back from final to 202, and nothing answers 5xx. The backend-level versions of these
 //! races are in the conformance suite (`tests/conformance`).
 
-mod redis_support;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,9 +27,9 @@ use axum::extract::Query;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use redis_support::HttpResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use test_support::http::Response as HttpResponse;
 use tokio::sync::Notify;
 
 // ------------------------------------------------------------------------------------------
@@ -179,7 +177,7 @@ struct Served {
     port: u16,
     endpoint: AsyncEndpoint,
     task: Racer,
-    _redis: Option<redis_support::RedisServer>,
+    _redis: Option<test_support::redis::RedisServer>,
 }
 
 impl Drop for Served {
@@ -215,7 +213,10 @@ fn with_backend(
     builder: AsyncEndpointBuilder,
     which: Which,
     twice: bool,
-) -> Option<(AsyncEndpointBuilder, Option<redis_support::RedisServer>)> {
+) -> Option<(
+    AsyncEndpointBuilder,
+    Option<test_support::redis::RedisServer>,
+)> {
     match which {
         Which::Memory => {
             let b = MemoryBackend::new();
@@ -230,7 +231,7 @@ fn with_backend(
         }
         #[cfg(feature = "redis")]
         Which::Redis => {
-            let server = redis_support::start()?;
+            let server = test_support::redis::start()?;
             let b = async_endpoint::backend::RedisBackend::builder(server.url())
                 .build()
                 .unwrap();
@@ -249,10 +250,10 @@ fn with_backend(
 }
 
 // ------------------------------------------------------------------------------------------
-// HTTP helpers (the Redis support's minimal HTTP/1.1 client)
+// HTTP helpers (test-support's HTTP client)
 
 async fn start(s: &Served, query: &str) -> (String, String) {
-    let a = redis_support::get(s.port, &format!("/racer?{query}"), &[])
+    let a = test_support::http::get(s.port, &format!("/racer?{query}"), &[])
         .await
         .unwrap();
     assert_eq!(a.status, 202, "start: {}", a.body);
@@ -269,7 +270,9 @@ async fn poll(port: u16, id: &str, token: &str, wait: Option<u64>) -> HttpRespon
     if let Some(w) = &wait {
         headers.push(("prefer", w.as_str()));
     }
-    redis_support::get(port, "/racer", &headers).await.unwrap()
+    test_support::http::get(port, "/racer", &headers)
+        .await
+        .unwrap()
 }
 
 /// Polls until a final answer, checking that every answer along the way is 202 or final (never

@@ -1,6 +1,6 @@
 //! Tokens, the 404/410 rules, hostile input and developer mistakes, over HTTP.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

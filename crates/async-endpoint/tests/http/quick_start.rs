@@ -1,8 +1,6 @@
 //! Runs the README's quick start (`examples/quick_start.rs`) as a real server on 127.0.0.1:3000
 //! and drives it over HTTP; also checks the README shows that file's code verbatim.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -26,68 +24,60 @@ fn example_binary() -> std::path::PathBuf {
 /// Generous: the example starts, and answers, on a loaded machine too.
 const LONG: Duration = Duration::from_secs(60);
 
-/// A minimal HTTP/1.1 GET: status code and body.
+/// A GET on the quick start's address: status code and body.
 fn get(path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect("127.0.0.1:3000")?;
-    stream.set_read_timeout(Some(LONG))?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no end of head: {}", String::from_utf8_lossy(&response)));
-    let head = String::from_utf8_lossy(&response[..end]);
-    let body = &response[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head:?}"));
-    // Field names are case-insensitive and values have optional whitespace (RFC 9110 5.5); any
-    // body may come chunked, in any number of chunks (RFC 9112 7.1).
-    let chunked = lines
-        .filter_map(|l| l.split_once(':'))
-        .any(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("transfer-encoding")
-                && value
-                    .rsplit(',')
-                    .next()
-                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-        });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_vec()
-    };
-    Ok((status, String::from_utf8(body).expect("a UTF-8 body")))
+    let answer = test_support::http::blocking_get("127.0.0.1:3000", path, headers)?;
+    Ok((answer.status, answer.body))
 }
 
-/// The payload of a chunked body (chunk extensions and trailers ignored).
-fn dechunk(mut rest: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
+/// Starts the example and waits until it is the one listening on 127.0.0.1:3000. The port is
+/// fixed (the README's code binds it), so another test run on this machine may hold it for a
+/// while: then wait for it to be free and start again, rather than talk to someone else's server.
+fn start_listening(binary: &std::path::Path) -> Server {
+    let give_up = Instant::now() + LONG * 3;
     loop {
-        let eol = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line without CRLF");
-        let line = String::from_utf8_lossy(&rest[..eol]);
-        let size = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size, 16)
-            .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return out;
+        while std::net::TcpListener::bind("127.0.0.1:3000").is_err() {
+            assert!(Instant::now() < give_up, "127.0.0.1:3000 stayed taken");
+            std::thread::sleep(Duration::from_millis(50));
         }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
+        let mut server = Server(Command::new(binary).spawn().unwrap());
+        loop {
+            assert!(
+                Instant::now() < give_up,
+                "the quick start never listened on 127.0.0.1:3000"
+            );
+            if server.0.try_wait().unwrap().is_some() {
+                break; // it lost the port to another process: start again once it is free
+            }
+            match listens_on_3000(server.0.id()) {
+                Some(true) => return server,
+                Some(false) => {}
+                // No /proc (not Linux): an answer on the port is the best sign there is.
+                None if get("/my_endpoint?probe", &[]).is_ok() => return server,
+                None => {}
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+}
+
+/// Whether process `pid` holds the listening socket on 127.0.0.1:3000, from `/proc/net/tcp`
+/// and the process's file descriptors; `None` where there is no `/proc`.
+fn listens_on_3000(pid: u32) -> Option<bool> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    // Columns: sl, local_address (hex IP:port), rem_address, st (0A = LISTEN), …, inode (10th).
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(1) == Some(&"0100007F:0BB8") && f.get(3) == Some(&"0A"))
+        .filter_map(|f| f.get(9).map(|inode| format!("socket:[{inode}]")))
+        .collect();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    }))
 }
 
 #[test]
@@ -106,20 +96,8 @@ fn quick_start_runs_end_to_end() {
             binary.display()
         );
     }
-    let mut server = Server(Command::new(&binary).spawn().unwrap());
-    let started = Instant::now();
-    let (status, body) = loop {
-        if let Some(exit) = server.0.try_wait().unwrap() {
-            panic!("the quick start exited before answering ({exit}); is 127.0.0.1:3000 taken?");
-        }
-        match get("/my_endpoint", &[]) {
-            Ok(answer) => break answer,
-            Err(_) if started.elapsed() < LONG => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("the quick start never listened on 127.0.0.1:3000: {e}"),
-        }
-    };
+    let mut server = start_listening(&binary);
+    let (status, body) = get("/my_endpoint", &[]).expect("the quick start answers");
     assert_eq!(status, 202, "{body}");
     let accepted: serde_json::Value = serde_json::from_str(&body).unwrap();
     let id = accepted["async_request_id"].as_str().unwrap().to_owned();

@@ -3,8 +3,6 @@
 //! memory a record costs. Each test runs its own private redis-server.
 #![cfg(feature = "redis")]
 
-mod redis_support;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_endpoint::backend::{Backend, Begin, Job, NewRequest, Outcome, RedisBackend, Update};
@@ -58,7 +56,7 @@ async fn upper(request: AsyncRequest<Upper>) -> Response {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_answers_503_then_recovers_by_itself() {
     // Nothing listens on this port yet: the process must start anyway (lazy connection).
-    let port = redis_support::free_port();
+    let port = test_support::free_port();
     let backend = RedisBackend::builder(format!("redis://127.0.0.1:{port}/"))
         .connection_timeout(Duration::from_millis(300))
         .response_timeout(Duration::from_millis(300))
@@ -77,7 +75,7 @@ async fn unreachable_redis_answers_503_then_recovers_by_itself() {
     let web = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let r = redis_support::get(web, "/upper", &[]).await.unwrap();
+    let r = test_support::http::get(web, "/upper", &[]).await.unwrap();
     assert_eq!(r.status, 503, "{r:?}");
     assert!(
         r.header("content-type")
@@ -86,13 +84,13 @@ async fn unreachable_redis_answers_503_then_recovers_by_itself() {
     );
     assert!(r.header("retry-after").is_some(), "{r:?}");
 
-    let Some(_server) = redis_support::RedisServer::start_at(port) else {
+    let Some(_server) = test_support::redis::RedisServer::start_at(port) else {
         return;
     };
     // Redis is up now: the same process starts and finishes requests without a restart.
     let until = std::time::Instant::now() + Duration::from_secs(30);
     let started = loop {
-        let r = redis_support::get(web, "/upper", &[]).await.unwrap();
+        let r = test_support::http::get(web, "/upper", &[]).await.unwrap();
         if r.status == 202 {
             break r.json();
         }
@@ -103,7 +101,7 @@ async fn unreachable_redis_answers_503_then_recovers_by_itself() {
     let id = started["async_request_id"].as_str().unwrap().to_owned();
     let token = started["async_request_token"].as_str().unwrap().to_owned();
     loop {
-        let r = redis_support::get(
+        let r = test_support::http::get(
             web,
             "/upper",
             &[
@@ -142,7 +140,7 @@ async fn delivery(worker: &RedisBackend, task: &'static str, id: RequestId) -> J
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_delivered_too_often_fails_instead_of_looping() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let make = || {
@@ -172,7 +170,7 @@ async fn a_job_delivered_too_often_fails_instead_of_looping() {
 /// endpoint's configured `internal_error_message`, rendered when it polls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_job_shows_the_configured_internal_message() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let make = || {
@@ -198,7 +196,7 @@ async fn a_poison_job_shows_the_configured_internal_message() {
     let web = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let started = redis_support::get(web, "/upper", &[]).await.unwrap();
+    let started = test_support::http::get(web, "/upper", &[]).await.unwrap();
     assert_eq!(started.status, 202, "{started:?}");
     let started = started.json();
     let id = started["async_request_id"].as_str().unwrap().to_owned();
@@ -215,7 +213,7 @@ async fn a_poison_job_shows_the_configured_internal_message() {
             assert_eq!(begun, Begin::Skip, "a poison job must not run");
         }
     }
-    let r = redis_support::get(
+    let r = test_support::http::get(
         web,
         "/upper",
         &[("Async-Request-Id", &id), ("Async-Request-Token", &token)],
@@ -228,7 +226,7 @@ async fn a_poison_job_shows_the_configured_internal_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_deleted_under_the_worker_is_looked_up_again() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     // A claim round every 50 ms, so fetches after a pause go through the claim script.
@@ -268,7 +266,7 @@ async fn a_queue_deleted_under_the_worker_is_looked_up_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_hold_only_live_jobs_and_records_stay_small() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let b = RedisBackend::builder(server.url()).build().unwrap();
@@ -352,7 +350,7 @@ async fn builder_redis_shorthand_checks_the_url_and_runs_requests() {
         .build();
     assert_eq!(setting(both), "backend");
 
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let endpoint = base().redis(server.url()).build().unwrap();
@@ -405,7 +403,7 @@ async fn send(app: &Router, uri: &str, headers: &[(&str, &str)]) -> (u16, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_outlives_the_ttl() {
-    let Some(server) = redis_support::start() else {
+    let Some(server) = test_support::redis::start() else {
         return;
     };
     let b = RedisBackend::builder(server.url()).build().unwrap();

@@ -1,6 +1,6 @@
 //! The wire protocol over HTTP (axum `oneshot`), on the embedded default backend.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

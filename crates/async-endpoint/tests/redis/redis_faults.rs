@@ -8,8 +8,6 @@
 //! restart mid-run across processes are in `redis_processes.rs`.)
 #![cfg(feature = "redis")]
 
-mod redis_support;
-
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,9 +19,10 @@ use axum::extract::Query;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use redis_support::{HttpResponse, RedisServer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use test_support::http::Response as HttpResponse;
+use test_support::redis::RedisServer;
 
 /// Generous bound for one HTTP answer on a busy machine; a hang is far beyond it.
 const ANSWER_BOUND: Duration = Duration::from_secs(15);
@@ -101,7 +100,7 @@ async fn app(url: String) -> App {
 
 /// One HTTP exchange, bounded: a hang fails the test.
 async fn http(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    tokio::time::timeout(ANSWER_BOUND, redis_support::get(port, path, headers))
+    tokio::time::timeout(ANSWER_BOUND, test_support::http::get(port, path, headers))
         .await
         .unwrap_or_else(|_| panic!("no answer within {ANSWER_BOUND:?}: GET {path}"))
         .unwrap()
@@ -217,7 +216,7 @@ impl Drop for Paused {
 /// run and are polled (waiting and not) and new ones are started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_longer_than_the_response_timeout() {
-    let Some(redis) = redis_support::start() else {
+    let Some(redis) = test_support::redis::start() else {
         return;
     };
     let app = app(redis.url()).await;
@@ -279,7 +278,7 @@ async fn redis_paused_longer_than_the_response_timeout() {
 /// keeps starting requests and others keep polling every accepted one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_while_requests_start_run_and_poll() {
-    let Some(redis) = redis_support::start_persistent() else {
+    let Some(redis) = test_support::redis::start_persistent() else {
         return;
     };
     let redis = Arc::new(Mutex::new(redis));

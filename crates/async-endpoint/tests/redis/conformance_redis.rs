@@ -2,8 +2,7 @@
 //! (skipped with a loud message when redis-server is not installed; failing under `CI=true`).
 #![cfg(feature = "redis")]
 
-mod conformance;
-mod redis_support;
+use crate::conformance;
 
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use async_endpoint::backend::{
     Backend, Begin, Job, NewRequest, Outcome, RedisBackend, Snapshot, Update, Watch,
 };
 use async_endpoint::{Error, RequestId, Status};
-use redis_support::RedisServer;
+use test_support::redis::RedisServer;
 
 /// A Redis backend that owns its private server, so the server lives exactly as long as the test.
 struct Served {
@@ -20,7 +19,7 @@ struct Served {
 }
 
 async fn served() -> Option<Served> {
-    let server = redis_support::start()?;
+    let server = test_support::redis::start()?;
     let backend = RedisBackend::builder(server.url())
         .claim_idle(Duration::from_secs(5))
         .build()

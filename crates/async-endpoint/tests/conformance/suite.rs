@@ -1,7 +1,9 @@
 //! The backend conformance suite: every behaviour the engine relies on, run against any
-//! [`Backend`]. A backend's test file adds it with one line:
+//! [`Backend`]. A test binary declares it at its root (the macro names `$crate::conformance`) and
+//! adds a backend with one line:
 //!
 //! ```ignore
+//! #[path = "../conformance/suite.rs"]
 //! mod conformance;
 //! conformance::suite!(async { Some(MyBackend::new()) });
 //! ```
