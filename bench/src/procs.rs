@@ -297,7 +297,13 @@ pub(crate) fn wrk(
     for (k, v) in headers {
         cmd.args(["-H", &format!("{k}: {v}")]);
     }
-    let out = cmd.arg(url).output()?;
+    let out = cmd.arg(url).output().map_err(|e| -> BoxError {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            "wrk not found on PATH: install it (Debian: apt-get install wrk)".into()
+        } else {
+            format!("wrk did not run: {e}").into()
+        }
+    })?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(format!(

@@ -141,8 +141,8 @@ fn write_table(md: &mut String, rows: &[Measured], secs: u64) {
          (1 thread, {FAST_CONNS} connections, {secs} s) measures a fast JSON handler on the same server: first \
          idle, then under that load. Direct variants: one GET that lasts as long as the upstream call. \
          async-endpoint variants: start, then waiting polls (`Prefer: wait=20`) until the answer (memory \
-         backend, in-process workers, concurrency 64). The blocking client is a plain `std::net` HTTP call, \
-         made right in the handler / task as a blocking SDK would be. The server has the default Tokio runtime \
+         backend, in-process workers, concurrency 64). The blocking client is a GET that blocks the calling \
+         thread until the whole answer is in, made right in the handler / task as a blocking SDK would be. The server has the default Tokio runtime \
          (2 worker threads on this machine).\n",
         secs + 3
     );
