@@ -1,10 +1,13 @@
 //! Test support shared by every test suite of the workspace, the demo's tests and the benchmark.
 //!
-//! - [`skip`] / [`in_ci`]: the one rule for a test whose tool (redis-server, chromium, node, …)
-//!   is missing: skip loudly on a developer machine, fail in CI.
+//! - [`skip`] / [`in_ci`]: the one rule for a test whose tool (redis-server, PostgreSQL,
+//!   chromium, …) is missing: skip loudly on a developer machine, fail in CI.
 //! - [`free_port`]: a loopback port nothing listens on right now.
 //! - [`redis::RedisServer`]: a private `redis-server` per test, on a free port in a temporary
 //!   directory, killed and removed on drop.
+//! - [`postgres::PostgresServer`]: a private PostgreSQL 15 cluster per test (`initdb` + `pg_ctl`,
+//!   as the `postgres` user when run as root), on a free port in a temporary directory, stopped
+//!   and removed on drop.
 //! - [`http`]: an HTTP/1.1 client on `hyper-util`'s client (async, blocking, keep-alive).
 //! - [`process::ChildOutput`]: a child's stdout lines read on a thread, to wait for a marker line
 //!   and to join the reader to EOF once the child has exited.
@@ -18,6 +21,7 @@ use std::net::TcpListener;
 
 pub mod browser;
 pub mod http;
+pub mod postgres;
 pub mod process;
 pub mod redis;
 
