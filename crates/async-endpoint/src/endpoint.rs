@@ -224,7 +224,8 @@ impl AsyncEndpointBuilder {
         self
     }
 
-    /// Largest serialized params in bytes (default 64 KiB).
+    /// Largest serialized params in bytes (default 64 KiB). A start with larger params answers
+    /// `413` problem+json and enqueues nothing.
     pub fn max_params_bytes(mut self, bytes: usize) -> Self {
         self.config.max_params_bytes = bytes;
         self

@@ -177,7 +177,9 @@ impl Engine {
                 size: params.len(),
                 limit: config.max_params_bytes,
             };
-            return Answer::Problem(developer_error(&error));
+            // The client's doing (params carry what it sent): a warning, and a 413 it can act on.
+            tracing::warn!(error = &error as &dyn std::error::Error, "start refused");
+            return Answer::Problem(Problem::TooLarge);
         }
         let deadline = self
             .tasks

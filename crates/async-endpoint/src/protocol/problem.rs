@@ -20,6 +20,9 @@ pub(crate) enum Problem {
         /// Whole seconds for `Retry-After`.
         retry_after: u64,
     },
+    /// The start's params, serialized, are larger than `max_params_bytes`. Params carry what a
+    /// client sent (a body, a form), so this is the client's doing: a 413, never a 500.
+    TooLarge,
     /// A mistake of the application's developer, or a backend refusal (logged with its cause);
     /// the client learns nothing.
     Internal,
@@ -32,6 +35,7 @@ impl Problem {
             Problem::NotFound => StatusCode::NOT_FOUND,
             Problem::Gone => StatusCode::GONE,
             Problem::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -42,6 +46,7 @@ impl Problem {
             Problem::NotFound => "No async request matches this id and token.",
             Problem::Gone => "This async request has expired; start a new one.",
             Problem::Unavailable { .. } => "The service is temporarily unavailable; retry later.",
+            Problem::TooLarge => "The request's parameters are larger than this endpoint accepts.",
             Problem::Internal => "The server could not handle this request.",
         }
     }
