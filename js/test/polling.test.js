@@ -60,19 +60,36 @@ test("waiting polls: Prefer: wait=N is sent and a held poll is followed at once"
   usePlatform(t, clock, fetch);
   const result = await clock.run(asyncRequest("/x"));
   assert.deepEqual(result.body, { ok: 1 });
-  assert.equal(fetch.calls[0].headers.get("prefer"), null, "the start request asks for no wait");
+  // The start asks to be held briefly (a fast job is then one request); the polls for the wait option.
+  assert.equal(fetch.calls[0].headers.get("prefer"), "wait=1");
   for (const c of fetch.calls.slice(1)) assert.equal(c.headers.get("prefer"), "wait=20");
   // gap 1: Retry-After 0 on start; gap 2: the 20 s hold; gap 3: 0 ms although Retry-After said 3
   assert.deepEqual(gaps(fetch), [0, 20000, 0]);
 });
 
+test("a fast job costs one request: the start is held and answers with the result", async (t) => {
+  const clock = fakeClock();
+  const held = { "preference-applied": "wait=1" };
+  const fetch = fakeFetch(clock, [
+    // the server holds the start 300 ms, until the job is done
+    () => new Promise((r) => clock.setTimeout(() => r(reply(200, { ok: 1 }, held)), 300)),
+  ]);
+  usePlatform(t, clock, fetch);
+  const result = await clock.run(asyncRequest("/x"));
+  assert.equal(result.status, 200);
+  assert.deepEqual(result.body, { ok: 1 });
+  assert.equal(fetch.calls.length, 1);
+  assert.equal(fetch.calls[0].headers.get("prefer"), "wait=1");
+});
+
 test("wait option sets Prefer, wait: 0 omits it", async (t) => {
-  for (const [wait, expected] of [[5, "wait=5"], [0, null]]) {
+  for (const [wait, start, expected] of [[5, "wait=1", "wait=5"], [0, null, null]]) {
     const clock = fakeClock();
     const fetch = fakeFetch(clock, [accepted(), reply(200, {})]);
     usePlatform(t, clock, fetch);
     await clock.run(asyncRequest("/x", { wait }));
-    assert.equal(fetch.calls[1].headers.get("prefer"), expected);
+    assert.equal(fetch.calls[0].headers.get("prefer"), start, "on the start");
+    assert.equal(fetch.calls[1].headers.get("prefer"), expected, "on the poll");
   }
 });
 

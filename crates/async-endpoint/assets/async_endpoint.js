@@ -38,6 +38,12 @@ const BACKOFF = Object.freeze({ min: 250, max: 5000, factor: 1.5, jitter: 0.25 }
 const MAX_TIMER_MS = 2147483647;
 
 const TRANSIENT = new Set([502, 503, 504]);
+/**
+ * Seconds a start asks to be held (`Prefer: wait=N`, capped by the `wait` option): a job done
+ * within it costs one request, and a longer one still gets its id (for `onStart` and resuming) and
+ * its progress (through waiting polls) after at most this long.
+ */
+const START_WAIT_S = 1;
 
 /**
  * The error every failing request rejects with.
@@ -244,10 +250,14 @@ class Run {
     return Promise.race([p, this.stopped]);
   }
 
-  /** The start request. A network error is not retried: the server may have enqueued it. */
+  /**
+   * The start request, asking the server to hold it up to `START_WAIT_S` until the job finishes,
+   * so a fast job costs one request; a server that does not hold it answers 202 at once. A network
+   * error is not retried: the server may have enqueued it.
+   */
   async sendStart() {
     try {
-      return await this.send({});
+      return await this.send(this.waitHeader(Math.min(this.o.wait, START_WAIT_S)));
     } catch (e) {
       if (this.signal.aborted) throw e;
       throw new AsyncRequestError("network", "async request could not be sent", { cause: e });
@@ -318,9 +328,12 @@ class Run {
   }
 
   pollHeaders() {
-    const extra = { "Async-Request-Id": this.req.id, "Async-Request-Token": this.req.token };
-    if (this.o.wait > 0) extra.Prefer = `wait=${Math.floor(this.o.wait)}`;
-    return extra;
+    return { "Async-Request-Id": this.req.id, "Async-Request-Token": this.req.token, ...this.waitHeader(this.o.wait) };
+  }
+
+  /** `Prefer: wait=N` for `seconds` (whole, at least 1) when waiting is on; none for 0. */
+  waitHeader(seconds) {
+    return seconds > 0 ? { Prefer: `wait=${Math.max(1, Math.floor(seconds))}` } : {};
   }
 
   /** Sends the request (start or poll) with `extra` headers; the page's CSRF token for non-GET requests. */

@@ -93,8 +93,8 @@ impl<T: AsyncTask, S: Send + Sync> FromRequestParts<S> for AsyncRequest<T> {
             .clone();
         let call = call(parts);
         let wait = match call {
-            Call::Poll { .. } => requested_wait(&parts.headers),
-            _ => None,
+            Call::Poll { .. } | Call::Start => requested_wait(&parts.headers),
+            Call::Malformed => None,
         };
         let owner = engine.owner.as_ref().and_then(|owner| owner(parts));
         Ok(AsyncRequest {

@@ -130,7 +130,15 @@ impl Engine {
         }
         match call {
             Call::Malformed => Answer::Problem(Problem::NotFound).into(),
-            Call::Start => self.start::<T>(params, owner).await.into(),
+            Call::Start => {
+                let started = self.start::<T>(params, owner).await;
+                match (self.wait_for(requested_wait), started) {
+                    (Some(wait), Answer::Accepted { body, .. }) => {
+                        self.until_finished::<T>(body, wait).await
+                    }
+                    (_, answer) => answer.into(),
+                }
+            }
             Call::Poll { id, token } => {
                 let wait = self.wait_for(requested_wait);
                 let answer = self.read::<T>(&id, &token, owner, wait).await;
@@ -242,6 +250,44 @@ impl Engine {
         };
         tracing::debug!(request_id = %id, task = T::NAME, status = snapshot.status.as_str(), "poll");
         self.render::<T>(id, token, snapshot)
+    }
+
+    /// Holds a fresh start (`Prefer: wait=N` on a start) until its request finishes or `wait`
+    /// passes, so a fast job costs one round trip: the final answer, or the usual 202 with the
+    /// latest status. Should the backend fail while it waits, the start's own 202 goes out: the
+    /// request exists, and the client must get its id and token (a retried start would run twice).
+    async fn until_finished<T: AsyncTask>(
+        &self,
+        started: StatusBody,
+        wait: Duration,
+    ) -> Reply<T::Output> {
+        let id = started.async_request_id;
+        let bound = tokio::time::Instant::now() + wait;
+        let mut latest = (started.status, started.progress.clone());
+        loop {
+            let remaining = bound.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            match self.snapshot(id, Some(remaining)).await {
+                Ok(Some(snapshot)) if snapshot.status.is_terminal() => {
+                    return Reply {
+                        answer: self.render::<T>(id, &started.async_request_token, snapshot),
+                        wait_applied: Some(wait.as_secs()),
+                    };
+                }
+                Ok(Some(snapshot)) => latest = (snapshot.status, snapshot.progress),
+                Ok(None) | Err(_) => {
+                    return self
+                        .accepted(id, started.async_request_token, started.status, None)
+                        .into();
+                }
+            }
+        }
+        Reply {
+            answer: self.accepted(id, started.async_request_token, latest.0, latest.1),
+            wait_applied: Some(wait.as_secs()),
+        }
     }
 
     /// Reads a snapshot; with `wait`, holds until it changes, finishes, or the bound passes.

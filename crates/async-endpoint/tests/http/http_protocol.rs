@@ -220,6 +220,74 @@ async fn waiting_polls_can_be_disabled() {
     assert_eq!(p.header("preference-applied"), None);
 }
 
+/// A start with `Prefer: wait=N` on `/job`.
+async fn start_waiting(app: &axum::Router, query: &str, wait: u64) -> Answer {
+    let request = Request::get(format!("/job?{query}"))
+        .header("prefer", format!("wait={wait}"))
+        .body(Body::empty())
+        .unwrap();
+    send(app, request).await
+}
+
+#[tokio::test]
+async fn a_start_that_asks_to_wait_gets_a_fast_job_done_in_one_round_trip() {
+    let endpoint = builder(Scripted::default()).build().unwrap();
+    let app = router(&endpoint);
+    let a = start_waiting(&app, "sleep_ms=300&text=fast", 25).await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(a.json()["text"], "fast");
+    assert_eq!(a.header("preference-applied"), Some("wait=25"));
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    // A failure is final too: the app's `failed` renders it, 422.
+    let f = start_waiting(&app, "fail=nope", 25).await;
+    assert_eq!(f.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(f.json()["error"], "nope");
+    assert_eq!(f.header("preference-applied"), Some("wait=25"));
+}
+
+#[tokio::test]
+async fn a_start_that_outlasts_its_wait_answers_202_with_its_credentials() {
+    let task = Scripted::default();
+    let endpoint = builder(task.clone())
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let app = router(&endpoint);
+    // Asks for 600 s: held for max_wait (1 s), then the usual 202 with the latest status.
+    let a = start_waiting(&app, "hold=true&text=slow", 600).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(a.header("preference-applied"), Some("wait=1"));
+    assert_eq!(a.header("retry-after"), Some("1"));
+    let body = a.json();
+    assert!(
+        ["queued", "running"].contains(&body["status"].as_str().unwrap()),
+        "{body}"
+    );
+    // Its id and token are the request's: it runs once and is polled to its end.
+    task.release.notify_one();
+    let done = until_final(&app, "/job", &a.id(), &a.token()).await;
+    assert_eq!(done.status, StatusCode::OK);
+    assert_eq!(done.json()["text"], "slow");
+    assert_eq!(task.runs(), vec!["slow".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_start_that_asks_to_wait_is_not_held_when_waiting_is_disabled() {
+    let endpoint = builder(Scripted::default())
+        .max_wait(Duration::ZERO)
+        .build()
+        .unwrap();
+    let app = router(&endpoint);
+    let a = start_waiting(&app, "hold=true", 10).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(a.header("preference-applied"), None);
+}
+
 #[tokio::test]
 async fn deadline_turns_an_unfinished_request_into_a_timeout() {
     let task = Scripted {

@@ -456,6 +456,36 @@ async fn late_progress_is_ignored(which: Which) {
     s.endpoint.shutdown().await;
 }
 
+/// A start that asks to wait (`Prefer: wait=N`) is woken by the request's finish through the
+/// backend's notifications (Redis: pub/sub), and answers with the result; 50 such starts at once
+/// each get their own.
+async fn starts_that_wait_get_their_own_result(which: Which) {
+    let Some(s) = serve(which, Racer::default(), false).await else {
+        return;
+    };
+    let starts: Vec<_> = (0..50)
+        .map(|i| {
+            let port = s.port;
+            tokio::spawn(async move {
+                let path = format!("/racer?sleep_ms={}", i % 5 * 20);
+                test_support::http::get(port, &path, &[("prefer", "wait=25")])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut runs = std::collections::HashSet::new();
+    for start in starts {
+        let a = start.await.unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("preference-applied"), Some("wait=25"));
+        runs.insert(a.json()["run"].as_u64().unwrap());
+    }
+    assert_eq!(runs.len(), 50, "each start answered with its own run");
+    assert_eq!(s.task.runs.load(Ordering::SeqCst), 50);
+    s.endpoint.shutdown().await;
+}
+
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -483,4 +513,5 @@ on_every_backend!(
     fifty_polls_while_it_finishes,
     finishing_at_the_deadline,
     late_progress_is_ignored,
+    starts_that_wait_get_their_own_result,
 );
