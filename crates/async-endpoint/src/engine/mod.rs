@@ -83,6 +83,20 @@ pub(crate) struct Reply<O> {
     pub(crate) wait_applied: Option<u64>,
 }
 
+impl<O> Reply<O> {
+    /// `answer`, reached by honouring `wait` (none on a problem document).
+    fn waited(answer: Answer<O>, wait: Option<Duration>) -> Self {
+        let wait_applied = match answer {
+            Answer::Problem(_) => None,
+            _ => wait.map(|wait| wait.as_secs()),
+        };
+        Reply {
+            answer,
+            wait_applied,
+        }
+    }
+}
+
 impl<O> From<Answer<O>> for Reply<O> {
     fn from(answer: Answer<O>) -> Self {
         Reply {
@@ -142,14 +156,7 @@ impl Engine {
             Call::Poll { id, token } => {
                 let wait = self.wait_for(requested_wait);
                 let answer = self.read::<T>(&id, &token, owner, wait).await;
-                let wait_applied = match answer {
-                    Answer::Problem(_) => None,
-                    _ => wait.map(|wait| wait.as_secs()),
-                };
-                Reply {
-                    answer,
-                    wait_applied,
-                }
+                Reply::waited(answer, wait)
             }
         }
     }
@@ -262,31 +269,14 @@ impl Engine {
         wait: Duration,
     ) -> Reply<T::Output> {
         let id = started.async_request_id;
-        let bound = tokio::time::Instant::now() + wait;
-        let mut latest = (started.status, started.progress.clone());
-        loop {
-            let remaining = bound.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            match self.snapshot(id, Some(remaining)).await {
-                Ok(Some(snapshot)) if snapshot.status.is_terminal() => {
-                    return Reply {
-                        answer: self.render::<T>(id, &started.async_request_token, snapshot),
-                        wait_applied: Some(wait.as_secs()),
-                    };
-                }
-                Ok(Some(snapshot)) => latest = (snapshot.status, snapshot.progress),
-                Ok(None) | Err(_) => {
-                    return self
-                        .accepted(id, started.async_request_token, started.status, None)
-                        .into();
-                }
-            }
-        }
-        Reply {
-            answer: self.accepted(id, started.async_request_token, latest.0, latest.1),
-            wait_applied: Some(wait.as_secs()),
+        match self.hold(id, wait, |_, _| false).await {
+            Ok(Some(snapshot)) => Reply::waited(
+                self.render::<T>(id, &started.async_request_token, snapshot),
+                Some(wait),
+            ),
+            Ok(None) | Err(_) => self
+                .accepted(id, started.async_request_token, started.status, None)
+                .into(),
         }
     }
 
@@ -296,9 +286,21 @@ impl Engine {
         id: RequestId,
         wait: Option<Duration>,
     ) -> Result<Option<Snapshot>, Error> {
-        let Some(wait) = wait else {
-            return self.backend.poll(id, now_ms()).await;
-        };
+        match wait {
+            None => self.backend.poll(id, now_ms()).await,
+            Some(wait) => self.hold(id, wait, |first, now| now != first).await,
+        }
+    }
+
+    /// Reads a snapshot and holds it until the request finishes, `enough(first, now)` says a
+    /// change is worth answering, or `wait` (bounded by the deadline) passes; then the latest.
+    /// One watch for the whole hold, and one read per change.
+    async fn hold(
+        &self,
+        id: RequestId,
+        wait: Duration,
+        enough: impl Fn(&Snapshot, &Snapshot) -> bool,
+    ) -> Result<Option<Snapshot>, Error> {
         // Register before the first read so a change between the read and the wait is not missed.
         let mut watch = self.backend.watch(id);
         let Some(first) = self.backend.poll(id, now_ms()).await? else {
@@ -318,7 +320,7 @@ impl Engine {
                 return self.backend.poll(id, now_ms()).await;
             }
             match self.backend.poll(id, now_ms()).await? {
-                Some(now) if now == first => continue,
+                Some(now) if !now.status.is_terminal() && !enough(&first, &now) => continue,
                 other => return Ok(other),
             }
         }
