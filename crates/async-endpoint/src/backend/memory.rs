@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::{
-    Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update, Watch,
+    Backend, Begin, Created, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update,
+    Watch,
 };
 use crate::clock::now_ms;
 use crate::error::Error;
@@ -165,7 +166,7 @@ impl State {
 }
 
 impl Backend for MemoryBackend {
-    async fn create(&self, request: NewRequest) -> Result<(), Error> {
+    async fn create(&self, request: NewRequest) -> Result<Created, Error> {
         let ttl_ms = request.ttl.as_millis() as u64;
         let expires_ms = request.created_ms.saturating_add(ttl_ms);
         {
@@ -191,7 +192,7 @@ impl Backend for MemoryBackend {
                 .push_back(Job::new(request.id, request.task, String::new(), 0));
         }
         self.inner.queued.notify_one();
-        Ok(())
+        Ok(Created::New)
     }
 
     async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {

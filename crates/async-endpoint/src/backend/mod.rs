@@ -54,6 +54,12 @@ pub struct NewRequest {
     pub deadline_ms: u64,
     /// How long the record lives after its last write.
     pub ttl: Duration,
+    /// Who started it (the endpoint's `owner` hook), if anyone; scopes per-owner limits.
+    pub owner: Option<String>,
+    /// The start's `Idempotency-Key`, scoped to task and owner; `None` without one.
+    pub idempotency: Option<IdempotencyKey>,
+    /// Limits on pending requests that this start must stay within.
+    pub limits: PendingLimits,
 }
 
 impl NewRequest {
@@ -74,8 +80,88 @@ impl NewRequest {
             created_ms,
             deadline_ms,
             ttl,
+            owner: None,
+            idempotency: None,
+            limits: PendingLimits::default(),
         }
     }
+}
+
+/// An `Idempotency-Key`, as a backend stores it: a digest of task, owner and the client's key
+/// (so keys never collide across tasks or owners, and the store never holds the client's text),
+/// and a digest of the params the first start carried.
+///
+/// ```
+/// use async_endpoint::backend::IdempotencyKey;
+///
+/// let key = IdempotencyKey::new("3f1a…", "9c0e…");
+/// assert_eq!(key.scoped, "3f1a…");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IdempotencyKey {
+    /// Hex digest of task, owner and key: what the backend indexes.
+    pub scoped: String,
+    /// Hex digest of the params JSON: a reuse with other params is refused.
+    pub params_digest: String,
+}
+
+impl IdempotencyKey {
+    /// A scoped key and its params' digest.
+    pub fn new(scoped: impl Into<String>, params_digest: impl Into<String>) -> Self {
+        IdempotencyKey {
+            scoped: scoped.into(),
+            params_digest: params_digest.into(),
+        }
+    }
+}
+
+/// Limits on pending (not yet finished) requests that a start must stay within; `None` is no
+/// limit. Requests past their deadline do not count.
+///
+/// ```
+/// use async_endpoint::backend::PendingLimits;
+///
+/// let limits = PendingLimits::default();
+/// assert_eq!((limits.per_owner, limits.per_task), (None, None));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PendingLimits {
+    /// Most pending requests of one owner (all tasks); applies only to starts with an owner.
+    pub per_owner: Option<u32>,
+    /// Most pending requests of this task (all owners).
+    pub per_task: Option<u32>,
+}
+
+/// What [`Backend::create`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Created {
+    /// Stored as `queued` and enqueued.
+    New,
+    /// The idempotency key was seen before (same task and owner, within the TTL): nothing was
+    /// stored, and this is the earlier request.
+    Existing {
+        /// The earlier request's id.
+        id: RequestId,
+        /// When it was created, unix milliseconds (its token's expiry derives from it).
+        created_ms: u64,
+        /// Whether this start carried the same params as the first.
+        same_params: bool,
+    },
+    /// A pending-request limit is reached: nothing was stored.
+    OverLimit(Limit),
+}
+
+/// Which limit of [`PendingLimits`] refused a start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// The owner's.
+    Owner,
+    /// The task's.
+    Task,
 }
 
 /// What a poll sees.
@@ -274,8 +360,12 @@ pub enum Outcome {
 #[allow(unreachable_pub)]
 #[dynosaur::dynosaur(pub(crate) DynBackend = dyn(box) Backend)]
 pub trait Backend: Send + Sync {
-    /// Stores `request` as `queued` (with its TTL) and enqueues its job, atomically.
-    fn create(&self, request: NewRequest) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Stores `request` as `queued` (with its TTL) and enqueues its job, atomically; unless its
+    /// idempotency key names an earlier request ([`Created::Existing`]) or a pending limit is
+    /// reached ([`Created::OverLimit`]), in which case nothing is stored. The key check, the
+    /// limit check and the write are one atomic step: N concurrent starts with one key create one
+    /// request.
+    fn create(&self, request: NewRequest) -> impl Future<Output = Result<Created, Error>> + Send;
 
     /// Reads a request in one round trip. If it is unfinished and `now_ms` is past its deadline,
     /// it is turned into a timeout failure first (atomically), and that is what is returned.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_endpoint::backend::{
-    Backend, Begin, Job, MemoryBackend, NewRequest, Outcome, Snapshot, Update, Watch,
+    Backend, Begin, Created, Job, MemoryBackend, NewRequest, Outcome, Snapshot, Update, Watch,
 };
 use async_endpoint::{
     AsyncEndpoint, AsyncEndpointBuilder, AsyncRequest, AsyncTask, Error, Failure, RequestId,
@@ -127,7 +127,7 @@ async fn racer(request: AsyncRequest<Racer>, Query(plan): Query<Plan>) -> Respon
 struct Twice<B>(B);
 
 impl<B: Backend> Backend for Twice<B> {
-    async fn create(&self, request: NewRequest) -> Result<(), Error> {
+    async fn create(&self, request: NewRequest) -> Result<Created, Error> {
         self.0.create(request).await
     }
     async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {

@@ -7,7 +7,7 @@ use crate::conformance;
 use std::time::Duration;
 
 use async_endpoint::backend::{
-    Backend, Begin, Job, NewRequest, Outcome, RedisBackend, Snapshot, Update, Watch,
+    Backend, Begin, Created, Job, NewRequest, Outcome, RedisBackend, Snapshot, Update, Watch,
 };
 use async_endpoint::{Error, RequestId, Status};
 use test_support::redis::RedisServer;
@@ -33,7 +33,7 @@ async fn served() -> Option<Served> {
 conformance::suite!(served());
 
 impl Backend for Served {
-    async fn create(&self, request: NewRequest) -> Result<(), Error> {
+    async fn create(&self, request: NewRequest) -> Result<Created, Error> {
         self.backend.create(request).await
     }
     async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {

@@ -39,7 +39,8 @@ pub use config::RedisBackendBuilder;
 use scripts::{Skipped, Stored, Write};
 
 use super::{
-    Backend, Begin, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update, Watch,
+    Backend, Begin, Created, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update,
+    Watch,
 };
 use crate::error::Error;
 use crate::protocol::{Progress, RequestId, Status};
@@ -551,7 +552,7 @@ fn decode<T: serde::de::DeserializeOwned>(
 }
 
 impl Backend for RedisBackend {
-    async fn create(&self, request: NewRequest) -> Result<(), Error> {
+    async fn create(&self, request: NewRequest) -> Result<Created, Error> {
         let keys = &self.inner.keys;
         let ttl_ms = request.ttl.as_millis().max(1) as u64;
         let mut conn = self.conn().await?;
@@ -565,7 +566,8 @@ impl Backend for RedisBackend {
             .arg(ttl_ms)
             .arg(&id)
             .arg(request.created_ms);
-        self.bounded(call.invoke_async::<()>(&mut conn)).await
+        self.bounded(call.invoke_async::<()>(&mut conn)).await?;
+        Ok(Created::New)
     }
 
     async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
