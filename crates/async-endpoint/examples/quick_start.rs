@@ -57,10 +57,7 @@ async fn my_endpoint(async_request: AsyncRequest<MyAsyncRequest>) -> axum::respo
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Embedded default: in-memory state and in-process workers; nothing else to run.
-    let endpoint = AsyncEndpoint::builder()
-        .secret(b"at least 32 bytes of secret key material")
-        .task(MyAsyncRequest)
-        .build()?;
+    let endpoint = AsyncEndpoint::builder().task(MyAsyncRequest).build()?;
     let app = Router::new()
         .route("/my_endpoint", get(my_endpoint))
         .layer(endpoint.layer());

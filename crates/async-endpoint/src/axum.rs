@@ -266,7 +266,7 @@ pub(crate) struct EngineRef(pub(crate) Arc<Engine>);
 /// #     async fn execute_task(&self, _: (), _: TaskContext) -> Result<(), Failure> { Ok(()) }
 /// # }
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), async_endpoint::Error> {
-/// let endpoint = AsyncEndpoint::builder().secret([7u8; 32]).task(T).build()?;
+/// let endpoint = AsyncEndpoint::builder().task(T).build()?;
 /// let app: axum::Router = axum::Router::new().layer(endpoint.layer());
 /// # Ok(()) }
 /// ```

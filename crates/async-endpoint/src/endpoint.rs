@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{Backend, DynBackend, SharedBackend};
 use crate::engine::{Config, Engine, ErasedTask, OwnerFn, bad};
 use crate::error::Error;
-use crate::protocol::token::{Keyring, MIN_SECRET_LEN};
+use crate::keys::{Sharing, keyring};
 use crate::task::AsyncTask;
 
 /// The configured engine: tasks, backend, keys and settings. Cheap to clone.
@@ -34,8 +34,8 @@ use crate::task::AsyncTask;
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), async_endpoint::Error> {
+/// // In-memory backend: no secret needed (a random key per process).
 /// let endpoint = AsyncEndpoint::builder()
-///     .secret(b"at least 32 bytes of secret key material")
 ///     .task(Slow)
 ///     .deadline(Duration::from_secs(30))
 ///     .build()?;
@@ -106,7 +106,7 @@ impl AsyncEndpoint {
 ///
 /// | setting | default | meaning |
 /// |---|---|---|
-/// | `secret` | required | HMAC key for tokens, ≥ 32 bytes |
+/// | `secret` | random per process (in-memory backend); required otherwise | HMAC key for tokens, ≥ 32 bytes |
 /// | `old_secret` | none | keys still accepted for verification (rotation) |
 /// | `task` | at least one | a task type the endpoint runs |
 /// | `backend` | in-memory | storage and queue |
@@ -131,6 +131,8 @@ pub struct AsyncEndpointBuilder {
     old_secrets: Vec<Vec<u8>>,
     tasks: Vec<(&'static str, Arc<dyn ErasedTask>)>,
     backend: Option<SharedBackend>,
+    /// Whether `backend` is the in-memory one (its requests never leave this process).
+    backend_is_local: bool,
     #[cfg(feature = "redis")]
     redis_url: Option<String>,
     owner: Option<OwnerFn>,
@@ -147,8 +149,19 @@ impl std::fmt::Debug for AsyncEndpointBuilder {
 }
 
 impl AsyncEndpointBuilder {
-    /// The key that signs tokens (HMAC-SHA256). At least 32 bytes; keep it secret and stable
-    /// across processes, or every outstanding token stops working.
+    /// The key that signs tokens (HMAC-SHA256): at least 32 bytes, the same in every process
+    /// that shares the backend, kept out of the code (read it from the environment).
+    ///
+    /// Required with a backend other processes share (Redis, or one of the app's own). With the
+    /// in-memory backend it may be left out: tokens are then signed with a random key made at
+    /// start-up, which dies with the process just as its requests do. `build()` refuses keys
+    /// shorter than 32 bytes and the example keys printed in this project's docs.
+    ///
+    /// ```no_run
+    /// # use async_endpoint::AsyncEndpoint;
+    /// let secret = std::env::var("ASYNC_ENDPOINT_SECRET").expect("ASYNC_ENDPOINT_SECRET is set");
+    /// let builder = AsyncEndpoint::builder().secret(secret);
+    /// ```
     pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
         self.secret = Some(secret.as_ref().to_vec());
         self
@@ -169,6 +182,7 @@ impl AsyncEndpointBuilder {
 
     /// Uses `backend` for storage and queue instead of the in-memory default.
     pub fn backend<B: Backend + 'static>(mut self, backend: B) -> Self {
+        self.backend_is_local = is_memory::<B>();
         self.backend = Some(DynBackend::new_arc(backend));
         self
     }
@@ -286,7 +300,16 @@ impl AsyncEndpointBuilder {
 
     /// Checks the settings and starts the in-process workers (which needs a Tokio runtime).
     pub fn build(self) -> Result<AsyncEndpoint, Error> {
-        let keys = keyring(self.secret.as_deref(), &self.old_secrets)?;
+        #[cfg(feature = "redis")]
+        let chose_redis = self.redis_url.is_some();
+        #[cfg(not(feature = "redis"))]
+        let chose_redis = false;
+        let sharing = match &self.backend {
+            None if !chose_redis => Sharing::ProcessLocal,
+            Some(_) if self.backend_is_local => Sharing::ProcessLocal,
+            _ => Sharing::Shared,
+        };
+        let keys = keyring(self.secret.as_deref(), &self.old_secrets, sharing)?;
         let tasks = tasks(self.tasks, &self.config)?;
         self.config.validate()?;
         #[cfg(feature = "redis")]
@@ -315,24 +338,16 @@ impl AsyncEndpointBuilder {
     }
 }
 
-/// The keys: `secret` (required) signs, `old_secret`s only verify; each at least 32 bytes.
-fn keyring(secret: Option<&[u8]>, old_secrets: &[Vec<u8>]) -> Result<Keyring, Error> {
-    let Some(secret) = secret else {
-        return Err(bad("secret", "required: at least 32 bytes of key material"));
-    };
-    let too_short = |setting, len: usize| {
-        bad(
-            setting,
-            format!("{len} bytes; at least {MIN_SECRET_LEN} are required"),
-        )
-    };
-    if secret.len() < MIN_SECRET_LEN {
-        return Err(too_short("secret", secret.len()));
+/// True for the in-memory backend, whose requests live and die with this process.
+fn is_memory<B: 'static>() -> bool {
+    #[cfg(feature = "memory")]
+    {
+        std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::backend::MemoryBackend>()
     }
-    if let Some(old) = old_secrets.iter().find(|s| s.len() < MIN_SECRET_LEN) {
-        return Err(too_short("old_secret", old.len()));
+    #[cfg(not(feature = "memory"))]
+    {
+        false
     }
-    Ok(Keyring::new(secret, old_secrets))
 }
 
 /// The tasks by name: at least one, valid and distinct names, deadlines within the TTL.

@@ -32,7 +32,6 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), async_endpoint::Error> {
 //! let endpoint = AsyncEndpoint::builder()
-//!     .secret(b"at least 32 bytes of secret key material")
 //!     .task(Shout)
 //!     .build()?;
 //! let app: Router = Router::new().route("/shout", get(shout)).layer(endpoint.layer());
@@ -83,6 +82,7 @@ mod engine;
 mod error;
 mod failure;
 pub mod js;
+mod keys;
 #[cfg(test)]
 mod proptests;
 mod protocol;

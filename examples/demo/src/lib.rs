@@ -77,9 +77,13 @@ impl AsyncTask for Lookup {
 /// workers in this process only for [`Role::All`].
 pub async fn endpoint(settings: &Settings) -> Result<AsyncEndpoint, async_endpoint::Error> {
     let builder = AsyncEndpoint::builder()
-        .secret(settings.secret.as_bytes())
         .task(Lookup)
         .in_process_workers(settings.role == Role::All);
+    // From `SECRET`; without it (in-memory only) the library makes a random key of this process.
+    let builder = match &settings.secret {
+        Some(secret) => builder.secret(secret.as_bytes()),
+        None => builder,
+    };
     let builder = match &settings.redis_url {
         // `connect` checks that Redis answers, so a wrong URL fails at start, not on first use.
         Some(url) => builder.backend(async_endpoint::backend::RedisBackend::connect(url).await?),

@@ -1,11 +1,13 @@
 //! The async-endpoint demo: `cargo run -p demo`, then open the URL it prints.
 //!
 //! - `cargo run -p demo`: page, endpoints and workers in one process, state in memory.
-//! - `REDIS_URL=redis://127.0.0.1:6379/ cargo run -p demo`: the same on Redis.
+//! - `REDIS_URL=redis://127.0.0.1:6379/ SECRET="$(openssl rand -base64 32)" cargo run -p demo`:
+//!   the same on Redis (every process sharing Redis needs the same `SECRET`).
 //! - `… cargo run -p demo -- web` / `-- worker` (or `DEMO_ROLE`): web-only and worker-only
 //!   processes on one Redis, to run several of each.
 //!
-//! `PORT` (default 3000; 0 picks a free one), `SECRET`, `TOKIO_WORKER_THREADS` (default 2).
+//! `PORT` (default 3000; 0 picks a free one), `SECRET` (required with `REDIS_URL`; otherwise a
+//! random key of this process), `TOKIO_WORKER_THREADS` (default 2).
 //! Ctrl-C or SIGTERM shuts down gracefully.
 
 use std::process::ExitCode;

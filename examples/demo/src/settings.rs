@@ -1,8 +1,5 @@
 //! The demo's settings, read from the environment and the command line.
 
-/// The secret used when `SECRET` is not set. Fine for a demo on 127.0.0.1; every process of one
-/// deployment must share the same secret.
-const DEFAULT_SECRET: &str = "async-endpoint demo secret: change me (32+ bytes)";
 /// Worker threads of the demo's Tokio runtime unless `TOKIO_WORKER_THREADS` says otherwise. Fixed
 /// (rather than one per core) so the blocking example behaves the same on every machine.
 const DEFAULT_RUNTIME_THREADS: usize = 2;
@@ -38,8 +35,9 @@ pub struct Settings {
     pub port: u16,
     /// `REDIS_URL`: use the Redis backend instead of the in-memory one.
     pub redis_url: Option<String>,
-    /// `SECRET`: the token key, at least 32 bytes, the same in every process.
-    pub secret: String,
+    /// `SECRET`: the token key, at least 32 bytes, the same in every process. Required with
+    /// `REDIS_URL`; without it the in-memory demo signs with a random key of its own.
+    pub secret: Option<String>,
     /// `TOKIO_WORKER_THREADS`; default 2.
     pub runtime_threads: usize,
 }
@@ -122,11 +120,19 @@ impl Settings {
                 role.label()
             )));
         }
+        let secret = var("SECRET");
+        if redis_url.is_some() && secret.is_none() {
+            return Err(SettingsError(
+                "REDIS_URL needs SECRET: every process sharing Redis must sign tokens with the \
+                 same key of at least 32 bytes, e.g. `export SECRET=\"$(openssl rand -base64 32)\"`"
+                    .to_owned(),
+            ));
+        }
         Ok(Settings {
             role,
             port,
             redis_url,
-            secret: var("SECRET").unwrap_or_else(|| DEFAULT_SECRET.to_owned()),
+            secret,
             runtime_threads,
         })
     }
@@ -154,22 +160,32 @@ mod tests {
         assert_eq!(s.port, 3000);
         assert_eq!(s.redis_url, None);
         assert_eq!(s.runtime_threads, DEFAULT_RUNTIME_THREADS);
-        assert!(s.secret.len() >= 32);
+        // No secret in the code: the in-memory demo signs with a random key of its own.
+        assert_eq!(s.secret, None);
     }
 
     #[test]
     fn roles_come_from_the_argument_or_demo_role() {
         let redis = ("REDIS_URL", "redis://127.0.0.1:6379/");
+        let secret = ("SECRET", "a key of the test's own, 32 bytes or more");
         assert_eq!(
             parse(&[redis], &["worker"]).map(|s| s.role),
+            Err(SettingsError(
+                "REDIS_URL needs SECRET: every process sharing Redis must sign tokens with the \
+                 same key of at least 32 bytes, e.g. `export SECRET=\"$(openssl rand -base64 32)\"`"
+                    .to_owned()
+            ))
+        );
+        assert_eq!(
+            parse(&[redis, secret], &["worker"]).map(|s| s.role),
             Ok(Role::Worker)
         );
         assert_eq!(
-            parse(&[redis, ("DEMO_ROLE", "web")], &[]).map(|s| s.role),
+            parse(&[redis, secret, ("DEMO_ROLE", "web")], &[]).map(|s| s.role),
             Ok(Role::Web)
         );
         assert_eq!(
-            parse(&[redis, ("DEMO_ROLE", "web")], &["all"]).map(|s| s.role),
+            parse(&[redis, secret, ("DEMO_ROLE", "web")], &["all"]).map(|s| s.role),
             Ok(Role::All)
         );
     }

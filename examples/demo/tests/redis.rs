@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use support::Demo;
@@ -18,7 +19,14 @@ fn two_web_processes_and_two_workers() {
         return;
     };
     let url = redis.url();
-    let env = [("REDIS_URL", url.as_str())];
+    // The processes share one key, made by this test (as a deployment would from its secret store).
+    let random = std::collections::hash_map::RandomState::new();
+    let secret = format!(
+        "demo-redis-test-{:016x}{:016x}",
+        random.hash_one(1u8),
+        random.hash_one(2u8)
+    );
+    let env = [("REDIS_URL", url.as_str()), ("SECRET", secret.as_str())];
     let mut workers = [
         Demo::start(&["worker"], &env),
         Demo::start(&["worker"], &env),
@@ -27,7 +35,7 @@ fn two_web_processes_and_two_workers() {
         assert!(worker.banner.contains("worker"), "{}", worker.banner);
     }
     let webs = [
-        Demo::start(&[], &[env[0], ("DEMO_ROLE", "web")]),
+        Demo::start(&[], &[env[0], env[1], ("DEMO_ROLE", "web")]),
         Demo::start(&["web"], &env),
     ];
     let worker_pids: Vec<u32> = workers.iter().map(Demo::pid).collect();

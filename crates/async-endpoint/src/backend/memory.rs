@@ -33,7 +33,6 @@ use crate::protocol::{Progress, RequestId, Status};
 /// # }
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), async_endpoint::Error> {
 /// let endpoint = AsyncEndpoint::builder()
-///     .secret(b"at least 32 bytes of secret key material")
 ///     .backend(MemoryBackend::new())
 ///     .task(Echo)
 ///     .build()?;

@@ -170,6 +170,35 @@ async fn key_rotation_keeps_old_tokens_valid() {
     assert_problem(&p, StatusCode::NOT_FOUND);
 }
 
+/// The quick start's setting: in-memory backend, no secret. Tokens work, and are signed with a key
+/// of this endpoint alone: another endpoint over the same records (as another process would be)
+/// cannot verify them, so no two processes (or two copies of the docs) share a key by accident.
+#[tokio::test]
+async fn without_a_secret_the_memory_backend_signs_with_a_random_key() {
+    let backend = MemoryBackend::new();
+    let endpoint = AsyncEndpoint::builder()
+        .task(Scripted::default())
+        .task(Other)
+        .backend(backend.clone())
+        .build()
+        .expect("the in-memory backend needs no secret");
+    let app = router(&endpoint);
+    let a = start(&app, "text=keyless").await;
+    let done = until_final(&app, "/job", &a.id(), &a.token()).await;
+    assert_eq!(done.status, StatusCode::OK);
+    assert_eq!(done.json()["text"], "keyless");
+
+    let other = AsyncEndpoint::builder()
+        .task(Scripted::default())
+        .task(Other)
+        .backend(backend)
+        .in_process_workers(false)
+        .build()
+        .expect("the in-memory backend needs no secret");
+    let p = poll(&router(&other), "/job", &a.id(), &a.token(), None).await;
+    assert_problem(&p, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn hostile_input_never_gives_a_500() {
     let endpoint = builder(Scripted::default()).build().unwrap();
@@ -370,9 +399,33 @@ async fn builder_names_the_bad_setting() {
         }
     }
     let ok = || AsyncEndpoint::builder().secret(SECRET).task(Other);
+    // Keys printed in the docs and the demo are refused, by name.
+    for documented in [
+        &b"at least 32 bytes of secret key material"[..],
+        &b"the same 32+ byte secret in every process"[..],
+        &b"async-endpoint demo secret: change me (32+ bytes)"[..],
+        &[7u8; 32][..],
+    ] {
+        assert_eq!(
+            setting(
+                AsyncEndpoint::builder()
+                    .secret(documented)
+                    .task(Other)
+                    .build()
+            ),
+            "secret"
+        );
+        assert_eq!(setting(ok().old_secret(documented).build()), "old_secret");
+    }
+    // Rotation without the current key makes no sense.
     assert_eq!(
-        setting(AsyncEndpoint::builder().task(Other).build()),
-        "secret"
+        setting(
+            AsyncEndpoint::builder()
+                .old_secret(SECRET)
+                .task(Other)
+                .build()
+        ),
+        "old_secret"
     );
     assert_eq!(
         setting(

@@ -349,6 +349,16 @@ async fn builder_redis_shorthand_checks_the_url_and_runs_requests() {
         .redis("redis://127.0.0.1:1/")
         .build();
     assert_eq!(setting(both), "backend");
+    // Processes sharing Redis must share the key: no random per-process key, no default.
+    let keyless = || AsyncEndpoint::builder().task(Upper);
+    assert_eq!(
+        setting(keyless().redis("redis://127.0.0.1:1/").build()),
+        "secret"
+    );
+    let backend = RedisBackend::builder("redis://127.0.0.1:1/")
+        .build()
+        .unwrap();
+    assert_eq!(setting(keyless().backend(backend).build()), "secret");
 
     let Some(server) = test_support::redis::start() else {
         return;

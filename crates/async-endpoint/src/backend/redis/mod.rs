@@ -71,10 +71,12 @@ const GROUP: &str = "workers";
 /// #     type Output = String;
 /// #     async fn execute_task(&self, p: String, _: TaskContext) -> Result<String, Failure> { Ok(p) }
 /// # }
-/// # #[tokio::main] async fn main() -> Result<(), async_endpoint::Error> {
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Every process shares one key, from the environment (never from the code).
+/// let secret = std::env::var("ASYNC_ENDPOINT_SECRET")?;
 /// // A web process whose jobs run in separate worker processes:
 /// let web = AsyncEndpoint::builder()
-///     .secret(b"at least 32 bytes of secret key material")
+///     .secret(&secret)
 ///     .backend(RedisBackend::connect("redis://127.0.0.1:6379/").await?)
 ///     .task(Echo)
 ///     .in_process_workers(false)
@@ -82,7 +84,7 @@ const GROUP: &str = "workers";
 ///
 /// // A worker process (same secret, tasks and prefix):
 /// let worker = AsyncEndpoint::builder()
-///     .secret(b"at least 32 bytes of secret key material")
+///     .secret(&secret)
 ///     .backend(RedisBackend::builder("redis://127.0.0.1:6379/").build()?)
 ///     .task(Echo)
 ///     .in_process_workers(false)
