@@ -354,7 +354,11 @@ where
                     return AsyncEndpointFuture::answered(async move {
                         let answer = engine.cancel(&id, &token, owner.as_deref()).await;
                         // A cancel answers 202 or a problem: never `done` or `failed`.
-                        render(answer.into(), |()| StatusCode::CONFLICT, |_| StatusCode::CONFLICT)
+                        render(
+                            answer.into(),
+                            |()| StatusCode::CONFLICT,
+                            |_| StatusCode::CONFLICT,
+                        )
                     });
                 }
             }
@@ -417,6 +421,7 @@ where
 
 impl<F, E> std::fmt::Debug for AsyncEndpointFuture<F, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncEndpointFuture").finish_non_exhaustive()
+        f.debug_struct("AsyncEndpointFuture")
+            .finish_non_exhaustive()
     }
 }

@@ -197,36 +197,35 @@ async fn run_attempts(engine: &Engine, job: &Job) {
                 return;
             }
         };
-        let (failure, permanent) =
-            match ran {
-                Err(_) => {
-                    tracing::warn!(attempt, "deadline passed while the task ran: cancelled");
-                    finish(engine, job, Outcome::Failed(StoredFailure::timeout())).await;
-                    return;
-                }
-                Ok(Ok(Ok(output))) => {
-                    finish(engine, job, Outcome::Done(output)).await;
-                    return;
-                }
-                Ok(Ok(Err(RunError::Failed(failure)))) => {
-                    tracing::info!(attempt, message = failure.message(), "task failed");
-                    let permanent = failure.is_permanent();
-                    (StoredFailure::from(failure), permanent)
-                }
-                Ok(Ok(Err(RunError::Internal(detail)))) => {
-                    tracing::error!(attempt, detail, "task could not run");
-                    (StoredFailure::internal(), false)
-                }
-                Ok(Err(join_error)) => {
-                    let detail = if join_error.is_panic() {
-                        panic_message(&*join_error.into_panic())
-                    } else {
-                        "cancelled".to_owned()
-                    };
-                    tracing::error!(attempt, panic = %detail, "task panicked");
-                    (StoredFailure::internal(), false)
-                }
-            };
+        let (failure, permanent) = match ran {
+            Err(_) => {
+                tracing::warn!(attempt, "deadline passed while the task ran: cancelled");
+                finish(engine, job, Outcome::Failed(StoredFailure::timeout())).await;
+                return;
+            }
+            Ok(Ok(Ok(output))) => {
+                finish(engine, job, Outcome::Done(output)).await;
+                return;
+            }
+            Ok(Ok(Err(RunError::Failed(failure)))) => {
+                tracing::info!(attempt, message = failure.message(), "task failed");
+                let permanent = failure.is_permanent();
+                (StoredFailure::from(failure), permanent)
+            }
+            Ok(Ok(Err(RunError::Internal(detail)))) => {
+                tracing::error!(attempt, detail, "task could not run");
+                (StoredFailure::internal(), false)
+            }
+            Ok(Err(join_error)) => {
+                let detail = if join_error.is_panic() {
+                    panic_message(&*join_error.into_panic())
+                } else {
+                    "cancelled".to_owned()
+                };
+                tracing::error!(attempt, panic = %detail, "task panicked");
+                (StoredFailure::internal(), false)
+            }
+        };
         let delay = policy.delay_after(attempt);
         let out_of_time = now_ms().saturating_add(delay.as_millis() as u64) >= deadline_ms;
         if permanent || attempt >= policy.max_attempts() || out_of_time {

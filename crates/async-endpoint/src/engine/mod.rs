@@ -370,9 +370,10 @@ impl Engine {
             FailureKind::Timeout => {
                 Failure::with_kind(FailureKind::Timeout, self.config.timeout_message.clone())
             }
-            FailureKind::Cancelled => {
-                Failure::with_kind(FailureKind::Cancelled, self.config.cancelled_message.clone())
-            }
+            FailureKind::Cancelled => Failure::with_kind(
+                FailureKind::Cancelled,
+                self.config.cancelled_message.clone(),
+            ),
             kind => Failure::with_kind(kind, self.config.internal_error_message.clone()),
         }
     }

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_endpoint::{
-    AsyncEndpoint, AsyncEndpointBuilder, AsyncRequest, AsyncTask, Failure, RetryPolicy,
-    TaskContext,
+    AsyncEndpoint, AsyncEndpointBuilder, AsyncRequest, AsyncTask, Failure, RetryPolicy, TaskContext,
 };
 use axum::body::Body;
 use axum::extract::Query;
@@ -283,7 +282,10 @@ async fn a_cancel_ends_the_wait_between_attempts() {
     .await
     .expect("the slot was freed by the cancel");
     assert_eq!(done.status, StatusCode::OK);
-    assert_eq!(task.events().iter().filter(|e| *e == "r started").count(), 1);
+    assert_eq!(
+        task.events().iter().filter(|e| *e == "r started").count(),
+        1
+    );
     assert_polls_cancelled(&app, &retrying.id(), &retrying.token()).await;
     endpoint.shutdown().await;
 }
@@ -337,7 +339,10 @@ async fn bad_credentials_get_the_same_404_as_a_poll_and_cancel_nothing() {
         ),
         (
             "another task's token for this id",
-            vec![("async-request-id", &id), ("async-request-token", &other_token)],
+            vec![
+                ("async-request-id", &id),
+                ("async-request-token", &other_token),
+            ],
         ),
         (
             "another owner",

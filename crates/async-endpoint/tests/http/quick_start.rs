@@ -150,7 +150,11 @@ fn quick_start_runs_end_to_end() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(test_support::http::delete(3000, "/my_endpoint", &credentials))
+        .block_on(test_support::http::delete(
+            3000,
+            "/my_endpoint",
+            &credentials,
+        ))
         .unwrap();
     assert_eq!(deleted.status, 202, "{deleted:?}");
     let (status, body) = get("/my_endpoint", &credentials).unwrap();

@@ -181,7 +181,8 @@ async fn a_cancelled_job_claimed_after_its_worker_died_does_not_run() {
             .unwrap()
     };
     let cancelled = |s: &async_endpoint::backend::Snapshot| {
-        s.status == Status::Failed && s.failure.as_ref().map(|f| f.kind) == Some(FailureKind::Cancelled)
+        s.status == Status::Failed
+            && s.failure.as_ref().map(|f| f.kind) == Some(FailureKind::Cancelled)
     };
     for concurrent in [false, true] {
         let r = request(r#""x""#);
@@ -190,15 +191,23 @@ async fn a_cancelled_job_claimed_after_its_worker_died_does_not_run() {
             // The first worker takes the job and dies (is dropped) without finishing it.
             let dead = make();
             let job = delivery(&dead, TASK, r.id).await;
-            assert!(matches!(dead.begin(&job, now()).await.unwrap(), Begin::Run { .. }));
+            assert!(matches!(
+                dead.begin(&job, now()).await.unwrap(),
+                Begin::Run { .. }
+            ));
         }
         let canceller = make();
         if !concurrent {
-            assert!(cancelled(&canceller.cancel(r.id, now()).await.unwrap().unwrap()));
+            assert!(cancelled(
+                &canceller.cancel(r.id, now()).await.unwrap().unwrap()
+            ));
         }
         let survivor = make();
         let claimed = delivery(&survivor, TASK, r.id).await;
-        assert_eq!(claimed.deliveries, 2, "claimed after the first worker went silent");
+        assert_eq!(
+            claimed.deliveries, 2,
+            "claimed after the first worker went silent"
+        );
         let (began, cancel) = tokio::join!(
             survivor.begin(&claimed, now()),
             canceller.cancel(r.id, now())
@@ -216,7 +225,9 @@ async fn a_cancelled_job_claimed_after_its_worker_died_does_not_run() {
             }
             other => panic!("{other:?}"),
         }
-        assert!(cancelled(&survivor.poll(r.id, now()).await.unwrap().unwrap()));
+        assert!(cancelled(
+            &survivor.poll(r.id, now()).await.unwrap().unwrap()
+        ));
     }
 }
 
