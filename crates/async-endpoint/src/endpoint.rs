@@ -289,9 +289,16 @@ impl AsyncEndpointBuilder {
     /// what `failed` receives, with [`FailureKind::Cancelled`](crate::FailureKind::Cancelled).
     ///
     /// ```
+    /// # use async_endpoint::{AsyncTask, Failure, TaskContext};
+    /// # struct Export;
+    /// # impl AsyncTask for Export {
+    /// #     const NAME: &'static str = "export"; type Params = (); type Output = ();
+    /// #     async fn execute_task(&self, _: (), _: TaskContext) -> Result<(), Failure> { Ok(()) }
+    /// # }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), async_endpoint::Error> {
     /// let endpoint = async_endpoint::AsyncEndpoint::builder()
     ///     .secret([7u8; 32])
+    ///     .task(Export)
     ///     .cancelled_message("You stopped this export.")
     ///     .build()?;
     /// # Ok(()) }
