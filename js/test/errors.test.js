@@ -251,7 +251,8 @@ test("abort while sleeping between polls", async (t) => {
   usePlatform(t, clock, fetch);
   const e = await rejection(clock.run(asyncRequest("/x", { wait: 0, signal: ac.signal })));
   assert.equal(e.kind, "aborted");
-  assert.equal(fetch.calls.length, 1);
+  assert.equal(fetch.calls.length, 2, "the start, then the DELETE that cancels it on the server");
+  assert.equal(fetch.calls[1].method, "DELETE");
   assert.equal(clock.elapsed(), 0, "did not wait for the 5 s");
 });
 

@@ -23,12 +23,16 @@ test("resume: a saved state polls the existing request at once and resolves", as
   const ac = new AbortController();
   // the page starts a request, saves the state, then "reloads" (abandons the promise)
   usePlatform(t, clock, first);
-  const abandoned = asyncRequest("/slow", { method: "POST", body: "a=1", signal: ac.signal, onStart: (s) => (state = s) });
+  // `cancelOnAbort: false`: the abort only stands in for the page going away (no DELETE).
+  const abandoned = asyncRequest("/slow", {
+    method: "POST", body: "a=1", signal: ac.signal, cancelOnAbort: false, onStart: (s) => (state = s),
+  });
   await flush();
   const storage = memoryStorage();
   assert.equal(saveState("job", state, storage), true);
   ac.abort();
   assert.equal((await rejection(clock.run(abandoned))).kind, "aborted");
+  assert.equal(first.calls.length, 2, "no DELETE with cancelOnAbort: false");
 
   const loaded = loadState("job", storage);
   assert.deepEqual(loaded, { url: "/slow", method: "POST", id: ID, token: TOKEN, headers: {}, body: "a=1" });

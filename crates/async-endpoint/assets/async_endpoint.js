@@ -52,7 +52,7 @@ const START_WAIT_S = 1;
  * - `"failed"`: the server gave a final non-2xx answer (the task failed: 422 by default; 404/410 for
  *   an unknown or expired request; other 4xx/5xx; or 502/503/504 that outlasted the retries);
  * - `"timeout"`: the overall `timeout` passed (the request may still finish on the server);
- * - `"aborted"`: the caller's `signal` aborted;
+ * - `"aborted"`: the caller's `signal` aborted (a started request is cancelled on the server too);
  * - `"network"`: `fetch` itself failed (on start, or on every retry while polling), or an answer's
  *   body could not be read;
  * - `"protocol"`: a 202 without id/token or without a JSON body.
@@ -93,7 +93,10 @@ export class AsyncRequestError extends Error {
  * @property {HeadersInit} [headers]
  * @property {BodyInit|object|null} [body]  a plain object or array is sent as JSON
  * @property {number} [timeout=60000]  overall bound in ms (kind `"timeout"`); 0 or Infinity for none
- * @property {AbortSignal} [signal]  aborts the request (kind `"aborted"`)
+ * @property {AbortSignal} [signal]  aborts the request (kind `"aborted"`); once the server has
+ *   answered the start with an id and token, it also cancels the request on the server (see `cancelOnAbort`)
+ * @property {boolean} [cancelOnAbort=true]  on `signal` abort, send `DELETE` with the id and token to
+ *   the same URL (fire-and-forget, `keepalive`) so the server cancels the job; false only stops polling
  * @property {(p: {status: string, progress: object|null}) => void} [onProgress]  called on every 202
  * @property {(state: AsyncRequestState) => void} [onStart]  called once the first 202 arrives
  * @property {number} [wait=20]  seconds for `Prefer: wait=N`; 0 to send no Prefer header
@@ -230,10 +233,39 @@ class Run {
       if (res.status !== 202) return await this.final(res);
       return await this.pollUntilFinal(await this.accept(res));
     } catch (e) {
-      throw this.signal.aborted ? this.stopError() : e;
+      if (!this.signal.aborted) throw e;
+      const stop = this.stopError();
+      if (stop.kind === "aborted") this.cancelOnServer();
+      throw stop;
     } finally {
       this.signal.removeEventListener("abort", this.onStop);
       if (this.persisted) clearState(this.options.persistKey, this.storage);
+    }
+  }
+
+  /**
+   * The caller aborted: unless `cancelOnAbort` is false, asks the server to cancel the request
+   * (`DELETE` on the same URL with the id and token headers) once it has an id. Fire-and-forget
+   * with `keepalive`, so it goes out even when the page is being left; its answer (202, or 409 if
+   * the request had just finished) does not matter here.
+   */
+  cancelOnServer() {
+    const { req, options } = this;
+    if (options.cancelOnAbort === false || !req.id || !req.token) return;
+    const h = new Headers(req.headers);
+    h.delete("content-type");
+    if (!h.has("x-csrf-token")) {
+      const csrf = csrfToken(req.url);
+      if (csrf) h.set("X-CSRF-Token", csrf);
+    }
+    h.set("Async-Request-Id", req.id);
+    h.set("Async-Request-Token", req.token);
+    const init = { cache: "no-store", ...options.init, method: "DELETE", headers: h, keepalive: true };
+    delete init.signal;
+    try {
+      Promise.resolve(fetch(req.url, init)).catch(() => {});
+    } catch {
+      // A fetch that throws synchronously: nothing more to do.
     }
   }
 
@@ -501,7 +533,8 @@ export function errorPayload(e) {
  * Register `$.getAsyncRequest(url, timeoutMs, options)` on a jQuery (called automatically at load
  * when `globalThis.jQuery` exists). It returns a jQuery promise with `.done/.fail/.always/.then`
  * plus the original chainable `.success(fn)` (gets the final body) and `.error(fn)` (gets
- * {@link errorPayload}). `done`/`success` callbacks also get the full result as second argument,
+ * {@link errorPayload}), and `.abort()`, which stops it like a jqXHR's and cancels the request on
+ * the server (as the `signal` option does). `done`/`success` callbacks also get the full result as second argument,
  * `fail`/`error` the {@link AsyncRequestError}.
  *
  * ```js
@@ -516,6 +549,9 @@ export function installJQuery($) {
     const deferred = $.Deferred();
     const opts = { ...options };
     if (timeout != null) opts.timeout = timeout;
+    // `promise.abort()`, like a jqXHR's: stops polling and cancels the request on the server.
+    const controller = new AbortController();
+    opts.signal = opts.signal ? anySignal([opts.signal, controller.signal]) : controller.signal;
     // Progress also reaches jQuery's own `.progress(fn)`.
     const userProgress = opts.onProgress;
     opts.onProgress = (update) => {
@@ -539,6 +575,10 @@ export function installJQuery($) {
     };
     promise.error = function error() {
       promise.fail.apply(promise, arguments);
+      return promise;
+    };
+    promise.abort = function abort(reason) {
+      controller.abort(reason);
       return promise;
     };
     return promise;

@@ -2,8 +2,13 @@
 //!
 //! It only translates: HTTP in (credentials, owner, `Prefer`) to an engine call, and the engine's
 //! [`Answer`] back to an HTTP response. What to answer is decided by the engine.
+//!
+//! The layer also answers `DELETE`s that carry an id and a token (cancellation) before the app's
+//! routing, so they work on routes the app declared with `get(...)` only.
 
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -11,7 +16,7 @@ use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -242,11 +247,16 @@ pub(crate) fn requested_wait(headers: &HeaderMap) -> Option<u64> {
 
 /// Finds id and token in the headers or the query string.
 pub(crate) fn call(parts: &Parts) -> Call {
-    let values = |name| parts.headers.get_all(name).iter().map(|v| v.to_str().ok());
+    call_of(&parts.headers, &parts.uri)
+}
+
+/// [`call`] from a request's headers and URI.
+fn call_of(headers: &HeaderMap, uri: &Uri) -> Call {
+    let values = |name| headers.get_all(name).iter().map(|v| v.to_str().ok());
     Call::parse(
         values(ID_HEADER),
         values(TOKEN_HEADER),
-        parts.uri.query().unwrap_or(""),
+        uri.query().unwrap_or(""),
     )
 }
 
@@ -317,20 +327,101 @@ impl<S> std::fmt::Debug for AsyncEndpointService<S> {
 
 impl<S, B> Service<Request<B>> for AsyncEndpointService<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response>,
+    S::Error: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = AsyncEndpointFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if request.method() == Method::DELETE {
+            match call_of(request.headers(), request.uri()) {
+                // No credentials: the app's own DELETE, if it has one.
+                Call::Start => {}
+                // Credentials that cannot be genuine: the same 404 as a poll.
+                Call::Malformed => {
+                    return AsyncEndpointFuture::answered(async { problem(Problem::NotFound) });
+                }
+                Call::Poll { id, token } => {
+                    let (parts, _body) = request.into_parts();
+                    let engine = self.engine.clone();
+                    let owner = engine.owner.as_ref().and_then(|owner| owner(&parts));
+                    return AsyncEndpointFuture::answered(async move {
+                        let answer = engine.cancel(&id, &token, owner.as_deref()).await;
+                        // A cancel answers 202 or a problem: never `done` or `failed`.
+                        render(
+                            answer.into(),
+                            |()| StatusCode::CONFLICT,
+                            |_| StatusCode::CONFLICT,
+                        )
+                    });
+                }
+            }
+        }
         request
             .extensions_mut()
             .insert(EngineRef(self.engine.clone()));
-        self.inner.call(request)
+        AsyncEndpointFuture {
+            kind: Kind::Inner {
+                future: self.inner.call(request),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`AsyncEndpointService`]: the app's, or the layer's own answer to
+    /// a cancellation.
+    pub struct AsyncEndpointFuture<F, E> {
+        #[pin]
+        kind: Kind<F, E>,
+    }
+}
+
+type Answering<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<F, E> {
+        // Every request but a cancellation: the app's future, not boxed.
+        Inner { #[pin] future: F },
+        // A `DELETE` with credentials, answered by the layer.
+        Answering { future: Answering<E> },
+    }
+}
+
+impl<F, E: Send + 'static> AsyncEndpointFuture<F, E> {
+    fn answered(response: impl Future<Output = Response> + Send + 'static) -> Self {
+        AsyncEndpointFuture {
+            kind: Kind::Answering {
+                future: Box::pin(async move { Ok(response.await) }),
+            },
+        }
+    }
+}
+
+impl<F, E> Future for AsyncEndpointFuture<F, E>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future } => future.poll(cx),
+            KindProj::Answering { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, E> std::fmt::Debug for AsyncEndpointFuture<F, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncEndpointFuture")
+            .finish_non_exhaustive()
     }
 }

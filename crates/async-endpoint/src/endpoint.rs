@@ -124,6 +124,7 @@ impl AsyncEndpoint {
 /// | `owner` | none | derives an owner from the request; tokens bind it |
 /// | `internal_error_message` | generic | client message for panics and internal errors |
 /// | `timeout_message` | generic | client message for a passed deadline |
+/// | `cancelled_message` | generic | client message for a cancelled request |
 #[must_use]
 #[derive(Default)]
 pub struct AsyncEndpointBuilder {
@@ -295,6 +296,29 @@ impl AsyncEndpointBuilder {
     /// The client's message when a request's deadline passes.
     pub fn timeout_message(mut self, message: impl Into<String>) -> Self {
         self.config.timeout_message = message.into();
+        self
+    }
+
+    /// The client's message when a request was cancelled (a `DELETE` with its id and token):
+    /// what `failed` receives, with [`FailureKind::Cancelled`](crate::FailureKind::Cancelled).
+    ///
+    /// ```
+    /// # use async_endpoint::{AsyncTask, Failure, TaskContext};
+    /// # struct Export;
+    /// # impl AsyncTask for Export {
+    /// #     const NAME: &'static str = "export"; type Params = (); type Output = ();
+    /// #     async fn execute_task(&self, _: (), _: TaskContext) -> Result<(), Failure> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), async_endpoint::Error> {
+    /// let endpoint = async_endpoint::AsyncEndpoint::builder()
+    ///     .secret([7u8; 32])
+    ///     .task(Export)
+    ///     .cancelled_message("You stopped this export.")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn cancelled_message(mut self, message: impl Into<String>) -> Self {
+        self.config.cancelled_message = message.into();
         self
     }
 

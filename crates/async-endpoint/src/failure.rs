@@ -9,6 +9,8 @@ pub(crate) const DEFAULT_INTERNAL_MESSAGE: &str =
     "The request could not be completed because of an internal error.";
 /// The client's message when a request's deadline passes, unless configured (`timeout_message`).
 pub(crate) const DEFAULT_TIMEOUT_MESSAGE: &str = "The request did not finish in time.";
+/// The client's message for a cancelled request, unless configured (`cancelled_message`).
+pub(crate) const DEFAULT_CANCELLED_MESSAGE: &str = "The request was cancelled.";
 
 /// Why a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,6 +24,9 @@ pub enum FailureKind {
     Internal,
     /// The deadline passed before the task finished.
     Timeout,
+    /// A client cancelled the request (`DELETE` with its id and token) before it finished; the
+    /// message is the endpoint's `cancelled_message`.
+    Cancelled,
 }
 
 /// A failed request: the original gem's `failed 'message'`.
@@ -67,7 +72,7 @@ impl Failure {
         Failure {
             kind,
             message: message.into(),
-            permanent: kind == FailureKind::Timeout,
+            permanent: matches!(kind, FailureKind::Timeout | FailureKind::Cancelled),
         }
     }
 

@@ -90,7 +90,8 @@ mod task;
 mod worker;
 
 pub use self::axum::{
-    AsyncEndpointLayer, AsyncEndpointService, AsyncRequest, InitializedRequest, MissingLayer,
+    AsyncEndpointFuture, AsyncEndpointLayer, AsyncEndpointService, AsyncRequest,
+    InitializedRequest, MissingLayer,
 };
 pub use endpoint::{AsyncEndpoint, AsyncEndpointBuilder};
 pub use error::Error;

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -153,7 +154,44 @@ pub(crate) trait ProgressSink: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>>;
 }
 
-/// Handed to [`AsyncTask::execute_task`]: who this request is, and a way to report progress.
+/// One attempt's cancellation, shared by the worker (which fires it when the request is
+/// cancelled) and the task's [`TaskContext`] (which waits for it).
+#[derive(Clone, Debug)]
+pub(crate) struct Cancellation(Arc<CancelState>);
+
+#[derive(Debug)]
+struct CancelState {
+    fired: tokio::sync::watch::Sender<bool>,
+    /// The task called [`TaskContext::cancelled`]: it cleans up by itself, so the worker lets it
+    /// run to its end instead of dropping it.
+    watched: AtomicBool,
+}
+
+impl Cancellation {
+    pub(crate) fn new() -> Self {
+        Cancellation(Arc::new(CancelState {
+            fired: tokio::sync::watch::Sender::new(false),
+            watched: AtomicBool::new(false),
+        }))
+    }
+
+    /// Tells the task its request was cancelled.
+    pub(crate) fn fire(&self) {
+        self.0.fired.send_replace(true);
+    }
+
+    /// Whether the task asked to hear of a cancellation (so it cleans up and returns by itself).
+    pub(crate) fn is_watched(&self) -> bool {
+        self.0.watched.load(Ordering::Acquire)
+    }
+
+    fn is_fired(&self) -> bool {
+        *self.0.fired.borrow()
+    }
+}
+
+/// Handed to [`AsyncTask::execute_task`]: who this request is, a way to report progress, and
+/// whether the request was cancelled.
 pub struct TaskContext {
     id: RequestId,
     attempt: u32,
@@ -161,6 +199,7 @@ pub struct TaskContext {
     sink: Arc<dyn ProgressSink>,
     throttle: Duration,
     last_write: Mutex<Option<Instant>>,
+    cancellation: Cancellation,
 }
 
 impl TaskContext {
@@ -170,6 +209,7 @@ impl TaskContext {
         deadline_ms: u64,
         sink: Arc<dyn ProgressSink>,
         throttle: Duration,
+        cancellation: Cancellation,
     ) -> Self {
         TaskContext {
             id,
@@ -178,7 +218,71 @@ impl TaskContext {
             sink,
             throttle,
             last_write: Mutex::new(None),
+            cancellation,
         }
+    }
+
+    /// Completes once a client has cancelled this request (a `DELETE` with its id and token,
+    /// seen by whichever worker process runs it); never completes otherwise.
+    ///
+    /// By default a cancelled task's future is dropped at its next `.await`, which suits work
+    /// that needs no cleanup. A task that calls `cancelled()` says it cleans up by itself: from
+    /// then on the worker does not drop it, but lets it run to its end (still bounded by the
+    /// deadline) and ignores what it returns, since the request already stands cancelled.
+    ///
+    /// ```
+    /// use async_endpoint::{AsyncTask, Failure, TaskContext};
+    /// use std::time::Duration;
+    ///
+    /// struct Export;
+    ///
+    /// impl AsyncTask for Export {
+    ///     const NAME: &'static str = "export";
+    ///     type Params = u32;
+    ///     type Output = String;
+    ///
+    ///     async fn execute_task(&self, rows: u32, ctx: TaskContext) -> Result<String, Failure> {
+    ///         let work = async {
+    ///             for row in 0..rows {
+    ///                 ctx.progress(u64::from(row), Some(u64::from(rows)), "exporting").await;
+    ///                 tokio::time::sleep(Duration::from_millis(10)).await;
+    ///             }
+    ///         };
+    ///         tokio::select! {
+    ///             () = work => Ok("export.csv".to_owned()),
+    ///             () = ctx.cancelled() => {
+    ///                 // Remove the half-written file, release locks, …
+    ///                 Err(Failure::new("cancelled"))
+    ///             }
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.cancellation.0.watched.store(true, Ordering::Release);
+        let mut fired = self.cancellation.0.fired.subscribe();
+        async move {
+            // The sender lives as long as the attempt; should it go, the attempt is over anyway.
+            let _ = fired.wait_for(|fired| *fired).await;
+        }
+    }
+
+    /// Whether a client has cancelled this request (see [`cancelled`](Self::cancelled)); for
+    /// loops that check between steps. Checking does not keep the task from being dropped.
+    ///
+    /// ```
+    /// # async fn step(_: u32) {}
+    /// # async fn f(ctx: async_endpoint::TaskContext) {
+    /// for chunk in 0..100 {
+    ///     if ctx.is_cancelled() {
+    ///         break;
+    ///     }
+    ///     step(chunk).await;
+    /// }
+    /// # }
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.cancellation.is_fired()
     }
 
     /// The request's id.

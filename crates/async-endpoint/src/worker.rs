@@ -12,9 +12,9 @@ use tracing::Instrument as _;
 
 use crate::backend::{Backend, Begin, Job, Outcome, StoredFailure, Update};
 use crate::clock::now_ms;
-use crate::engine::{Engine, RunError};
+use crate::engine::{Engine, RunError, is_cancelled};
 use crate::protocol::RequestId;
-use crate::task::TaskContext;
+use crate::task::{Cancellation, TaskContext};
 
 /// How long one fetch may block waiting for jobs.
 const FETCH_BLOCK: Duration = Duration::from_secs(1);
@@ -174,47 +174,58 @@ async fn run_attempts(engine: &Engine, job: &Job) {
             return;
         };
         tracing::info!(attempt, "task started");
+        let cancellation = Cancellation::new();
         let ctx = TaskContext::new(
             job.id,
             attempt,
             deadline_ms,
             engine.progress.clone(),
             config.progress_interval,
+            cancellation.clone(),
         );
         let remaining = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
+        let deadline = tokio::time::Instant::now() + remaining;
         // On the task runtime: an attempt that blocks holds one of its threads, not the app's.
         let mut attempt_handle =
             AbortOnDrop(engine.task_runtime.spawn(task.clone().run(params, ctx)));
-        let (failure, permanent) =
-            match tokio::time::timeout(remaining, &mut attempt_handle.0).await {
-                Err(_) => {
-                    tracing::warn!(attempt, "deadline passed while the task ran: cancelled");
-                    finish(engine, job, Outcome::Failed(StoredFailure::timeout())).await;
-                    return;
-                }
-                Ok(Ok(Ok(output))) => {
-                    finish(engine, job, Outcome::Done(output)).await;
-                    return;
-                }
-                Ok(Ok(Err(RunError::Failed(failure)))) => {
-                    tracing::info!(attempt, message = failure.message(), "task failed");
-                    let permanent = failure.is_permanent();
-                    (StoredFailure::from(failure), permanent)
-                }
-                Ok(Ok(Err(RunError::Internal(detail)))) => {
-                    tracing::error!(attempt, detail, "task could not run");
-                    (StoredFailure::internal(), false)
-                }
-                Ok(Err(join_error)) => {
-                    let detail = if join_error.is_panic() {
-                        panic_message(&*join_error.into_panic())
-                    } else {
-                        "cancelled".to_owned()
-                    };
-                    tracing::error!(attempt, panic = %detail, "task panicked");
-                    (StoredFailure::internal(), false)
-                }
-            };
+        let ran = tokio::select! {
+            ran = tokio::time::timeout_at(deadline, &mut attempt_handle.0) => ran,
+            () = cancelled(engine, job.id) => {
+                stop(attempt_handle, &cancellation, deadline).await;
+                // The request stands cancelled; this only hands the delivery back as done.
+                finish(engine, job, Outcome::Failed(StoredFailure::cancelled())).await;
+                return;
+            }
+        };
+        let (failure, permanent) = match ran {
+            Err(_) => {
+                tracing::warn!(attempt, "deadline passed while the task ran: cancelled");
+                finish(engine, job, Outcome::Failed(StoredFailure::timeout())).await;
+                return;
+            }
+            Ok(Ok(Ok(output))) => {
+                finish(engine, job, Outcome::Done(output)).await;
+                return;
+            }
+            Ok(Ok(Err(RunError::Failed(failure)))) => {
+                tracing::info!(attempt, message = failure.message(), "task failed");
+                let permanent = failure.is_permanent();
+                (StoredFailure::from(failure), permanent)
+            }
+            Ok(Ok(Err(RunError::Internal(detail)))) => {
+                tracing::error!(attempt, detail, "task could not run");
+                (StoredFailure::internal(), false)
+            }
+            Ok(Err(join_error)) => {
+                let detail = if join_error.is_panic() {
+                    panic_message(&*join_error.into_panic())
+                } else {
+                    "cancelled".to_owned()
+                };
+                tracing::error!(attempt, panic = %detail, "task panicked");
+                (StoredFailure::internal(), false)
+            }
+        };
         let delay = policy.delay_after(attempt);
         let out_of_time = now_ms().saturating_add(delay.as_millis() as u64) >= deadline_ms;
         if permanent || attempt >= policy.max_attempts() || out_of_time {
@@ -228,7 +239,69 @@ async fn run_attempts(engine: &Engine, job: &Job) {
                 "could not mark the request retrying"
             );
         }
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            // Cancelled between attempts: no point sleeping on (the next `begin` would skip).
+            () = cancelled(engine, job.id) => {
+                tracing::info!("request cancelled while waiting to retry");
+                finish(engine, job, Outcome::Failed(StoredFailure::cancelled())).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Completes once request `id` stands cancelled, whichever process cancelled it: it reads the
+/// record after every change the backend announces for it (its own writes, progress included,
+/// and other processes' over the backend's notification channel). Never completes otherwise.
+async fn cancelled(engine: &Engine, id: RequestId) {
+    // Register before the first read, so a cancel between the read and the wait is not missed.
+    let mut watch = engine.backend.watch(id);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match engine.backend.poll(id, now_ms()).await {
+            Ok(Some(snapshot)) if is_cancelled(&snapshot) => return,
+            Ok(_) => {
+                backoff = BACKOFF_MIN;
+                watch.changed().await;
+            }
+            Err(error) => {
+                // The backend is unreachable: look again after a change or a backoff.
+                tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "could not check for a cancellation"
+                );
+                tokio::select! {
+                    () = watch.changed() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Stops a cancelled attempt. A task that watches [`TaskContext::cancelled`] cleans up by itself:
+/// it is told and runs to its end (bounded by the deadline), and its outcome is ignored. Any
+/// other is aborted: its future is dropped at its next `.await`. Either way this returns once it
+/// is gone, so its worker slot is free only then.
+async fn stop<T>(
+    mut attempt: AbortOnDrop<T>,
+    cancellation: &Cancellation,
+    deadline: tokio::time::Instant,
+) {
+    cancellation.fire();
+    if cancellation.is_watched() {
+        tracing::info!("request cancelled: the task is told and cleans up");
+    } else {
+        tracing::info!("request cancelled: the task is dropped");
+        attempt.0.abort();
+    }
+    if tokio::time::timeout_at(deadline, &mut attempt.0)
+        .await
+        .is_err()
+    {
+        tracing::warn!("a cancelled task was still running at its deadline: dropped");
     }
 }
 

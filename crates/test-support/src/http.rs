@@ -1,7 +1,8 @@
 //! An HTTP/1.1 client for tests, on `hyper-util`'s client (the same stack `fantoccini` and axum
 //! already bring in, so it costs no extra crates).
 //!
-//! - [`get`] / [`get_addr`]: one GET on a fresh connection (awaited).
+//! - [`get`] / [`get_addr`]: one GET on a fresh connection (awaited); [`delete`] the same with
+//!   `DELETE`.
 //! - [`blocking_get`]: the same GET from plain blocking code (a `#[test]`, or deliberately
 //!   blocking inside an async handler as a blocking SDK would): it runs on a helper thread with
 //!   its own runtime, so it works inside and outside a Tokio runtime.
@@ -69,7 +70,18 @@ fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> io::Result<hyper::Request<Empty<Bytes>>> {
-    let mut request = hyper::Request::get(format!("http://{addr}{path}"));
+    request_with(hyper::Method::GET, addr, path, headers)
+}
+
+fn request_with(
+    method: hyper::Method,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<hyper::Request<Empty<Bytes>>> {
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
@@ -92,6 +104,21 @@ pub async fn get_addr(addr: &str, path: &str, headers: &[(&str, &str)]) -> io::R
         .request(request(addr, path, headers)?)
         .await
         .map_err(io::Error::other)?;
+    Response::read(answer).await
+}
+
+/// `DELETE path` on `127.0.0.1:port` over a fresh connection, with extra header fields.
+pub async fn delete(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<Response> {
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http::<Empty<Bytes>>();
+    let request = request_with(
+        hyper::Method::DELETE,
+        &format!("127.0.0.1:{port}"),
+        path,
+        headers,
+    )?;
+    let answer = client.request(request).await.map_err(io::Error::other)?;
     Response::read(answer).await
 }
 

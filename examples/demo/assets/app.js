@@ -78,7 +78,7 @@ $id("clear").addEventListener("click", () => {
   }
 });
 
-const isFinished = (card) => ["done", "failed", "error"].includes(card.dataset.state);
+const isFinished = (card) => ["done", "failed", "error", "cancelled"].includes(card.dataset.state);
 
 // ---- Cards: one async request each ---------------------------------------------------------
 
@@ -142,6 +142,13 @@ function startCard(params) {
       );
     })
     .catch((e) => {
+      if (e instanceof AsyncRequestError && e.kind === "aborted") {
+        // The client sent DELETE with the id and token: the server drops the task.
+        setState("cancelled");
+        msg.textContent = "cancelled on the server";
+        card.append(el("p", { className: "result error" }, explain(e)));
+        return;
+      }
       const failed = e instanceof AsyncRequestError && e.kind === "failed";
       setState(failed ? "failed" : "error", failed ? `failed ${e.status}` : e.kind ?? "error");
       msg.textContent = failed ? "execute_task returned Err(Failure)" : e.kind;
@@ -157,7 +164,7 @@ function startCard(params) {
 function explain(e) {
   if (!(e instanceof AsyncRequestError)) return String(e);
   switch (e.kind) {
-    case "aborted": return "Stopped waiting. The job still runs to its end on the server.";
+    case "aborted": return "Cancelled: the job was stopped on the server, and its external call with it.";
     case "timeout": return "Gave up waiting (client timeout).";
     case "network": return `Network error: ${e.message}`;
     default: return e.message;

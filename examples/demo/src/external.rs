@@ -5,6 +5,7 @@
 //! like real client libraries: [`lookup`] is an async client (it awaits a timer, and can report
 //! progress), [`lookup_blocking`] is a blocking SDK (it puts the calling thread to sleep).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_endpoint::TaskContext;
@@ -113,11 +114,43 @@ impl Plan {
     }
 }
 
-/// The async client: awaits the slow call, reporting progress to `ctx` when given one.
+/// Calls of the async client dropped before they ended (their task was cancelled).
+static CALLS_STOPPED: AtomicU64 = AtomicU64::new(0);
+
+/// How many calls of the async client were stopped midway in this process (a cancelled task's
+/// future is dropped at its next await, and the call with it).
+pub fn calls_stopped() -> u64 {
+    CALLS_STOPPED.load(Ordering::Relaxed)
+}
+
+/// Logs and counts a call dropped before it ended: what a real client's connection close is.
+struct StopWatch {
+    started: Instant,
+    ended: bool,
+}
+
+impl Drop for StopWatch {
+    fn drop(&mut self) {
+        if !self.ended {
+            CALLS_STOPPED.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                after_ms = millis(self.started.elapsed()),
+                "external call stopped: its request was cancelled"
+            );
+        }
+    }
+}
+
+/// The async client: awaits the slow call, reporting progress to `ctx` when given one. Dropping
+/// its future stops the call (no more progress, nothing more awaited).
 pub async fn lookup(params: &LookupParams, ctx: Option<&TaskContext>) -> Result<Answer, ApiError> {
     let params = params.clamped();
     let plan = Plan::roll(&params);
     let started = Instant::now();
+    let mut watch = StopWatch {
+        started,
+        ended: false,
+    };
     let total_ms = millis(plan.total);
     loop {
         let elapsed = started.elapsed();
@@ -134,6 +167,7 @@ pub async fn lookup(params: &LookupParams, ctx: Option<&TaskContext>) -> Result<
         }
         tokio::time::sleep(TICK.min(plan.end() - elapsed)).await;
     }
+    watch.ended = true;
     plan.outcome(&params, started.elapsed())
 }
 

@@ -237,8 +237,11 @@ async fn heartbeat() -> Response {
     response
 }
 
-async fn server_info(State(state): State<Arc<AppState>>) -> Json<Info> {
-    Json(state.info.clone())
+async fn server_info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let mut info = serde_json::to_value(&state.info).unwrap_or_default();
+    // How many fake external calls were stopped midway (their task cancelled), in this process.
+    info["external_calls_stopped"] = json!(external::calls_stopped());
+    Json(info)
 }
 
 async fn index(State(state): State<Arc<AppState>>) -> Response {

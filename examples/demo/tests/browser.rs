@@ -272,6 +272,38 @@ fn demo_page_in_chromium() {
     let size = std::fs::metadata(&path).expect("screenshot written").len();
     assert!(size > 10_000, "the screenshot has content ({size} bytes)");
 
+    // 7. Stop: the card's stop button aborts the client's signal, which sends DELETE with the id
+    // and token; the card says cancelled, and on the server the task and its fake external call
+    // are dropped (the demo counts stopped calls in /api/info).
+    set_form(&browser, "never mind", 30, 0, 1);
+    browser.click("#start").expect("click start");
+    let c6 = card(6);
+    browser
+        .wait_for(
+            &format!("{c6} && {c6}.dataset.state === 'running' && +{c6}.dataset.percent > 0"),
+            LONG,
+        )
+        .expect("the request runs");
+    browser
+        .click(".card[data-n=\"6\"] .stop")
+        .expect("click stop");
+    browser
+        .wait_for(&format!("{c6}.dataset.state === 'cancelled'"), LONG)
+        .expect("the card says cancelled");
+    let text = browser.text(".card[data-n=\"6\"] .result").expect("text");
+    assert!(text.contains("Cancelled"), "card text: {text}");
+    let stopped = browser
+        .wait_for(
+            "(() => {
+               fetch('/api/info', { cache: 'no-store' }).then(r => r.json())
+                 .then(i => { window.__stopped = i.external_calls_stopped; });
+               return window.__stopped >= 1 && window.__stopped;
+             })()",
+            LONG,
+        )
+        .expect("the server stopped the external call");
+    assert!(stopped.as_u64().is_some_and(|n| n >= 1), "{stopped}");
+
     // No script errors or failed loads on the page.
     let severe: Vec<_> = browser
         .console_logs()

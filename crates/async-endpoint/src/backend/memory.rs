@@ -87,14 +87,29 @@ impl Record {
     /// Turns an unfinished request past its deadline into a timeout; true if it did.
     fn expire_deadline(&mut self, now_ms: u64) -> bool {
         if !self.status.is_terminal() && now_ms > self.deadline_ms {
-            self.status = Status::Failed;
-            self.failure = Some(StoredFailure::timeout());
-            self.params = String::new();
-            self.touch(now_ms);
+            self.settle(Outcome::Failed(StoredFailure::timeout()), now_ms);
             true
         } else {
             false
         }
+    }
+
+    /// Makes an unfinished record terminal with `outcome`: the one place a record becomes
+    /// `done` or `failed` (finish, deadline, cancel). Params are only needed to run the task;
+    /// they are dropped once it is over.
+    fn settle(&mut self, outcome: Outcome, now_ms: u64) {
+        match outcome {
+            Outcome::Done(output) => {
+                self.status = Status::Done;
+                self.output = Some(output);
+            }
+            Outcome::Failed(failure) => {
+                self.status = Status::Failed;
+                self.failure = Some(failure);
+            }
+        }
+        self.params = String::new();
+        self.touch(now_ms);
     }
 }
 
@@ -313,19 +328,7 @@ impl Backend for MemoryBackend {
                     (Status::Failed, true)
                 }
                 Some(r) => {
-                    match outcome {
-                        Outcome::Done(output) => {
-                            r.status = Status::Done;
-                            r.output = Some(output);
-                        }
-                        Outcome::Failed(failure) => {
-                            r.status = Status::Failed;
-                            r.failure = Some(failure);
-                        }
-                    }
-                    // Params are only needed to run the task; drop them once it is over.
-                    r.params = String::new();
-                    r.touch(now_ms);
+                    r.settle(outcome, now_ms);
                     (r.status, true)
                 }
             }
@@ -334,6 +337,28 @@ impl Backend for MemoryBackend {
             self.inner.notifier.notify(job.id);
         }
         Ok(status)
+    }
+
+    async fn cancel(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+        let (snapshot, changed) = {
+            let mut st = self.lock();
+            st.sweep(now_ms);
+            match st.live(&id, now_ms) {
+                None => return Ok(None),
+                Some(r) if r.status.is_terminal() => (r.snapshot(), false),
+                Some(r) => {
+                    // Past its deadline it is a timeout, not a cancellation.
+                    if !r.expire_deadline(now_ms) {
+                        r.settle(Outcome::Failed(StoredFailure::cancelled()), now_ms);
+                    }
+                    (r.snapshot(), true)
+                }
+            }
+        };
+        if changed {
+            self.inner.notifier.notify(id);
+        }
+        Ok(Some(snapshot))
     }
 
     async fn release(&self, job: &Job) -> Result<(), Error> {

@@ -221,6 +221,7 @@ impl Snapshot {
 /// let stored = StoredFailure::from(Failure::new("The card was declined"));
 /// assert_eq!(stored, StoredFailure::task("The card was declined"));
 /// assert_eq!(serde_json::to_string(&StoredFailure::internal()).unwrap(), r#"{"kind":"internal"}"#);
+/// assert_eq!(serde_json::to_string(&StoredFailure::cancelled()).unwrap(), r#"{"kind":"cancelled"}"#);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -257,6 +258,11 @@ impl StoredFailure {
     /// A panic, an undecodable value, or a job its workers kept dying on.
     pub fn internal() -> Self {
         Self::of_kind(FailureKind::Internal)
+    }
+
+    /// A client cancelled the request.
+    pub fn cancelled() -> Self {
+        Self::of_kind(FailureKind::Cancelled)
     }
 }
 
@@ -412,6 +418,19 @@ pub trait Backend: Send + Sync {
 
     /// Hands an unfinished job back (graceful shutdown) so another worker can take it.
     fn release(&self, job: &Job) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Cancels a request, atomically: an unfinished one (queued, running, retrying) becomes
+    /// `failed` with [`FailureKind::Cancelled`] at once, its params dropped, its TTL refreshed and
+    /// its watchers notified (in every process, like any other write), and returns that. The
+    /// first terminal state wins, so a later [`finish`](Self::finish) is ignored and a later
+    /// [`begin`](Self::begin) of its job gives [`Begin::Skip`]. An unfinished request past its
+    /// deadline becomes a timeout instead (as in [`poll`](Self::poll)); a terminal one is returned
+    /// unchanged. `None` when unknown or expired.
+    fn cancel(
+        &self,
+        id: RequestId,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Option<Snapshot>, Error>> + Send;
 }
 
 /// Shared, type-erased handle to a backend.

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::failure::{DEFAULT_INTERNAL_MESSAGE, DEFAULT_TIMEOUT_MESSAGE};
+use crate::failure::{
+    DEFAULT_CANCELLED_MESSAGE, DEFAULT_INTERNAL_MESSAGE, DEFAULT_TIMEOUT_MESSAGE,
+};
 
 /// Settings of an endpoint (the builder's table lists them with their meanings).
 #[derive(Debug, Clone)]
@@ -32,6 +34,8 @@ pub(crate) struct Config {
     pub(crate) internal_error_message: String,
     /// The client's message for a passed deadline. Default: a generic sentence.
     pub(crate) timeout_message: String,
+    /// The client's message for a cancelled request. Default: a generic sentence.
+    pub(crate) cancelled_message: String,
 }
 
 impl Default for Config {
@@ -49,6 +53,7 @@ impl Default for Config {
             in_process_workers: true,
             internal_error_message: DEFAULT_INTERNAL_MESSAGE.to_owned(),
             timeout_message: DEFAULT_TIMEOUT_MESSAGE.to_owned(),
+            cancelled_message: DEFAULT_CANCELLED_MESSAGE.to_owned(),
         }
     }
 }
@@ -140,6 +145,9 @@ impl Config {
         if self.timeout_message.is_empty() {
             return Err(bad("timeout_message", "must not be empty"));
         }
+        if self.cancelled_message.is_empty() {
+            return Err(bad("cancelled_message", "must not be empty"));
+        }
         Ok(())
     }
 }
@@ -172,5 +180,9 @@ mod tests {
             "internal_error_message"
         );
         assert_eq!(setting(|c| c.timeout_message.clear()), "timeout_message");
+        assert_eq!(
+            setting(|c| c.cancelled_message.clear()),
+            "cancelled_message"
+        );
     }
 }

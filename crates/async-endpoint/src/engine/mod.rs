@@ -4,8 +4,10 @@
 //! owner, a requested wait) and decides the answer: it starts requests (params checked, id and
 //! token made, record stored), reads them (token verified, deadline applied, optionally waiting
 //! for a change) and says how to render them ([`Answer`]). The adapter only writes the answer out.
-//! Workers drive the other half (`worker.rs`) through the same engine.
+//! [`Engine::cancel`] answers a `DELETE` with a request's id and token (`cancel.rs`). Workers
+//! drive the other half (`worker.rs`) through the same engine.
 
+mod cancel;
 mod config;
 mod tasks;
 
@@ -14,6 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use cancel::is_cancelled;
 pub(crate) use config::{Config, bad};
 pub(crate) use tasks::{ErasedTask, RunError, TaskRuntime};
 
@@ -367,6 +370,10 @@ impl Engine {
             FailureKind::Timeout => {
                 Failure::with_kind(FailureKind::Timeout, self.config.timeout_message.clone())
             }
+            FailureKind::Cancelled => Failure::with_kind(
+                FailureKind::Cancelled,
+                self.config.cancelled_message.clone(),
+            ),
             kind => Failure::with_kind(kind, self.config.internal_error_message.clone()),
         }
     }
@@ -425,6 +432,7 @@ mod tests {
         let config = Config {
             internal_error_message: "inside".into(),
             timeout_message: "late".into(),
+            cancelled_message: "stopped".into(),
             ..Config::default()
         };
         let engine = Engine::new(
@@ -445,6 +453,10 @@ mod tests {
         assert_eq!(
             seen(StoredFailure::internal()),
             (FailureKind::Internal, "inside".into())
+        );
+        assert_eq!(
+            seen(StoredFailure::cancelled()),
+            (FailureKind::Cancelled, "stopped".into())
         );
         assert_eq!(
             seen(StoredFailure::task("mine")),

@@ -20,6 +20,9 @@ pub(crate) enum Problem {
         /// Whole seconds for `Retry-After`.
         retry_after: u64,
     },
+    /// A `DELETE` of a request that already finished (done, failed or timed out): nothing to
+    /// cancel; its result stays readable.
+    Finished,
     /// The start's params, serialized, are larger than `max_params_bytes`. Params carry what a
     /// client sent (a body, a form), so this is the client's doing: a 413, never a 500.
     TooLarge,
@@ -35,6 +38,7 @@ impl Problem {
             Problem::NotFound => StatusCode::NOT_FOUND,
             Problem::Gone => StatusCode::GONE,
             Problem::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::Finished => StatusCode::CONFLICT,
             Problem::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -46,6 +50,9 @@ impl Problem {
             Problem::NotFound => "No async request matches this id and token.",
             Problem::Gone => "This async request has expired; start a new one.",
             Problem::Unavailable { .. } => "The service is temporarily unavailable; retry later.",
+            Problem::Finished => {
+                "This async request has already finished; its result can still be read."
+            }
             Problem::TooLarge => "The request's parameters are larger than this endpoint accepts.",
             Problem::Internal => "The server could not handle this request.",
         }

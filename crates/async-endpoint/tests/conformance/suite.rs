@@ -48,6 +48,17 @@ macro_rules! suite {
             finish_racing_a_deadline_poll_agree,
             progress_racing_finish_changes_nothing_after,
             polls_racing_finish_agree,
+            cancel_queued_fails_it_and_its_job_never_runs,
+            cancel_running_stands_and_a_later_finish_is_ignored,
+            cancel_retrying_stands,
+            cancel_of_a_finished_request_changes_nothing,
+            cancel_twice_gives_the_same_answer,
+            cancel_of_an_unknown_request_is_none,
+            cancel_past_the_deadline_is_a_timeout,
+            cancel_wakes_watchers,
+            cancel_racing_finish_agree,
+            cancel_racing_a_deadline_poll_agree,
+            cancel_racing_a_redelivery_agree,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -660,4 +671,256 @@ pub async fn polls_racing_finish_agree<B: Backend + 'static>(b: Arc<B>) {
         finals.iter().all(|(_, n)| *n > 0),
         "every poller saw the request under way before it saw it final"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancellation: an unfinished request becomes `failed` with kind `cancelled` at once, and the
+// first terminal state wins against finishes, deadlines and redeliveries.
+
+fn is_cancelled(s: &async_endpoint::backend::Snapshot) -> bool {
+    s.status == Status::Failed && s.failure == Some(StoredFailure::cancelled())
+}
+
+pub async fn cancel_queued_fails_it_and_its_job_never_runs<B: Backend + 'static>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let s = b.cancel(r.id, now()).await.unwrap().expect("known");
+    assert!(is_cancelled(&s), "{s:?}");
+    assert_eq!(s.output, None);
+    assert_eq!(b.poll(r.id, now()).await.unwrap().unwrap(), s);
+    // Its job is still delivered (or not), but never runs.
+    let job = fetch_or_clone(&*b, r.id).await;
+    assert_eq!(b.begin(&job, now()).await.unwrap(), Begin::Skip);
+    assert_eq!(b.poll(r.id, now()).await.unwrap().unwrap(), s);
+}
+
+pub async fn cancel_running_stands_and_a_later_finish_is_ignored<B: Backend + 'static>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    b.update(r.id, Update::Progress(Progress::new(1, Some(2), "half")))
+        .await
+        .unwrap();
+    let s = b.cancel(r.id, now()).await.unwrap().unwrap();
+    assert!(is_cancelled(&s), "{s:?}");
+    assert_eq!(s.attempt, 1);
+    let stands = b
+        .finish(&job, Outcome::Done("1".into()), now())
+        .await
+        .unwrap();
+    assert_eq!(stands, Status::Failed, "the cancellation stands");
+    b.update(r.id, Update::Progress(Progress::new(2, Some(2), "late")))
+        .await
+        .unwrap();
+    let polled = b.poll(r.id, now()).await.unwrap().unwrap();
+    assert!(is_cancelled(&polled), "{polled:?}");
+    assert_eq!(polled.output, None);
+    assert_eq!(polled, s, "nothing changes after the cancellation");
+    assert_eq!(b.begin(&job, now()).await.unwrap(), Begin::Skip);
+}
+
+pub async fn cancel_retrying_stands<B: Backend + 'static>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    b.update(r.id, Update::Retrying).await.unwrap();
+    assert_eq!(status(&*b, r.id).await, Status::Retrying);
+    let s = b.cancel(r.id, now()).await.unwrap().unwrap();
+    assert!(is_cancelled(&s), "{s:?}");
+    assert_eq!(
+        b.begin(&job, now()).await.unwrap(),
+        Begin::Skip,
+        "no next attempt"
+    );
+    assert!(is_cancelled(&b.poll(r.id, now()).await.unwrap().unwrap()));
+}
+
+pub async fn cancel_of_a_finished_request_changes_nothing<B: Backend + 'static>(b: Arc<B>) {
+    // Done: the output is kept.
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    b.finish(&job, Outcome::Done("42".into()), now())
+        .await
+        .unwrap();
+    let before = b.poll(r.id, now()).await.unwrap().unwrap();
+    let s = b.cancel(r.id, now()).await.unwrap().unwrap();
+    assert_eq!(s, before);
+    assert_eq!(s.output.as_deref(), Some("42"));
+    assert_eq!(b.poll(r.id, now()).await.unwrap().unwrap(), before);
+    // Failed by the task: its message is kept.
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    b.finish(&job, Outcome::Failed(StoredFailure::task("no")), now())
+        .await
+        .unwrap();
+    let s = b.cancel(r.id, now()).await.unwrap().unwrap();
+    assert_eq!(s.failure, Some(StoredFailure::task("no")));
+    assert_eq!(b.poll(r.id, now()).await.unwrap().unwrap(), s);
+}
+
+pub async fn cancel_twice_gives_the_same_answer<B: Backend + 'static>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let first = b.cancel(r.id, now()).await.unwrap().unwrap();
+    let second = b.cancel(r.id, now()).await.unwrap().unwrap();
+    assert!(is_cancelled(&first));
+    assert_eq!(first, second);
+}
+
+pub async fn cancel_of_an_unknown_request_is_none<B: Backend + 'static>(b: Arc<B>) {
+    assert_eq!(b.cancel(RequestId::random(), now()).await.unwrap(), None);
+}
+
+pub async fn cancel_past_the_deadline_is_a_timeout<B: Backend + 'static>(b: Arc<B>) {
+    for running in [false, true] {
+        let r = create(&*b, 1_000).await;
+        if running {
+            let job = fetch_one(&*b, r.id).await;
+            run(&*b, &job).await;
+        }
+        let s = b.cancel(r.id, r.deadline_ms + 1).await.unwrap().unwrap();
+        assert_eq!(s.status, Status::Failed);
+        assert_eq!(s.failure, Some(timeout_failure()), "running: {running}");
+        assert_eq!(b.poll(r.id, now()).await.unwrap().unwrap(), s);
+        // Exactly at the deadline it is still in time: cancelled.
+        let r = create(&*b, 1_000).await;
+        let s = b.cancel(r.id, r.deadline_ms).await.unwrap().unwrap();
+        assert!(is_cancelled(&s), "{s:?}");
+    }
+}
+
+pub async fn cancel_wakes_watchers<B: Backend + 'static>(b: Arc<B>) {
+    let r = create(&*b, 60_000).await;
+    let job = fetch_one(&*b, r.id).await;
+    run(&*b, &job).await;
+    let mut watch = b.watch(r.id);
+    // Let any notification of the writes above arrive first, then look for the cancel's own.
+    assert!(!is_cancelled(&b.poll(r.id, now()).await.unwrap().unwrap()));
+    b.cancel(r.id, now()).await.unwrap();
+    let until = tokio::time::Instant::now() + LONG;
+    loop {
+        tokio::time::timeout_at(until, watch.changed())
+            .await
+            .expect("a watcher is woken by the cancellation");
+        if is_cancelled(&b.poll(r.id, now()).await.unwrap().unwrap()) {
+            break;
+        }
+    }
+}
+
+/// A cancel and a finish at once, many times: exactly one of them stands, and the canceller, the
+/// finisher and every later read agree on which.
+pub async fn cancel_racing_finish_agree<B: Backend + 'static>(b: Arc<B>) {
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..30 {
+        let r = create(&*b, 60_000).await;
+        let job = fetch_one(&*b, r.id).await;
+        run(&*b, &job).await;
+        let finisher = {
+            let (b, job) = (b.clone(), job.clone());
+            tokio::spawn(async move {
+                let outcome = if round % 2 == 0 {
+                    Outcome::Done("\"out\"".into())
+                } else {
+                    Outcome::Failed(StoredFailure::task("own"))
+                };
+                b.finish(&job, outcome, now()).await.unwrap()
+            })
+        };
+        let canceller = {
+            let b = b.clone();
+            tokio::spawn(async move { b.cancel(r.id, now()).await.unwrap().unwrap() })
+        };
+        let stands = finisher.await.unwrap();
+        let cancelled = canceller.await.unwrap();
+        assert!(cancelled.status.is_terminal());
+        assert_eq!(stands, cancelled.status, "finisher and canceller agree");
+        let last = b.poll(r.id, now()).await.unwrap().unwrap();
+        assert_eq!(last, cancelled, "later reads see what the canceller saw");
+        match (&last.status, &last.failure) {
+            (Status::Done, None) => assert_eq!(last.output.as_deref(), Some("\"out\"")),
+            (Status::Failed, Some(f)) if *f == StoredFailure::cancelled() => {
+                assert_eq!(last.output, None);
+            }
+            (Status::Failed, Some(f)) => assert_eq!(*f, StoredFailure::task("own")),
+            other => panic!("unexpected {other:?}"),
+        }
+        seen.insert(is_cancelled(&last));
+    }
+    eprintln!("cancel vs finish: cancelled in {seen:?}");
+}
+
+/// A cancel exactly at the deadline and a poll just past it, at once: either may win (cancelled
+/// or timeout), and both, and every later read, agree.
+pub async fn cancel_racing_a_deadline_poll_agree<B: Backend + 'static>(b: Arc<B>) {
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let r = create(&*b, 60_000).await;
+        let job = fetch_one(&*b, r.id).await;
+        run(&*b, &job).await;
+        let canceller = {
+            let b = b.clone();
+            tokio::spawn(async move { b.cancel(r.id, r.deadline_ms).await.unwrap().unwrap() })
+        };
+        let poller = {
+            let b = b.clone();
+            tokio::spawn(async move { b.poll(r.id, r.deadline_ms + 1).await.unwrap().unwrap() })
+        };
+        let cancelled = canceller.await.unwrap();
+        let polled = poller.await.unwrap();
+        assert_eq!(cancelled, polled, "canceller and poll agree");
+        assert_eq!(polled.status, Status::Failed);
+        assert!(
+            polled.failure == Some(timeout_failure()) || is_cancelled(&polled),
+            "{polled:?}"
+        );
+        assert_eq!(b.poll(r.id, now()).await.unwrap().unwrap(), polled);
+        let stands = b
+            .finish(&job, Outcome::Done("1".into()), r.deadline_ms)
+            .await
+            .unwrap();
+        assert_eq!(stands, Status::Failed, "a late finish changes nothing");
+        seen.insert(is_cancelled(&polled));
+    }
+    eprintln!("cancel vs deadline: cancelled in {seen:?}");
+}
+
+/// A worker dies while running a job (its delivery is handed out again, as a queue does once it
+/// presumes the worker dead), and a cancel arrives while another worker begins the redelivered
+/// job: whichever comes first, the request ends cancelled, and a redelivery that began anyway
+/// cannot overwrite it. A delivery begun after the cancel is skipped.
+pub async fn cancel_racing_a_redelivery_agree<B: Backend + 'static>(b: Arc<B>) {
+    for _ in 0..10 {
+        let r = create(&*b, 60_000).await;
+        let first = fetch_one(&*b, r.id).await;
+        run(&*b, &first).await;
+        // The first worker "dies": its delivery goes back to the queue.
+        b.release(&first).await.unwrap();
+        let second = fetch_one(&*b, r.id).await;
+        let beginner = {
+            let (b, second) = (b.clone(), second.clone());
+            tokio::spawn(async move { b.begin(&second, now()).await.unwrap() })
+        };
+        let canceller = {
+            let b = b.clone();
+            tokio::spawn(async move { b.cancel(r.id, now()).await.unwrap().unwrap() })
+        };
+        let began = beginner.await.unwrap();
+        let cancelled = canceller.await.unwrap();
+        assert!(is_cancelled(&cancelled), "{cancelled:?}");
+        if let Begin::Run { .. } = began {
+            // It began before the cancel: its outcome is ignored.
+            let stands = b
+                .finish(&second, Outcome::Done("1".into()), now())
+                .await
+                .unwrap();
+            assert_eq!(stands, Status::Failed);
+        }
+        assert!(is_cancelled(&b.poll(r.id, now()).await.unwrap().unwrap()));
+        // Any further delivery is skipped.
+        let mut again = fetch_or_clone(&*b, r.id).await;
+        again.deliveries = 3;
+        assert_eq!(b.begin(&again, now()).await.unwrap(), Begin::Skip);
+        assert!(is_cancelled(&b.poll(r.id, now()).await.unwrap().unwrap()));
+    }
 }

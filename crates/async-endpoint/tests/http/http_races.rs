@@ -164,6 +164,9 @@ impl<B: Backend> Backend for Twice<B> {
     async fn release(&self, job: &Job) -> Result<(), Error> {
         self.0.release(job).await
     }
+    async fn cancel(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+        self.0.cancel(id, now_ms).await
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -135,6 +135,30 @@ fn quick_start_runs_end_to_end() {
     assert_eq!(last.0, 200, "{}", last.1);
     let result: serde_json::Value = serde_json::from_str(&last.1).unwrap();
     assert_eq!(result, done);
+    // Cancellation works on the quick start as written (its route is `get(...)` only): a DELETE
+    // with id and token answers 202, and the request then polls as the cancelled failure.
+    let (status, body) = get("/my_endpoint", &[]).unwrap();
+    assert_eq!(status, 202, "{body}");
+    let accepted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = accepted["async_request_id"].as_str().unwrap().to_owned();
+    let token = accepted["async_request_token"].as_str().unwrap().to_owned();
+    let credentials = [
+        ("Async-Request-Id", id.as_str()),
+        ("Async-Request-Token", token.as_str()),
+    ];
+    let deleted = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test_support::http::delete(
+            3000,
+            "/my_endpoint",
+            &credentials,
+        ))
+        .unwrap();
+    assert_eq!(deleted.status, 202, "{deleted:?}");
+    let (status, body) = get("/my_endpoint", &credentials).unwrap();
+    assert_eq!(status, 422, "{body}");
     // It was our example that answered, not some other server on port 3000.
     assert!(
         server.0.try_wait().unwrap().is_none(),

@@ -62,4 +62,7 @@ impl Backend for Served {
     async fn release(&self, job: &Job) -> Result<(), Error> {
         self.backend.release(job).await
     }
+    async fn cancel(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+        self.backend.cancel(id, now_ms).await
+    }
 }

@@ -166,6 +166,71 @@ async fn a_job_delivered_too_often_fails_instead_of_looping() {
     assert_eq!(s.failure.map(|f| f.kind), Some(FailureKind::Internal));
 }
 
+/// A worker dies mid-task and its job is claimed by another after the idle bound; the request was
+/// cancelled meanwhile (or is cancelled while the claim's `begin` runs): the claimed job never
+/// runs again, or its outcome is ignored, and the request stands cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_claimed_after_its_worker_died_does_not_run() {
+    let Some(server) = test_support::redis::start() else {
+        return;
+    };
+    let make = || {
+        RedisBackend::builder(server.url())
+            .claim_idle(Duration::from_millis(200))
+            .build()
+            .unwrap()
+    };
+    let cancelled = |s: &async_endpoint::backend::Snapshot| {
+        s.status == Status::Failed
+            && s.failure.as_ref().map(|f| f.kind) == Some(FailureKind::Cancelled)
+    };
+    for concurrent in [false, true] {
+        let r = request(r#""x""#);
+        make().create(r.clone()).await.unwrap();
+        {
+            // The first worker takes the job and dies (is dropped) without finishing it.
+            let dead = make();
+            let job = delivery(&dead, TASK, r.id).await;
+            assert!(matches!(
+                dead.begin(&job, now()).await.unwrap(),
+                Begin::Run { .. }
+            ));
+        }
+        let canceller = make();
+        if !concurrent {
+            assert!(cancelled(
+                &canceller.cancel(r.id, now()).await.unwrap().unwrap()
+            ));
+        }
+        let survivor = make();
+        let claimed = delivery(&survivor, TASK, r.id).await;
+        assert_eq!(
+            claimed.deliveries, 2,
+            "claimed after the first worker went silent"
+        );
+        let (began, cancel) = tokio::join!(
+            survivor.begin(&claimed, now()),
+            canceller.cancel(r.id, now())
+        );
+        assert!(cancelled(&cancel.unwrap().unwrap()));
+        match began.unwrap() {
+            Begin::Skip => {}
+            Begin::Run { .. } => {
+                assert!(concurrent, "a claim after the cancel must not run");
+                let stands = survivor
+                    .finish(&claimed, Outcome::Done(r#""late""#.into()), now())
+                    .await
+                    .unwrap();
+                assert_eq!(stands, Status::Failed, "the cancellation stands");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(cancelled(
+            &survivor.poll(r.id, now()).await.unwrap().unwrap()
+        ));
+    }
+}
+
 /// The store keeps a poison job's failure as its kind only; the message a client sees is the
 /// endpoint's configured `internal_error_message`, rendered when it polls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

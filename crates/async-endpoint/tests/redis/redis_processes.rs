@@ -1,8 +1,9 @@
 //! Web and worker *processes* over one private Redis: requests started on one web process are
 //! polled on another, a worker killed with SIGKILL mid-task has its job finished by the other, a
 //! worker stopped with SIGTERM mid-task finishes it within its grace period or hands it back,
-//! and a Redis stop/restart mid-run leaves every request with a definite answer (503s, never
-//! 500s, while it is down).
+//! a Redis stop/restart mid-run leaves every request with a definite answer (503s, never
+//! 500s, while it is down), and a `DELETE` on a web process drops the task in the worker process
+//! running it.
 //!
 //! The processes are this test binary itself, re-executed with `AE_REDIS_NODE=web|worker` and
 //! the filter `node` (an ignored test that runs the node): real separate processes, with no
@@ -51,16 +52,29 @@ impl AsyncTask for Sleepy {
     async fn execute_task(&self, p: Params, ctx: TaskContext) -> Result<Out, Failure> {
         let pid = std::process::id();
         say(&format!("RUN {} {pid}", ctx.request_id()));
+        let mut guard = Unfinished(Some(format!("DROPPED {} {pid}", ctx.request_id())));
         let steps = p.ms.div_ceil(100);
         for step in 0..steps {
             ctx.progress(step, Some(steps), "sleeping").await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        guard.0 = None;
         Ok(Out {
             text: p.text,
             pid,
             attempt: ctx.attempt(),
         })
+    }
+}
+
+/// Says its line when dropped before the task got to its end (a cancelled task is dropped).
+struct Unfinished(Option<String>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(line) = self.0.take() {
+            say(&line);
+        }
     }
 }
 
@@ -519,4 +533,44 @@ async fn redis_restart_mid_run_leaves_every_request_with_an_answer() {
     // New requests work again, end to end.
     let s = start(port, 0, "after").await;
     assert_eq!(until_finished(port, &s).await.status, 200);
+}
+
+/// A request started on the web process runs in a worker process; a `DELETE` on the web process
+/// reaches the worker over Redis, which drops the task (it says `DROPPED` from its drop guard),
+/// and a poll then gives the cancelled failure. The worker goes on with the next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_the_web_process_drops_the_task_in_the_worker_process() {
+    let Some(server) = test_support::redis::start() else {
+        return;
+    };
+    let url = server.url();
+    let worker = Node::worker(&url, 30_000);
+    let (_web, port) = Node::web(&url, 30_000);
+
+    let s = start(port, 30_000, "long").await;
+    worker
+        .lines
+        .wait_line(&format!("RUN {} {}", s.id, worker.pid), PATIENCE);
+    let r = test_support::http::delete(
+        port,
+        "/job",
+        &[
+            ("Async-Request-Id", s.id.as_str()),
+            ("Async-Request-Token", s.token.as_str()),
+        ],
+    )
+    .await
+    .expect("delete");
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.json()["status"], "failed");
+    worker
+        .lines
+        .wait_line(&format!("DROPPED {} {}", s.id, worker.pid), PATIENCE);
+    let r = poll(port, &s, 0).await.expect("poll");
+    assert_eq!(r.status, 422, "{r:?}");
+    assert_eq!(r.json()["error"], "The request was cancelled.");
+    // The worker is free for the next job.
+    let next = start(port, 100, "next").await;
+    let r = until_finished(port, &next).await;
+    assert_eq!(r.status, 200, "{r:?}");
 }

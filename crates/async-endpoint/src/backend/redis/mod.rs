@@ -15,6 +15,8 @@
 //! # Round trips
 //!
 //! * start: one `EVALSHA` (store the record, `XADD` the job, trim the stream, re-apply its TTL);
+//! * cancel: one `EVALSHA` (the record only; the job's stream entry goes when a worker skips or
+//!   finishes it);
 //! * poll: one `HMGET`, no script; only an unfinished request found past its deadline takes a
 //!   second round trip, the `EVALSHA` that turns it into a timeout atomically;
 //! * worker: `XREADGROUP BLOCK` on a connection of its own, then one `EVALSHA` to begin, one per
@@ -132,6 +134,8 @@ struct Inner {
     poison_json: String,
     /// The failure written when a deadline passes: its kind only.
     timeout_json: String,
+    /// The failure written when a client cancels: its kind only.
+    cancelled_json: String,
     scripts: scripts::Scripts,
     /// Dropped with the backend; background tasks watch it and end.
     closed: tokio::sync::watch::Sender<()>,
@@ -220,6 +224,8 @@ impl RedisBackend {
             .unwrap_or_else(|_| r#"{"kind":"internal"}"#.to_owned());
         let timeout_json = failure_json(&StoredFailure::timeout())
             .unwrap_or_else(|_| r#"{"kind":"timeout"}"#.to_owned());
+        let cancelled_json = failure_json(&StoredFailure::cancelled())
+            .unwrap_or_else(|_| r#"{"kind":"cancelled"}"#.to_owned());
         RedisBackend {
             inner: Arc::new(Inner {
                 client,
@@ -236,6 +242,7 @@ impl RedisBackend {
                 in_flight: Mutex::new(HashMap::new()),
                 poison_json,
                 timeout_json,
+                cancelled_json,
                 scripts: scripts::Scripts::new(GROUP),
                 closed: tokio::sync::watch::channel(()).0,
                 settings,
@@ -716,6 +723,28 @@ impl Backend for RedisBackend {
 
     async fn release(&self, job: &Job) -> Result<(), Error> {
         queue::release(self, job).await
+    }
+
+    async fn cancel(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+        self.await_subscriber().await;
+        let inner = &self.inner;
+        let keys = &inner.keys;
+        let mut conn = self.conn().await?;
+        let mut call = inner.scripts.cancel.prepare_invoke();
+        call.key(keys.record(&id))
+            .arg(now_ms)
+            .arg(&inner.timeout_json)
+            .arg(&inner.cancelled_json)
+            .arg(&keys.channel)
+            .arg(id.to_string());
+        let cancelled: Option<(Fields, Write)> = reply(
+            "cancel reply",
+            self.bounded(call.invoke_async(&mut conn)).await?,
+        )?;
+        let Some((fields, _)) = cancelled else {
+            return Ok(None);
+        };
+        fields.snapshot()
     }
 }
 

@@ -109,7 +109,8 @@ codes! {
 
 codes! {
     /// Whether a conditional write happened (`poll.lua` reports whether it timed the request
-    /// out; `create`, `progress`, `retrying` and `release` return it too).
+    /// out, `cancel.lua` whether it cancelled or timed it out; `create`, `progress`, `retrying`
+    /// and `release` return it too).
     Write: i64 as i64 {
         Applied = 1 => "APPLIED",
         Unchanged = 0 => "UNCHANGED",
@@ -186,6 +187,7 @@ pub(super) struct Scripts {
     pub(super) claim: Script,
     pub(super) reap: Script,
     pub(super) group: Script,
+    pub(super) cancel: Script,
 }
 
 impl Scripts {
@@ -205,6 +207,7 @@ impl Scripts {
             claim: plain(include_str!("lua/claim.lua")),
             reap: plain(include_str!("lua/reap.lua")),
             group: plain(include_str!("lua/group.lua")),
+            cancel: record(include_str!("lua/cancel.lua")),
         }
     }
 }
@@ -268,6 +271,7 @@ mod tests {
             include_str!("lua/claim.lua"),
             include_str!("lua/reap.lua"),
             include_str!("lua/group.lua"),
+            include_str!("lua/cancel.lua"),
         ];
         for body in bodies {
             // Code only: no comments, no string literals (command names are upper case too).
