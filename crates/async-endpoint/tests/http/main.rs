@@ -5,6 +5,7 @@
 
 mod blocking_task;
 mod fuzz_polls;
+mod http_idempotency;
 mod http_protocol;
 mod http_races;
 mod http_security;
