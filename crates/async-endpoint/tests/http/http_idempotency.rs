@@ -417,7 +417,8 @@ async fn malformed_keys_are_refused(s: &Served) {
     .await;
     assert_problem(&two, 400, "Idempotency-Key");
     // Bytes outside visible ASCII (the test client sends only text; go through the router).
-    for raw in [&"clé".as_bytes()[..], b"a\x80b", b"a\tb"] {
+    let raws: [&[u8]; 3] = ["clé".as_bytes(), b"a\x80b", b"a\tb"];
+    for raw in raws {
         let request = Request::get(path)
             .header("idempotency-key", HeaderValue::from_bytes(raw).unwrap())
             .body(Body::empty())
