@@ -451,3 +451,92 @@ async fn malformed_keys_are_refused(s: &Served) {
     }
     assert_eq!(s.task.runs(), 2);
 }
+
+/// A memory backend whose keys name requests that are gone (as when a record was removed while
+/// its key lived on).
+struct Forgetful(MemoryBackend);
+
+impl async_endpoint::backend::Backend for Forgetful {
+    async fn create(
+        &self,
+        request: async_endpoint::backend::NewRequest,
+    ) -> Result<async_endpoint::backend::Created, async_endpoint::Error> {
+        if request.idempotency.is_none() {
+            return self.0.create(request).await;
+        }
+        Ok(async_endpoint::backend::Created::Existing {
+            id: async_endpoint::RequestId::random(),
+            created_ms: request.created_ms,
+            same_params: true,
+        })
+    }
+    async fn poll(
+        &self,
+        id: async_endpoint::RequestId,
+        now_ms: u64,
+    ) -> Result<Option<async_endpoint::backend::Snapshot>, async_endpoint::Error> {
+        self.0.poll(id, now_ms).await
+    }
+    fn watch(&self, id: async_endpoint::RequestId) -> async_endpoint::backend::Watch {
+        self.0.watch(id)
+    }
+    async fn fetch(
+        &self,
+        tasks: &[&'static str],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<async_endpoint::backend::Job>, async_endpoint::Error> {
+        self.0.fetch(tasks, max, block).await
+    }
+    async fn begin(
+        &self,
+        job: &async_endpoint::backend::Job,
+        now_ms: u64,
+    ) -> Result<async_endpoint::backend::Begin, async_endpoint::Error> {
+        self.0.begin(job, now_ms).await
+    }
+    async fn update(
+        &self,
+        id: async_endpoint::RequestId,
+        update: async_endpoint::backend::Update,
+    ) -> Result<(), async_endpoint::Error> {
+        self.0.update(id, update).await
+    }
+    async fn finish(
+        &self,
+        job: &async_endpoint::backend::Job,
+        outcome: async_endpoint::backend::Outcome,
+        now_ms: u64,
+    ) -> Result<async_endpoint::Status, async_endpoint::Error> {
+        self.0.finish(job, outcome, now_ms).await
+    }
+    async fn release(
+        &self,
+        job: &async_endpoint::backend::Job,
+    ) -> Result<(), async_endpoint::Error> {
+        self.0.release(job).await
+    }
+}
+
+#[tokio::test]
+async fn a_key_whose_request_is_gone_answers_what_a_poll_would() {
+    let endpoint = AsyncEndpoint::builder()
+        .secret(b"http-idempotency-secret-http-idempotency")
+        .backend(Forgetful(MemoryBackend::new()))
+        .task(Counted::default())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/counted", get(counted))
+        .layer(endpoint.layer());
+    let request = Request::get("/counted?text=g")
+        .header("idempotency-key", "gone")
+        .body(Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(app, request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+}
