@@ -46,14 +46,26 @@ test("a 500 is a failure, not retried", async (t) => {
   assert.equal(fetch.calls.length, 2);
 });
 
-test("a failure answer to the start request rejects at once", async (t) => {
+test("a 502/503/504 answer to the start is retried with its key, then rejects with kind failed", async (t) => {
   const clock = fakeClock();
-  const fetch = fakeFetch(clock, [problem(503, "Service Unavailable")]);
+  const fetch = fakeFetch(clock, Array.from({ length: 3 }, () => problem(503, "Service Unavailable")));
+  usePlatform(t, clock, fetch);
+  const e = await rejection(clock.run(asyncRequest("/x", { retries: 2 })));
+  assert.equal(e.kind, "failed");
+  assert.equal(e.status, 503);
+  assert.equal(e.body.title, "Service Unavailable");
+  assert.equal(fetch.calls.length, 3, "the start and 2 retries, all with one Idempotency-Key");
+  assert.equal(new Set(fetch.calls.map((c) => c.headers.get("idempotency-key"))).size, 1);
+});
+
+test("other failure answers to the start reject at once", async (t) => {
+  const clock = fakeClock();
+  const fetch = fakeFetch(clock, [problem(500, "Internal Server Error")]);
   usePlatform(t, clock, fetch);
   const e = await rejection(clock.run(asyncRequest("/x")));
   assert.equal(e.kind, "failed");
-  assert.equal(e.status, 503);
-  assert.equal(fetch.calls.length, 1, "the start is not retried: it may have been enqueued");
+  assert.equal(e.status, 500);
+  assert.equal(fetch.calls.length, 1);
 });
 
 test("503 while polling is retried, honouring Retry-After, then succeeds", async (t) => {
@@ -127,14 +139,15 @@ test("a network error between good polls resets the retry budget", async (t) => 
   assert.deepEqual(result.body, { ok: 1 });
 });
 
-test("a network error on the start request rejects with kind network, no retry", async (t) => {
+test("network errors on the start: retried with its key (default 5 times), then kind network", async (t) => {
   const clock = fakeClock();
-  const fetch = fakeFetch(clock, [networkError()]);
+  const fetch = fakeFetch(clock, Array.from({ length: 6 }, networkError));
   usePlatform(t, clock, fetch);
   const e = await rejection(clock.run(asyncRequest("/x")));
   assert.equal(e.kind, "network");
   assert.equal(e.cause.message, "fetch failed");
-  assert.equal(fetch.calls.length, 1);
+  assert.equal(fetch.calls.length, 1 + DEFAULTS.retries);
+  assert.equal(new Set(fetch.calls.map((c) => c.headers.get("idempotency-key"))).size, 1);
 });
 
 test("protocol: a 202 without id or token", async (t) => {

@@ -4,7 +4,9 @@
  * Start a request, get `202 Accepted` with an id and a token, poll until the final answer arrives.
  * Uses waiting polls (`Prefer: wait=N`) when the server honours them, honours `Retry-After`
  * otherwise, and backs off with jitter to a cap when neither is there. The id and token travel
- * in headers (`Async-Request-Id`, `Async-Request-Token`), never in the URL.
+ * in headers (`Async-Request-Id`, `Async-Request-Token`), never in the URL. Every start carries a
+ * fresh `Idempotency-Key`, re-sent on the client's own retries of that start, so a retried start
+ * never starts a second job.
  *
  * ```js
  * import { asyncRequest } from "/async_endpoint.js";
@@ -24,7 +26,7 @@
 export const DEFAULTS = Object.freeze({
   timeout: 60000, // overall bound for the whole request, start to final answer
   wait: 20, // seconds asked for with `Prefer: wait=N`; 0 sends no Prefer header
-  retries: 5, // consecutive 502/503/504 or network errors tolerated while polling
+  retries: 5, // consecutive 502/503/504 or network errors tolerated while starting (same key) and polling
 });
 
 /**
@@ -284,15 +286,34 @@ class Run {
 
   /**
    * The start request, asking the server to hold it up to `START_WAIT_S` until the job finishes,
-   * so a fast job costs one request; a server that does not hold it answers 202 at once. A network
-   * error is not retried: the server may have enqueued it.
+   * so a fast job costs one request; a server that does not hold it answers 202 at once. It carries
+   * an `Idempotency-Key` (the caller's, or a fresh one), so a network error or a 502/503/504 is
+   * retried with the same key (up to `retries` times, honouring `Retry-After`): a start the server
+   * did enqueue answers with that request, never a second one. Resolves to the first other answer,
+   * or the last transient one.
    */
   async sendStart() {
-    try {
-      return await this.send(this.waitHeader(Math.min(this.o.wait, START_WAIT_S)));
-    } catch (e) {
-      if (this.signal.aborted) throw e;
-      throw new AsyncRequestError("network", "async request could not be sent", { cause: e });
+    const extra = this.waitHeader(Math.min(this.o.wait, START_WAIT_S));
+    if (!new Headers(this.req.headers).has("idempotency-key")) extra["Idempotency-Key"] = newIdempotencyKey();
+    for (let failures = 0; ; ) {
+      let res;
+      try {
+        res = await this.send(extra);
+      } catch (e) {
+        if (this.signal.aborted) throw e;
+        if (++failures > this.o.retries) {
+          throw new AsyncRequestError("network", "async request could not be sent", { cause: e });
+        }
+        await this.sleep(this.backoff());
+        continue;
+      }
+      if (!TRANSIENT.has(res.status) || ++failures > this.o.retries) return res;
+      try {
+        await this.step(res.text()); // drain it: frees the connection
+      } catch (e) {
+        if (this.signal.aborted) throw e;
+      }
+      await this.sleep(this.hintedDelay(res) ?? this.backoff());
     }
   }
 
@@ -436,6 +457,22 @@ class Run {
     const base = Math.min(BACKOFF.max, BACKOFF.min * Math.pow(BACKOFF.factor, this.delays++));
     return Math.round(base * (1 - BACKOFF.jitter * Math.random()));
   }
+}
+
+/**
+ * A fresh `Idempotency-Key`: a random (v4) UUID, from `crypto.randomUUID()` where there is one
+ * (secure contexts), else from `crypto.getRandomValues()` (plain-HTTP pages of some browsers).
+ */
+export function newIdempotencyKey() {
+  const c = globalThis.crypto;
+  if (c && typeof c.randomUUID === "function") return c.randomUUID();
+  const b = new Uint8Array(16);
+  if (c && typeof c.getRandomValues === "function") c.getRandomValues(b);
+  else for (let i = 0; i < b.length; i++) b[i] = Math.floor(Math.random() * 256); // no Web Crypto at all
+  b[6] = (b[6] & 0x0f) | 0x40; // version 4
+  b[8] = (b[8] & 0x3f) | 0x80; // variant 10
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
 function abortedError(signal) {

@@ -23,6 +23,7 @@ use tower_service::Service;
 use crate::endpoint::AsyncEndpoint;
 use crate::engine::{Answer, Engine, Reply};
 use crate::failure::Failure;
+use crate::protocol::idempotency::KeyHeader;
 use crate::protocol::prefer::{self, PREFER, PREFERENCE_APPLIED};
 use crate::protocol::{
     ACCEPTED_STATUS, Call, FAILED_STATUS, ID_HEADER, NO_STORE, PROBLEM_JSON, Problem, TOKEN_HEADER,
@@ -61,6 +62,8 @@ pub struct AsyncRequest<T> {
     owner: Option<String>,
     /// `Prefer: wait=N` on a poll, in seconds (the engine caps it).
     wait: Option<u64>,
+    /// A start's `Idempotency-Key` (not read on a poll).
+    key: KeyHeader,
     task: PhantomData<fn() -> T>,
 }
 
@@ -101,12 +104,17 @@ impl<T: AsyncTask, S: Send + Sync> FromRequestParts<S> for AsyncRequest<T> {
             Call::Poll { .. } | Call::Start => requested_wait(&parts.headers),
             Call::Malformed => None,
         };
+        let key = match call {
+            Call::Start => KeyHeader::from_headers(&parts.headers),
+            Call::Poll { .. } | Call::Malformed => KeyHeader::Absent,
+        };
         let owner = engine.owner.as_ref().and_then(|owner| owner(parts));
         Ok(AsyncRequest {
             engine,
             call,
             owner,
             wait,
+            key,
             task: PhantomData,
         })
     }
@@ -162,6 +170,7 @@ impl<T: AsyncTask> InitializedRequest<T> {
                 &params,
                 request.owner.as_deref(),
                 request.wait,
+                request.key,
             )
             .await;
         render(reply, done, failed)

@@ -311,7 +311,6 @@ impl AsyncEndpointBuilder {
     /// # }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), async_endpoint::Error> {
     /// let endpoint = async_endpoint::AsyncEndpoint::builder()
-    ///     .secret([7u8; 32])
     ///     .task(Export)
     ///     .cancelled_message("You stopped this export.")
     ///     .build()?;

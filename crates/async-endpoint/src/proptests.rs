@@ -1,5 +1,6 @@
-//! Property tests for every parser a client reaches: request ids, tokens, the `Prefer` header and
-//! the extraction of id and token from the query string and headers.
+//! Property tests for every parser a client reaches: request ids, tokens, the `Prefer` header,
+//! the `Idempotency-Key` header and the extraction of id and token from the query string and
+//! headers.
 //!
 //! These stand in for `cargo fuzz` targets: they run on the stable toolchain in every
 //! `cargo test`, so CI exercises them on each change. Each property states what must hold for
@@ -14,6 +15,7 @@ use proptest::test_runner::RngSeed;
 
 use crate::axum::{call, requested_wait};
 use crate::protocol::RequestId;
+use crate::protocol::idempotency::{self, KeyHeader, MAX_KEY_LEN};
 use crate::protocol::token::{Claims, Keyring, TOKEN_LEN, TokenError};
 use crate::protocol::{Call, MAX_CREDENTIAL_LEN, one};
 
@@ -47,6 +49,28 @@ fn token_like() -> impl Strategy<Value = String> {
         ".{0,80}",
         any::<String>(),
     ]
+}
+
+/// Every well-formed key: 1 to 255 bytes of visible ASCII.
+fn valid_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[\\x21-\\x7e]{1,40}",
+        "[\\x21-\\x7e]{240,255}",
+        "[\"\\\\a]{1,8}",
+    ]
+}
+
+/// The draft's form of `key`: an sf-string, with `"` and `\` escaped.
+fn quoted(key: &str) -> String {
+    let mut out = String::from("\"");
+    for c in key.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 fn owner() -> impl Strategy<Value = Option<String>> {
@@ -445,6 +469,81 @@ proptest! {
         // never a poll whose token is the raw bytes read some other way.
         if let Call::Poll { token, .. } = call(&p) {
             prop_assert_eq!(token, "\u{0}");
+        }
+    }
+
+    // ---------------------------------------------------------------- Idempotency-Key
+
+    #[test]
+    fn idempotency_key_quoted_and_bare_forms_are_one_key(key in valid_key()) {
+        prop_assert_eq!(idempotency::parse(quoted(&key).as_bytes()), Some(key.clone()));
+        // A bare key cannot start with a quote (that is the quoted form); any other can be bare.
+        if !key.starts_with('"') {
+            prop_assert_eq!(idempotency::parse(key.as_bytes()), Some(key.clone()));
+        }
+        // Padding with whitespace is not part of the value.
+        prop_assert_eq!(idempotency::parse(format!(" \t{} ", quoted(&key)).as_bytes()), Some(key));
+    }
+
+    #[test]
+    fn idempotency_key_with_a_byte_outside_visible_ascii_is_refused(
+        key in valid_key(),
+        at in any::<prop::sample::Index>(),
+        byte in prop_oneof![0u8..=0x20, 0x7fu8..=0xff],
+        quote in any::<bool>(),
+    ) {
+        // Between two visible bytes, so no trimming of edge whitespace can drop it.
+        let at = at.index(key.len() + 1);
+        let mut bytes = b"x".to_vec();
+        bytes.extend_from_slice(&key.as_bytes()[..at]);
+        bytes.push(byte);
+        bytes.extend_from_slice(&key.as_bytes()[at..]);
+        bytes.push(b'x');
+        let value = if quote {
+            let mut v = vec![b'"'];
+            for b in bytes {
+                if b == b'"' || b == b'\\' {
+                    v.push(b'\\');
+                }
+                v.push(b);
+            }
+            v.push(b'"');
+            v
+        } else {
+            bytes
+        };
+        prop_assert_eq!(idempotency::parse(&value), None);
+    }
+
+    #[test]
+    fn idempotency_key_length_is_bounded(len in 0usize..600, quote in any::<bool>()) {
+        let key = "k".repeat(len);
+        let value = if quote { quoted(&key) } else { key.clone() };
+        let expected = (1..=MAX_KEY_LEN).contains(&len).then_some(key);
+        prop_assert_eq!(idempotency::parse(value.as_bytes()), expected);
+    }
+
+    #[test]
+    fn idempotency_key_parse_never_panics_and_keeps_only_visible_ascii(
+        values in proptest::collection::vec(any::<Vec<u8>>(), 0..3),
+    ) {
+        for v in &values {
+            if let Some(key) = idempotency::parse(v) {
+                prop_assert!((1..=MAX_KEY_LEN).contains(&key.len()));
+                prop_assert!(key.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+            }
+        }
+        let mut headers = HeaderMap::new();
+        for v in &values {
+            if let Ok(v) = HeaderValue::from_bytes(v) {
+                headers.append("idempotency-key", v);
+            }
+        }
+        let parsed = KeyHeader::from_headers(&headers);
+        match headers.get_all("idempotency-key").iter().count() {
+            0 => prop_assert_eq!(parsed, KeyHeader::Absent),
+            1 => prop_assert!(parsed != KeyHeader::Absent),
+            _ => prop_assert_eq!(parsed, KeyHeader::Malformed),
         }
     }
 

@@ -56,6 +56,18 @@ struct State {
     /// (expiry when enqueued here, id), oldest first; re-checked against the record on pop.
     expiries: VecDeque<(u64, RequestId)>,
     queue: VecDeque<Job>,
+    /// Idempotency keys by their scoped digest; each lives the TTL of its request's creation.
+    keys: HashMap<String, KeyEntry>,
+    /// (expiry, scoped key), in creation order; re-checked against the entry on pop.
+    key_expiries: VecDeque<(u64, String)>,
+}
+
+/// The request an idempotency key created.
+struct KeyEntry {
+    id: RequestId,
+    params_digest: String,
+    created_ms: u64,
+    expires_ms: u64,
 }
 
 struct Record {
@@ -172,6 +184,21 @@ impl State {
                 None => {}
             }
         }
+        while let Some((at, _)) = self.key_expiries.front() {
+            if *at > now_ms {
+                break;
+            }
+            if let Some((_, key)) = self.key_expiries.pop_front() {
+                if self.keys.get(&key).is_some_and(|e| e.expires_ms <= now_ms) {
+                    self.keys.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The live request the idempotency key `scoped` created, if any.
+    fn keyed(&self, scoped: &str, now_ms: u64) -> Option<&KeyEntry> {
+        self.keys.get(scoped).filter(|e| e.expires_ms > now_ms)
     }
 
     fn live(&mut self, id: &RequestId, now_ms: u64) -> Option<&mut Record> {
@@ -186,6 +213,26 @@ impl Backend for MemoryBackend {
         {
             let mut st = self.lock();
             st.sweep(request.created_ms);
+            // The key check and both writes below hold one lock: one request per key.
+            if let Some(key) = &request.idempotency {
+                if let Some(entry) = st.keyed(&key.scoped, request.created_ms) {
+                    return Ok(Created::Existing {
+                        id: entry.id,
+                        created_ms: entry.created_ms,
+                        same_params: entry.params_digest == key.params_digest,
+                    });
+                }
+                st.keys.insert(
+                    key.scoped.clone(),
+                    KeyEntry {
+                        id: request.id,
+                        params_digest: key.params_digest.clone(),
+                        created_ms: request.created_ms,
+                        expires_ms,
+                    },
+                );
+                st.key_expiries.push_back((expires_ms, key.scoped.clone()));
+            }
             st.records.insert(
                 request.id,
                 Record {

@@ -21,11 +21,12 @@ pub(crate) use config::{Config, bad};
 pub(crate) use tasks::{ErasedTask, RunError, TaskRuntime};
 
 use crate::backend::{
-    Backend, Created, NewRequest, SharedBackend, Snapshot, StoredFailure, Update,
+    Backend, Created, IdempotencyKey, NewRequest, SharedBackend, Snapshot, StoredFailure, Update,
 };
 use crate::clock::now_ms;
 use crate::error::Error;
 use crate::failure::{Failure, FailureKind};
+use crate::protocol::idempotency::{self, KeyHeader};
 use crate::protocol::token::{Claims, Keyring, TokenError};
 use crate::protocol::{Call, Problem, Progress, RequestId, Status, StatusBody};
 use crate::task::{AsyncTask, ProgressSink};
@@ -136,12 +137,15 @@ impl Engine {
 
     /// Answers one call for task `T`: starts a request with `params`, or reads the one the
     /// credentials name (holding the read up to the requested wait, capped by `max_wait`).
+    /// A start's `Idempotency-Key` (`key`) makes a repeated start a poll of the first one's
+    /// request; a poll ignores it.
     pub(crate) async fn answer<T: AsyncTask>(
         &self,
         call: Call,
         params: &T::Params,
         owner: Option<&str>,
         requested_wait: Option<u64>,
+        key: KeyHeader,
     ) -> Reply<T::Output> {
         if !self.tasks.contains_key(T::NAME) {
             return Answer::Problem(developer_error(&Error::UnknownTask(T::NAME.to_owned())))
@@ -150,12 +154,21 @@ impl Engine {
         match call {
             Call::Malformed => Answer::Problem(Problem::NotFound).into(),
             Call::Start => {
-                let started = self.start::<T>(params, owner).await;
+                let key = match key {
+                    KeyHeader::Absent => None,
+                    KeyHeader::Key(key) => Some(key),
+                    KeyHeader::Malformed => {
+                        return Answer::Problem(Problem::BadIdempotencyKey).into();
+                    }
+                };
+                let started = self.start::<T>(params, owner, key.as_deref()).await;
                 match (self.wait_for(requested_wait), started) {
                     (Some(wait), Answer::Accepted { body, .. }) => {
                         self.until_finished::<T>(body, wait).await
                     }
-                    (_, answer) => answer.into(),
+                    // Only a repeated start (same idempotency key) can be final already: it
+                    // answers as a waiting poll would.
+                    (wait, answer) => Reply::waited(answer, wait),
                 }
             }
             Call::Poll { id, token } => {
@@ -174,11 +187,13 @@ impl Engine {
     }
 
     /// Starts a request of task `T`: checks the params, stores and enqueues it, and answers 202
-    /// with its id and token.
+    /// with its id and token. With an idempotency `key` seen before for `T` and `owner`, nothing
+    /// is stored: the answer is a poll of the earlier request (or a 422 for other params).
     pub(crate) async fn start<T: AsyncTask>(
         &self,
         params: &T::Params,
         owner: Option<&str>,
+        key: Option<&str>,
     ) -> Answer<T::Output> {
         let config = &self.config;
         let params = match serde_json::to_string(params) {
@@ -208,32 +223,73 @@ impl Engine {
             .unwrap_or(config.deadline);
         let id = RequestId::random();
         let now = now_ms();
-        let expires_at = now.saturating_add(config.ttl.as_millis() as u64) / 1000;
-        let claims = Claims {
-            id: &id,
-            task: T::NAME,
-            owner,
-        };
-        let token = self.keys.sign(&claims, expires_at);
-        let created = self
-            .backend
-            .create(NewRequest::new(
-                id,
-                T::NAME,
-                params,
-                now,
-                now.saturating_add(deadline.as_millis() as u64),
-                config.ttl,
-            ))
-            .await;
+        let token = self.token::<T>(id, owner, now);
+        let idempotency = key.map(|key| {
+            IdempotencyKey::new(
+                idempotency::scoped(T::NAME, owner, key),
+                idempotency::params_digest(&params),
+            )
+        });
+        let mut request = NewRequest::new(
+            id,
+            T::NAME,
+            params,
+            now,
+            now.saturating_add(deadline.as_millis() as u64),
+            config.ttl,
+        );
+        request.idempotency = idempotency;
+        let created = self.backend.create(request).await;
         match created {
             Ok(Created::New) => {}
-            // Not asked for yet: the engine sends neither keys nor limits (issue 12, items 1, 4).
+            Ok(Created::Existing {
+                id,
+                created_ms,
+                same_params,
+            }) => return self.repeated::<T>(id, created_ms, same_params, owner).await,
+            // Not asked for yet: the engine sends no limits (issue 12, item 4).
             Ok(_) => return Answer::Problem(Problem::Internal),
             Err(error) => return Answer::Problem(self.backend_error(&error)),
         }
         tracing::info!(request_id = %id, task = T::NAME, "request enqueued");
         self.accepted(id, token, Status::Queued, None)
+    }
+
+    /// The token of request `id` of task `T` for `owner`, created at `created_ms`: it expires
+    /// with the TTL. Deterministic, so a repeated start (same idempotency key) gets the very
+    /// token the first one got.
+    fn token<T: AsyncTask>(&self, id: RequestId, owner: Option<&str>, created_ms: u64) -> String {
+        let expires_at = created_ms.saturating_add(self.config.ttl.as_millis() as u64) / 1000;
+        let claims = Claims {
+            id: &id,
+            task: T::NAME,
+            owner,
+        };
+        self.keys.sign(&claims, expires_at)
+    }
+
+    /// Answers a start whose idempotency key names the earlier request `id` (created at
+    /// `created_ms`): a poll of it, with its id and token, when the params are the same; a 422
+    /// otherwise; what a poll would (404) when it is gone.
+    async fn repeated<T: AsyncTask>(
+        &self,
+        id: RequestId,
+        created_ms: u64,
+        same_params: bool,
+        owner: Option<&str>,
+    ) -> Answer<T::Output> {
+        if !same_params {
+            tracing::info!(request_id = %id, task = T::NAME, "idempotency key reused with other params");
+            return Answer::Problem(Problem::IdempotencyKeyReused);
+        }
+        let token = self.token::<T>(id, owner, created_ms);
+        let snapshot = match self.backend.poll(id, now_ms()).await {
+            Ok(Some(snapshot)) if snapshot.task == T::NAME => snapshot,
+            Ok(_) => return Answer::Problem(Problem::NotFound),
+            Err(error) => return Answer::Problem(self.backend_error(&error)),
+        };
+        tracing::debug!(request_id = %id, task = T::NAME, status = snapshot.status.as_str(), "repeated start");
+        self.render::<T>(id, &token, snapshot)
     }
 
     /// Reads the request that `id` and `token` name for task `T` and `owner`; with `wait`, holds

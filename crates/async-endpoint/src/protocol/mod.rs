@@ -6,6 +6,7 @@
 
 mod credentials;
 mod id;
+pub(crate) mod idempotency;
 pub(crate) mod prefer;
 mod problem;
 mod status;

@@ -26,6 +26,11 @@ pub(crate) enum Problem {
     /// The start's params, serialized, are larger than `max_params_bytes`. Params carry what a
     /// client sent (a body, a form), so this is the client's doing: a 413, never a 500.
     TooLarge,
+    /// The start's `Idempotency-Key` header is malformed: empty, longer than 255 bytes, not
+    /// visible ASCII, badly quoted, or sent more than once.
+    BadIdempotencyKey,
+    /// The start's `Idempotency-Key` was used before (same task and owner) with other params.
+    IdempotencyKeyReused,
     /// A mistake of the application's developer, or a backend refusal (logged with its cause);
     /// the client learns nothing.
     Internal,
@@ -40,6 +45,8 @@ impl Problem {
             Problem::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Problem::Finished => StatusCode::CONFLICT,
             Problem::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::BadIdempotencyKey => StatusCode::BAD_REQUEST,
+            Problem::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -54,6 +61,12 @@ impl Problem {
                 "This async request has already finished; its result can still be read."
             }
             Problem::TooLarge => "The request's parameters are larger than this endpoint accepts.",
+            Problem::BadIdempotencyKey => {
+                "The Idempotency-Key header must be sent once, with 1 to 255 visible ASCII characters."
+            }
+            Problem::IdempotencyKeyReused => {
+                "This Idempotency-Key was used with other parameters; send a new key for a new request."
+            }
             Problem::Internal => "The server could not handle this request.",
         }
     }

@@ -11,7 +11,7 @@
 //! The factory expression is awaited once per test and must give `Some` fresh, empty backend (or
 //! one under a unique key prefix), or `None` to skip (say why on stderr; fail instead under
 //! `CI=true`). Times are passed to the backend explicitly, so deadlines are tested
-//! without sleeping; only the TTL test waits (about 1.5 s).
+//! without sleeping; only the TTL tests wait (about 1.5 s).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -20,6 +20,10 @@ use std::time::Duration;
 
 use async_endpoint::backend::{Backend, Begin, Job, NewRequest, Outcome, StoredFailure, Update};
 use async_endpoint::{FailureKind, Progress, RequestId, Status};
+
+#[path = "idempotency.rs"]
+mod idempotency;
+pub use idempotency::*;
 
 /// Generates one `#[tokio::test]` per behaviour for the backend made by `$make` (an expression
 /// whose value is awaited to give the backend).
@@ -59,6 +63,11 @@ macro_rules! suite {
             cancel_racing_finish_agree,
             cancel_racing_a_deadline_poll_agree,
             cancel_racing_a_redelivery_agree,
+            // Idempotency keys (`idempotency.rs`).
+            idempotency_key_returns_the_first_request,
+            idempotency_keys_are_scoped,
+            concurrent_creates_with_one_key_make_one_request,
+            idempotency_key_expires_with_the_ttl,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

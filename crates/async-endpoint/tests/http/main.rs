@@ -1,11 +1,12 @@
 //! The HTTP-level tests, one binary: the protocol and security of the endpoint driven through
-//! the router, blocking tasks, races on every backend (the Redis half needs the `redis` feature
+//! the router, blocking tasks, idempotency keys and races on every backend (the Redis half needs the `redis` feature
 //! and a `redis-server`), the README's quick start as a real server, and 10,000 generated polls
 //! over TCP.
 
 mod blocking_task;
 mod fuzz_polls;
 mod http_cancel;
+mod http_idempotency;
 mod http_protocol;
 mod http_races;
 mod http_security;

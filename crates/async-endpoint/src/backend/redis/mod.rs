@@ -7,6 +7,7 @@
 //! | `{prefix}:r:{<id>}` | hash | one record per request, TTL re-applied on every write |
 //! | `{prefix}:q:<task>` | stream + group `workers` | the task's queue: one entry `i=<id>` per job |
 //! | `{prefix}:n` | pub/sub channel | the id of every request that changed |
+//! | `{prefix}:k:<digest>` | string | an idempotency key (digest of task, owner and key): `<id> <created_ms> <params digest>`, for the TTL from creation |
 //!
 //! Record fields are one letter (`t` task, `s` status, `a` attempts, `p` params, `g` progress,
 //! `o` output, `f` failure, `d` deadline, `l` TTL) and params are dropped once the request is
@@ -155,6 +156,10 @@ impl Keys {
 
     fn queue(&self, task: &str) -> String {
         format!("{}:q:{task}", self.prefix)
+    }
+
+    fn idempotency(&self, scoped: &str) -> String {
+        format!("{}:k:{scoped}", self.prefix)
     }
 
     fn task_of<'a>(&self, queue: &'a str) -> Option<&'a str> {
@@ -530,6 +535,28 @@ impl FromRedisValue for Began {
 /// Decodes a reply read as a plain [`Value`]. Typed queries would report a reply of the wrong
 /// shape as redis-rs's `Parse` error, which [`map_err`] must treat as a broken connection (the
 /// protocol parser reports the same kind); decoding apart keeps it [`Error::Corrupt`].
+/// The earlier request an idempotency entry (`<id> <created_ms> <params digest>`) names.
+fn existing(entry: &[u8], params_digest: &str) -> Result<Created, Error> {
+    let corrupt = || {
+        Error::Corrupt(format!(
+            "idempotency entry {:?}",
+            String::from_utf8_lossy(entry)
+        ))
+    };
+    let entry = std::str::from_utf8(entry).map_err(|_| corrupt())?;
+    let mut fields = entry.split(' ');
+    let (Some(id), Some(created_ms), Some(digest), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Err(corrupt());
+    };
+    Ok(Created::Existing {
+        id: id.parse().map_err(|_| corrupt())?,
+        created_ms: created_ms.parse().map_err(|_| corrupt())?,
+        same_params: digest == params_digest,
+    })
+}
+
 fn reply<T: FromRedisValue>(what: &str, value: Value) -> Result<T, Error> {
     redis::from_redis_value(value).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
@@ -575,8 +602,15 @@ impl Backend for RedisBackend {
             .arg(ttl_ms)
             .arg(&id)
             .arg(request.created_ms);
-        self.bounded(call.invoke_async::<()>(&mut conn)).await?;
-        Ok(Created::New)
+        if let Some(key) = &request.idempotency {
+            call.key(keys.idempotency(&key.scoped))
+                .arg(&key.params_digest);
+        }
+        let created: Value = self.bounded(call.invoke_async(&mut conn)).await?;
+        match (created, &request.idempotency) {
+            (Value::BulkString(entry), Some(key)) => existing(&entry, &key.params_digest),
+            (created, _) => reply::<Write>("create reply", created).map(|_| Created::New),
+        }
     }
 
     async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {

@@ -1,5 +1,16 @@
 -- Stores a queued request and enqueues its job, atomically.
--- KEYS: record, queue stream.  ARGV: task, params, deadline_ms, ttl_ms, id, created_ms.
+-- KEYS: record, queue stream[, idempotency key].
+-- ARGV: task, params, deadline_ms, ttl_ms, id, created_ms[, params digest].
+-- With an idempotency key that exists, nothing is written: the entry ('<id> <created_ms>
+-- <params digest>') is returned instead. Otherwise the entry is written with the request's TTL
+-- (SET NX PX: kept from creation), in the same atomic step as the request.
+if KEYS[3] then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then
+    return existing
+  end
+  redis.call('SET', KEYS[3], ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7], 'NX', 'PX', ARGV[4])
+end
 redis.call('HSET', KEYS[1], 't', ARGV[1], 's', QUEUED, 'p', ARGV[2], 'd', ARGV[3], 'l', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 -- Trim entries older than the TTL: their requests are past their deadlines (deadline < TTL), so
