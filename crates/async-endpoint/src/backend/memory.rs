@@ -1,14 +1,14 @@
 //! The embedded default: records in a map with TTL, jobs in an in-process queue.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::{
-    Backend, Begin, Created, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update,
-    Watch,
+    Backend, Begin, Created, Job, Limit, NewRequest, Notifier, Outcome, Snapshot, StoredFailure,
+    Update, Watch,
 };
 use crate::clock::now_ms;
 use crate::error::Error;
@@ -57,6 +57,19 @@ struct State {
     /// (expiry when enqueued here, id), oldest first; re-checked against the record on pop.
     expiries: VecDeque<(u64, RequestId)>,
     queue: VecDeque<Job>,
+    /// Pending requests per owner and per task, for the pending limits.
+    pending: HashMap<PendingKey, BTreeSet<(u64, RequestId)>>,
+}
+
+/// A set of pending requests a limit counts: one owner's, or one task's. Each set holds
+/// `(deadline, id)`, ordered by deadline, so requests past their deadline are pruned from its
+/// front when it is counted (they stop counting even if nobody polls or runs them). A set is
+/// written only by starts that carry its limit, and removed once empty, so memory follows the
+/// live pending requests.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PendingKey {
+    Owner(String),
+    Task(&'static str),
 }
 
 struct Record {
@@ -70,6 +83,9 @@ struct Record {
     deadline_ms: u64,
     ttl_ms: u64,
     expires_ms: u64,
+    /// The pending sets this request is in (none once terminal, or when its start carried no
+    /// limit).
+    pending: Vec<PendingKey>,
 }
 
 impl Record {
@@ -152,6 +168,7 @@ impl State {
             self.expiries.pop_front();
             match self.records.get(&id) {
                 Some(r) if r.expires_ms <= now_ms => {
+                    self.unpend(&id);
                     self.records.remove(&id);
                 }
                 Some(r) => self.expiries.push_back((r.expires_ms, id)),
@@ -163,6 +180,68 @@ impl State {
     fn live(&mut self, id: &RequestId, now_ms: u64) -> Option<&mut Record> {
         self.records.get_mut(id).filter(|r| r.expires_ms > now_ms)
     }
+
+    /// The request no longer counts as pending: removes it from its pending sets (and drops
+    /// sets left empty). Call it on every terminal transition (done, failed, timed out,
+    /// cancelled); a no-op for a request that is in no set.
+    fn unpend(&mut self, id: &RequestId) {
+        let Some(record) = self.records.get_mut(id) else {
+            return;
+        };
+        let deadline_ms = record.deadline_ms;
+        for key in std::mem::take(&mut record.pending) {
+            if let Some(set) = self.pending.get_mut(&key) {
+                set.remove(&(deadline_ms, *id));
+                if set.is_empty() {
+                    self.pending.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// How many requests in `key`'s set are still pending at `now_ms`, after pruning those past
+    /// their deadline. O(log n) per pruned entry.
+    fn pending_count(&mut self, key: &PendingKey, now_ms: u64) -> usize {
+        let Some(set) = self.pending.get_mut(key) else {
+            return 0;
+        };
+        while set.first().is_some_and(|&(deadline_ms, _)| deadline_ms < now_ms) {
+            set.pop_first();
+        }
+        let count = set.len();
+        if count == 0 {
+            self.pending.remove(key);
+        }
+        count
+    }
+
+    /// The sets a start of `request` joins, or the limit it would exceed (checked owner first).
+    fn admit(&mut self, request: &NewRequest) -> Result<Vec<PendingKey>, Limit> {
+        let limits = request.limits;
+        let mut keys = Vec::new();
+        let checks = [
+            (
+                limits.per_owner,
+                request.owner.clone().map(PendingKey::Owner),
+                Limit::Owner,
+            ),
+            (
+                limits.per_task,
+                Some(PendingKey::Task(request.task)),
+                Limit::Task,
+            ),
+        ];
+        for (limit, key, which) in checks {
+            let (Some(limit), Some(key)) = (limit, key) else {
+                continue;
+            };
+            if self.pending_count(&key, request.created_ms) >= limit as usize {
+                return Err(which);
+            }
+            keys.push(key);
+        }
+        Ok(keys)
+    }
 }
 
 impl Backend for MemoryBackend {
@@ -172,6 +251,17 @@ impl Backend for MemoryBackend {
         {
             let mut st = self.lock();
             st.sweep(request.created_ms);
+            // The limit check and the insert below are under one lock: one atomic step.
+            let pending = match st.admit(&request) {
+                Ok(keys) => keys,
+                Err(limit) => return Ok(Created::OverLimit(limit)),
+            };
+            for key in &pending {
+                st.pending
+                    .entry(key.clone())
+                    .or_default()
+                    .insert((request.deadline_ms, request.id));
+            }
             st.records.insert(
                 request.id,
                 Record {
@@ -185,6 +275,7 @@ impl Backend for MemoryBackend {
                     deadline_ms: request.deadline_ms,
                     ttl_ms,
                     expires_ms,
+                    pending,
                 },
             );
             st.expiries.push_back((expires_ms, request.id));
@@ -199,13 +290,17 @@ impl Backend for MemoryBackend {
         let (snapshot, changed) = {
             let mut st = self.lock();
             st.sweep(now_ms);
-            match st.live(&id, now_ms) {
+            let (snapshot, changed) = match st.live(&id, now_ms) {
                 None => return Ok(None),
                 Some(r) => {
                     let changed = r.expire_deadline(now_ms);
                     (r.snapshot(), changed)
                 }
+            };
+            if changed {
+                st.unpend(&id);
             }
+            (snapshot, changed)
         };
         if changed {
             tracing::warn!(request_id = %id, "deadline passed: request failed with a timeout");
@@ -259,7 +354,7 @@ impl Backend for MemoryBackend {
         let mut timed_out = false;
         let begin = {
             let mut st = self.lock();
-            match st.live(&job.id, now_ms) {
+            let begin = match st.live(&job.id, now_ms) {
                 None => Begin::Skip,
                 Some(r) if r.status.is_terminal() => Begin::Skip,
                 Some(r) if now_ms > r.deadline_ms => {
@@ -276,7 +371,11 @@ impl Backend for MemoryBackend {
                         deadline_ms: r.deadline_ms,
                     }
                 }
+            };
+            if timed_out {
+                st.unpend(&job.id);
             }
+            begin
         };
         if timed_out || matches!(begin, Begin::Run { .. }) {
             self.inner.notifier.notify(job.id);
@@ -305,7 +404,7 @@ impl Backend for MemoryBackend {
     async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
         let (status, changed) = {
             let mut st = self.lock();
-            match st.live(&job.id, now_ms) {
+            let (status, changed) = match st.live(&job.id, now_ms) {
                 // Gone (expired): nothing to write; report it as failed for the logs.
                 None => (Status::Failed, false),
                 Some(r) if r.status.is_terminal() => (r.status, false),
@@ -329,7 +428,11 @@ impl Backend for MemoryBackend {
                     r.touch(now_ms);
                     (r.status, true)
                 }
+            };
+            if changed {
+                st.unpend(&job.id);
             }
+            (status, changed)
         };
         if changed {
             self.inner.notifier.notify(job.id);

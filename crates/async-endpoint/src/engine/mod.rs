@@ -212,20 +212,27 @@ impl Engine {
             owner,
         };
         let token = self.keys.sign(&claims, expires_at);
-        let created = self
-            .backend
-            .create(NewRequest::new(
-                id,
-                T::NAME,
-                params,
-                now,
-                now.saturating_add(deadline.as_millis() as u64),
-                config.ttl,
-            ))
-            .await;
+        let mut request = NewRequest::new(
+            id,
+            T::NAME,
+            params,
+            now,
+            now.saturating_add(deadline.as_millis() as u64),
+            config.ttl,
+        );
+        request.owner = owner.map(str::to_owned);
+        request.limits = config.pending_limits();
+        let created = self.backend.create(request).await;
         match created {
             Ok(Created::New) => {}
-            // Not asked for yet: the engine sends neither keys nor limits (issue 12, items 1, 4).
+            Ok(Created::OverLimit(limit)) => {
+                // Info, not warning: a flood would repeat it for every refused start.
+                tracing::info!(task = T::NAME, ?limit, "start refused: pending limit reached");
+                return Answer::Problem(Problem::TooManyPending {
+                    retry_after: config.retry_after.as_secs().max(1),
+                });
+            }
+            // Not asked for yet: the engine sends no idempotency key (issue 12, item 1).
             Ok(_) => return Answer::Problem(Problem::Internal),
             Err(error) => return Answer::Problem(self.backend_error(&error)),
         }

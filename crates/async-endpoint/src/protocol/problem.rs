@@ -23,6 +23,13 @@ pub(crate) enum Problem {
     /// The start's params, serialized, are larger than `max_params_bytes`. Params carry what a
     /// client sent (a body, a form), so this is the client's doing: a 413, never a 500.
     TooLarge,
+    /// A pending-request limit (the owner's or the task's) is reached: nothing was enqueued; the
+    /// client may start again after `retry_after` seconds. One text for either limit, so a client
+    /// learns nothing about other owners.
+    TooManyPending {
+        /// Whole seconds for `Retry-After`.
+        retry_after: u64,
+    },
     /// A mistake of the application's developer, or a backend refusal (logged with its cause);
     /// the client learns nothing.
     Internal,
@@ -36,6 +43,7 @@ impl Problem {
             Problem::Gone => StatusCode::GONE,
             Problem::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Problem::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::TooManyPending { .. } => StatusCode::TOO_MANY_REQUESTS,
             Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -47,6 +55,9 @@ impl Problem {
             Problem::Gone => "This async request has expired; start a new one.",
             Problem::Unavailable { .. } => "The service is temporarily unavailable; retry later.",
             Problem::TooLarge => "The request's parameters are larger than this endpoint accepts.",
+            Problem::TooManyPending { .. } => {
+                "Too many requests are pending; wait for some to finish, then start again."
+            }
             Problem::Internal => "The server could not handle this request.",
         }
     }
@@ -54,7 +65,9 @@ impl Problem {
     /// Seconds for a `Retry-After` header, when the problem calls for one.
     pub(crate) fn retry_after(self) -> Option<u64> {
         match self {
-            Problem::Unavailable { retry_after } => Some(retry_after),
+            Problem::Unavailable { retry_after } | Problem::TooManyPending { retry_after } => {
+                Some(retry_after)
+            }
             _ => None,
         }
     }
