@@ -205,7 +205,10 @@ impl State {
         let Some(set) = self.pending.get_mut(key) else {
             return 0;
         };
-        while set.first().is_some_and(|&(deadline_ms, _)| deadline_ms < now_ms) {
+        while set
+            .first()
+            .is_some_and(|&(deadline_ms, _)| deadline_ms < now_ms)
+        {
             set.pop_first();
         }
         let count = set.len();

@@ -227,7 +227,11 @@ impl Engine {
             Ok(Created::New) => {}
             Ok(Created::OverLimit(limit)) => {
                 // Info, not warning: a flood would repeat it for every refused start.
-                tracing::info!(task = T::NAME, ?limit, "start refused: pending limit reached");
+                tracing::info!(
+                    task = T::NAME,
+                    ?limit,
+                    "start refused: pending limit reached"
+                );
                 return Answer::Problem(Problem::TooManyPending {
                     retry_after: config.retry_after.as_secs().max(1),
                 });

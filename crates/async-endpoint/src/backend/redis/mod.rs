@@ -591,7 +591,10 @@ impl Backend for RedisBackend {
             .arg(request.created_ms);
         // Pending limits: the owner's applies only to a start with an owner.
         let limits = request.limits;
-        let owner = request.owner.as_deref().filter(|_| limits.per_owner.is_some());
+        let owner = request
+            .owner
+            .as_deref()
+            .filter(|_| limits.per_owner.is_some());
         call.arg(limit_arg(owner.and(limits.per_owner)))
             .arg(owner.map(owner_digest).unwrap_or_default())
             .arg(limit_arg(limits.per_task));
