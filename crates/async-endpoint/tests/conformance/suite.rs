@@ -728,10 +728,7 @@ pub async fn owner_limit_refuses_and_stores_nothing<B: Backend + 'static>(b: Arc
     assert_eq!(try_create(&*b, &a1).await, Created::New);
     // The owner's limit counts every task of the owner.
     assert_eq!(try_create(&*b, &a2).await, Created::New);
-    assert_eq!(
-        try_create(&*b, &a3).await,
-        Created::OverLimit(Limit::Owner)
-    );
+    assert_eq!(try_create(&*b, &a3).await, Created::OverLimit(Limit::Owner));
     assert_eq!(b.poll(a3.id, t).await.unwrap(), None, "nothing stored");
     // Another owner is unaffected (an owner text that would be a bad key name, too).
     let bob = limited(TASK, Some("bob {x}:* \n"), Some(2), None, t, 60_000);
@@ -801,7 +798,9 @@ pub async fn finished_request_frees_its_slot<B: Backend + 'static>(b: Arc<B>) {
         Created::OverLimit(_)
     ));
     assert_eq!(
-        b.finish(&job, Outcome::Done("1".into()), now()).await.unwrap(),
+        b.finish(&job, Outcome::Done("1".into()), now())
+            .await
+            .unwrap(),
         Status::Done
     );
     let second = start();
