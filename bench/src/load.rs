@@ -5,7 +5,8 @@
 //!   (`--mode async`: start, then waiting polls until the answer); prints `COMPLETED <n> <secs>`;
 //! * `waiting`: starts `--n` pending requests, then holds one waiting poll per request, each on
 //!   its own connection; prints `HOLDING <n>` once all are sent and keeps them until killed;
-//! * `cross`: the load across processes (see `items::cross`).
+//! * `cross`: the load across processes (see `items::cross`);
+//! * `flood`: one owner's flood of starts (see `items::flood`).
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), BoxError> {
             "slow" => slow(&opts).await,
             "waiting" => waiting(&opts).await,
             "cross" => crate::items::cross::load(&opts).await,
+            "flood" => crate::items::flood::load(&opts).await,
             other => Err(format!("unknown load kind {other:?}").into()),
         }
     })

@@ -5,6 +5,7 @@
 //! cargo run --release -p bench -- --quick # quick run (< 2 min)
 //! cargo run --release -p bench -- --only 1,3   # some items only
 //! cargo run --release -p bench -- --only 6 --out results-load.md   # …written to another file
+//! cargo run --release -p bench -- --only flood --out results-flood.md   # push-back under a flood
 //! ```
 //!
 //! The same binary is the server under test (`bench serve <kind> …`) and the load generator

@@ -3,7 +3,8 @@
 //! * `bare`: plain axum handlers: `/bare` (JSON), `/floor` (JSON of one Redis hash field read over
 //!   a `ConnectionManager`, the connection kind the Redis backend uses), `/slow-await` (awaits the
 //!   slow upstream), `/slow-blocking` (calls it with a blocking client, as a blocking SDK would);
-//! * `ae`: async-endpoint on the memory or Redis backend with the bench tasks, plus `/bare`;
+//! * `ae`: async-endpoint on the memory or Redis backend with the bench tasks, plus `/bare`; the
+//!   owner is the `X-Owner` header, if any (`--max-pending-per-owner N|off` sets its limit);
 //! * `worker`: an async-endpoint worker-only process on Redis (stops on SIGTERM);
 //! * `upstream`: the slow fake upstream (answers after `--delay-ms`, default 1000).
 //!
@@ -238,6 +239,19 @@ pub(crate) fn wall_ms() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
+/// `--max-pending-per-owner N|off`: the endpoint's per-owner limit (the library's default
+/// when absent).
+fn per_owner_limit(builder: AsyncEndpointBuilder, opts: &Opts) -> AsyncEndpointBuilder {
+    match opts.get("max-pending-per-owner") {
+        Some("off") => builder.max_pending_per_owner(None),
+        Some(n) => match n.parse::<u32>() {
+            Ok(n) => builder.max_pending_per_owner(n),
+            Err(_) => builder,
+        },
+        None => builder,
+    }
+}
+
 fn builder(opts: &Opts) -> AsyncEndpointBuilder {
     let ttl = Duration::from_millis(opts.num("ttl-ms", 3_600_000));
     let deadline = Duration::from_millis(opts.num("deadline-ms", 3_000_000));
@@ -250,7 +264,16 @@ fn builder(opts: &Opts) -> AsyncEndpointBuilder {
     } else {
         builder
     };
-    builder
+    per_owner_limit(builder, opts)
+        // Owners from a header: only requests that carry it have one (the flood item's do).
+        .owner(|parts| {
+            parts
+                .headers
+                .get("x-owner")?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
         .secret(SECRET)
         .ttl(ttl)
         .deadline(deadline)

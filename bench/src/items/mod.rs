@@ -2,6 +2,7 @@
 //! makes itself, and small statistics.
 
 pub(crate) mod cross;
+pub(crate) mod flood;
 mod footprint;
 mod isolation;
 mod js_delay;
@@ -20,13 +21,14 @@ use crate::runner::Run;
 pub(crate) type Item = fn(&mut Run) -> Result<(), BoxError>;
 
 /// The items in the order of results.md, each with its number for `--only`.
-pub(crate) const ALL: [(&str, Item); 6] = [
+pub(crate) const ALL: [(&str, Item); 7] = [
     ("1", poll_cost::measure),
     ("2", throughput::measure),
     ("3", isolation::measure),
     ("4", footprint::measure),
     ("5", js_delay::measure),
     ("6", cross::measure),
+    ("flood", flood::measure),
 ];
 
 /// A request's `(async_request_id, async_request_token)`.

@@ -26,7 +26,7 @@
 export const DEFAULTS = Object.freeze({
   timeout: 60000, // overall bound for the whole request, start to final answer
   wait: 20, // seconds asked for with `Prefer: wait=N`; 0 sends no Prefer header
-  retries: 5, // consecutive 502/503/504 or network errors tolerated while starting (same key) and polling
+  retries: 5, // consecutive 502/503/504 or network errors tolerated while starting (same key) and polling; 429s on a start
 });
 
 /**
@@ -41,6 +41,12 @@ const MAX_TIMER_MS = 2147483647;
 
 const TRANSIENT = new Set([502, 503, 504]);
 /**
+ * Start answers after which the start is sent again (after `Retry-After`, at most `retries` times,
+ * within `timeout`): 429 is the server's push-back (too many pending requests), and nothing was
+ * stored or enqueued, so sending the start again cannot run a job twice.
+ */
+const START_RETRIED = new Set([429]);
+/**
  * Seconds a start asks to be held (`Prefer: wait=N`, capped by the `wait` option): a job done
  * within it costs one request, and a longer one still gets its id (for `onStart` and resuming) and
  * its progress (through waiting polls) after at most this long.
@@ -52,7 +58,8 @@ const START_WAIT_S = 1;
  *
  * `kind` tells the cases apart:
  * - `"failed"`: the server gave a final non-2xx answer (the task failed: 422 by default; 404/410 for
- *   an unknown or expired request; other 4xx/5xx; or 502/503/504 that outlasted the retries);
+ *   an unknown or expired request; other 4xx/5xx; 502/503/504 that outlasted the retries while
+ *   polling; or a start's 429 push-back that outlasted the retries);
  * - `"timeout"`: the overall `timeout` passed (the request may still finish on the server);
  * - `"aborted"`: the caller's `signal` aborted (a started request is cancelled on the server too);
  * - `"network"`: `fetch` itself failed (on start, or on every retry while polling), or an answer's
@@ -102,7 +109,8 @@ export class AsyncRequestError extends Error {
  * @property {(p: {status: string, progress: object|null}) => void} [onProgress]  called on every 202
  * @property {(state: AsyncRequestState) => void} [onStart]  called once the first 202 arrives
  * @property {number} [wait=20]  seconds for `Prefer: wait=N`; 0 to send no Prefer header
- * @property {number} [retries=5]  consecutive transient failures tolerated while polling
+ * @property {number} [retries=5]  consecutive transient failures tolerated while polling; also how many
+ *   times a start refused with 429 (too many pending requests) is sent again, after its `Retry-After`
  * @property {string} [persistKey]  save the state under this key in `storage`; cleared when the request settles
  * @property {Storage} [storage=sessionStorage]
  * @property {RequestInit} [init]  extra fetch options (e.g. `credentials`) for every request
@@ -120,7 +128,8 @@ export class AsyncRequestError extends Error {
  * Start an asynchronous request and poll it to its final answer.
  *
  * Resolves on a final 2xx (other than 202). Rejects with {@link AsyncRequestError}. A network error
- * on the start request is not retried (the server may have enqueued it); polls are retried.
+ * on the start request is not retried (the server may have enqueued it); polls are retried, and so is a
+ * start refused with 429 (too many pending requests: nothing was enqueued), after its `Retry-After`.
  * If `onStart` or `onProgress` throws, the request stops and rejects with that error.
  *
  * @param {string|URL} url
@@ -231,7 +240,7 @@ class Run {
         this.persisted = Boolean(this.options.persistKey);
         return await this.pollUntilFinal(0);
       }
-      const res = await this.sendStart();
+      const res = await this.start();
       if (res.status !== 202) return await this.final(res);
       return await this.pollUntilFinal(await this.accept(res));
     } catch (e) {
@@ -285,16 +294,32 @@ class Run {
   }
 
   /**
+   * Sends the start; while the server pushes back (`START_RETRIED`), waits for its `Retry-After`
+   * (clamped to the backoff cap; the backoff without one) and sends it again, at most `retries`
+   * times. Resolves to the last answer: after the retries, a 429 is a final answer (kind `failed`).
+   */
+  async start() {
+    // One key for this start, whatever is retried: a network error, a 502/503/504 or a 429.
+    const key = new Headers(this.req.headers).has("idempotency-key") ? null : newIdempotencyKey();
+    for (let refusals = 0; ; refusals++) {
+      const res = await this.sendStart(key);
+      if (!START_RETRIED.has(res.status) || refusals >= this.o.retries) return res;
+      await this.step(res.text()).catch(() => {}); // drain it: frees the connection
+      await this.sleep(this.hintedDelay(res) ?? this.backoff());
+    }
+  }
+
+  /**
    * The start request, asking the server to hold it up to `START_WAIT_S` until the job finishes,
    * so a fast job costs one request; a server that does not hold it answers 202 at once. It carries
-   * an `Idempotency-Key` (the caller's, or a fresh one), so a network error or a 502/503/504 is
+   * an `Idempotency-Key` (the caller's, or `key`, made once per start), so a network error or a 502/503/504 is
    * retried with the same key (up to `retries` times, honouring `Retry-After`): a start the server
    * did enqueue answers with that request, never a second one. Resolves to the first other answer,
    * or the last transient one.
    */
-  async sendStart() {
+  async sendStart(key) {
     const extra = this.waitHeader(Math.min(this.o.wait, START_WAIT_S));
-    if (!new Headers(this.req.headers).has("idempotency-key")) extra["Idempotency-Key"] = newIdempotencyKey();
+    if (key) extra["Idempotency-Key"] = key;
     for (let failures = 0; ; ) {
       let res;
       try {

@@ -125,6 +125,8 @@ impl AsyncEndpoint {
 /// | `internal_error_message` | generic | client message for panics and internal errors |
 /// | `timeout_message` | generic | client message for a passed deadline |
 /// | `cancelled_message` | generic | client message for a cancelled request |
+/// | `max_pending_per_owner` | 200 | most pending requests of one owner (needs `owner`); over it a start answers 429; `None` = no limit |
+/// | `max_pending_per_task` | none | most pending requests of one task, all owners together; over it a start answers 429 |
 #[must_use]
 #[derive(Default)]
 pub struct AsyncEndpointBuilder {
@@ -318,6 +320,46 @@ impl AsyncEndpointBuilder {
     /// ```
     pub fn cancelled_message(mut self, message: impl Into<String>) -> Self {
         self.config.cancelled_message = message.into();
+        self
+    }
+
+    /// Most pending requests one owner may have, all tasks together (default 200; `None` turns
+    /// the limit off). A start over it answers `429 Too Many Requests` problem+json with
+    /// `Retry-After` (the `retry_after` setting, at least 1 s) and enqueues nothing. A request
+    /// is pending from its start until it finishes, fails or its deadline passes.
+    ///
+    /// It applies only where the [`owner`](Self::owner) hook names an owner: without the hook,
+    /// or for starts it returns `None` for, there is no per-owner limit (use
+    /// [`max_pending_per_task`](Self::max_pending_per_task) to bound everyone together).
+    ///
+    /// The default is far above what one page needs (dozens of pending requests) and keeps one
+    /// owner flooding starts from queuing tens of thousands of jobs ahead of everyone else's.
+    /// The limit is checked by the process that answers the start: give every web process the
+    /// same setting.
+    ///
+    /// ```
+    /// # use async_endpoint::AsyncEndpoint;
+    /// let builder = AsyncEndpoint::builder()
+    ///     .owner(|parts| parts.headers.get("x-user-id")?.to_str().ok().map(str::to_owned))
+    ///     .max_pending_per_owner(20);
+    /// let unlimited = AsyncEndpoint::builder().max_pending_per_owner(None);
+    /// ```
+    pub fn max_pending_per_owner(mut self, limit: impl Into<Option<u32>>) -> Self {
+        self.config.max_pending_per_owner = limit.into();
+        self
+    }
+
+    /// Most pending requests of one task, all owners together (default: no limit; `None` turns
+    /// it off again). Over it a start of that task answers 429 like
+    /// [`max_pending_per_owner`](Self::max_pending_per_owner). Use it to bound a task's backlog
+    /// whoever starts it, e.g. anonymous starts, which no per-owner limit covers.
+    ///
+    /// ```
+    /// # use async_endpoint::AsyncEndpoint;
+    /// let builder = AsyncEndpoint::builder().max_pending_per_task(10_000);
+    /// ```
+    pub fn max_pending_per_task(mut self, limit: impl Into<Option<u32>>) -> Self {
+        self.config.max_pending_per_task = limit.into();
         self
     }
 

@@ -1,14 +1,14 @@
 //! The embedded default: records in a map with TTL, jobs in an in-process queue.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::{
-    Backend, Begin, Created, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update,
-    Watch,
+    Backend, Begin, Created, Job, Limit, NewRequest, Notifier, Outcome, Snapshot, StoredFailure,
+    Update, Watch,
 };
 use crate::clock::now_ms;
 use crate::error::Error;
@@ -60,6 +60,8 @@ struct State {
     keys: HashMap<String, KeyEntry>,
     /// (expiry, scoped key), in creation order; re-checked against the entry on pop.
     key_expiries: VecDeque<(u64, String)>,
+    /// Pending requests per owner and per task, for the pending limits.
+    pending: HashMap<PendingKey, BTreeSet<(u64, RequestId)>>,
 }
 
 /// The request an idempotency key created.
@@ -68,6 +70,17 @@ struct KeyEntry {
     params_digest: String,
     created_ms: u64,
     expires_ms: u64,
+}
+
+/// A set of pending requests a limit counts: one owner's, or one task's. Each set holds
+/// `(deadline, id)`, ordered by deadline, so requests past their deadline are pruned from its
+/// front when it is counted (they stop counting even if nobody polls or runs them). A set is
+/// written only by starts that carry its limit, and removed once empty, so memory follows the
+/// live pending requests.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PendingKey {
+    Owner(String),
+    Task(&'static str),
 }
 
 struct Record {
@@ -81,6 +94,9 @@ struct Record {
     deadline_ms: u64,
     ttl_ms: u64,
     expires_ms: u64,
+    /// The pending sets this request is in (none once terminal, or when its start carried no
+    /// limit).
+    pending: Vec<PendingKey>,
 }
 
 impl Record {
@@ -178,6 +194,7 @@ impl State {
             self.expiries.pop_front();
             match self.records.get(&id) {
                 Some(r) if r.expires_ms <= now_ms => {
+                    self.unpend(&id);
                     self.records.remove(&id);
                 }
                 Some(r) => self.expiries.push_back((r.expires_ms, id)),
@@ -204,6 +221,71 @@ impl State {
     fn live(&mut self, id: &RequestId, now_ms: u64) -> Option<&mut Record> {
         self.records.get_mut(id).filter(|r| r.expires_ms > now_ms)
     }
+
+    /// The request no longer counts as pending: removes it from its pending sets (and drops
+    /// sets left empty). Call it on every terminal transition (done, failed, timed out,
+    /// cancelled); a no-op for a request that is in no set.
+    fn unpend(&mut self, id: &RequestId) {
+        let Some(record) = self.records.get_mut(id) else {
+            return;
+        };
+        let deadline_ms = record.deadline_ms;
+        for key in std::mem::take(&mut record.pending) {
+            if let Some(set) = self.pending.get_mut(&key) {
+                set.remove(&(deadline_ms, *id));
+                if set.is_empty() {
+                    self.pending.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// How many requests in `key`'s set are still pending at `now_ms`, after pruning those past
+    /// their deadline. O(log n) per pruned entry.
+    fn pending_count(&mut self, key: &PendingKey, now_ms: u64) -> usize {
+        let Some(set) = self.pending.get_mut(key) else {
+            return 0;
+        };
+        while set
+            .first()
+            .is_some_and(|&(deadline_ms, _)| deadline_ms < now_ms)
+        {
+            set.pop_first();
+        }
+        let count = set.len();
+        if count == 0 {
+            self.pending.remove(key);
+        }
+        count
+    }
+
+    /// The sets a start of `request` joins, or the limit it would exceed (checked owner first).
+    fn admit(&mut self, request: &NewRequest) -> Result<Vec<PendingKey>, Limit> {
+        let limits = request.limits;
+        let mut keys = Vec::new();
+        let checks = [
+            (
+                limits.per_owner,
+                request.owner.clone().map(PendingKey::Owner),
+                Limit::Owner,
+            ),
+            (
+                limits.per_task,
+                Some(PendingKey::Task(request.task)),
+                Limit::Task,
+            ),
+        ];
+        for (limit, key, which) in checks {
+            let (Some(limit), Some(key)) = (limit, key) else {
+                continue;
+            };
+            if self.pending_count(&key, request.created_ms) >= limit as usize {
+                return Err(which);
+            }
+            keys.push(key);
+        }
+        Ok(keys)
+    }
 }
 
 impl Backend for MemoryBackend {
@@ -213,7 +295,8 @@ impl Backend for MemoryBackend {
         {
             let mut st = self.lock();
             st.sweep(request.created_ms);
-            // The key check and both writes below hold one lock: one request per key.
+            // The key check, the limit check and the writes below hold one lock: one atomic
+            // step, so one request per key, and never more pending than a limit.
             if let Some(key) = &request.idempotency {
                 if let Some(entry) = st.keyed(&key.scoped, request.created_ms) {
                     return Ok(Created::Existing {
@@ -222,6 +305,12 @@ impl Backend for MemoryBackend {
                         same_params: entry.params_digest == key.params_digest,
                     });
                 }
+            }
+            let pending = match st.admit(&request) {
+                Ok(keys) => keys,
+                Err(limit) => return Ok(Created::OverLimit(limit)),
+            };
+            if let Some(key) = &request.idempotency {
                 st.keys.insert(
                     key.scoped.clone(),
                     KeyEntry {
@@ -232,6 +321,12 @@ impl Backend for MemoryBackend {
                     },
                 );
                 st.key_expiries.push_back((expires_ms, key.scoped.clone()));
+            }
+            for key in &pending {
+                st.pending
+                    .entry(key.clone())
+                    .or_default()
+                    .insert((request.deadline_ms, request.id));
             }
             st.records.insert(
                 request.id,
@@ -246,6 +341,7 @@ impl Backend for MemoryBackend {
                     deadline_ms: request.deadline_ms,
                     ttl_ms,
                     expires_ms,
+                    pending,
                 },
             );
             st.expiries.push_back((expires_ms, request.id));
@@ -260,13 +356,17 @@ impl Backend for MemoryBackend {
         let (snapshot, changed) = {
             let mut st = self.lock();
             st.sweep(now_ms);
-            match st.live(&id, now_ms) {
+            let (snapshot, changed) = match st.live(&id, now_ms) {
                 None => return Ok(None),
                 Some(r) => {
                     let changed = r.expire_deadline(now_ms);
                     (r.snapshot(), changed)
                 }
+            };
+            if changed {
+                st.unpend(&id);
             }
+            (snapshot, changed)
         };
         if changed {
             tracing::warn!(request_id = %id, "deadline passed: request failed with a timeout");
@@ -320,7 +420,7 @@ impl Backend for MemoryBackend {
         let mut timed_out = false;
         let begin = {
             let mut st = self.lock();
-            match st.live(&job.id, now_ms) {
+            let begin = match st.live(&job.id, now_ms) {
                 None => Begin::Skip,
                 Some(r) if r.status.is_terminal() => Begin::Skip,
                 Some(r) if now_ms > r.deadline_ms => {
@@ -337,7 +437,11 @@ impl Backend for MemoryBackend {
                         deadline_ms: r.deadline_ms,
                     }
                 }
+            };
+            if timed_out {
+                st.unpend(&job.id);
             }
+            begin
         };
         if timed_out || matches!(begin, Begin::Run { .. }) {
             self.inner.notifier.notify(job.id);
@@ -366,7 +470,7 @@ impl Backend for MemoryBackend {
     async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
         let (status, changed) = {
             let mut st = self.lock();
-            match st.live(&job.id, now_ms) {
+            let (status, changed) = match st.live(&job.id, now_ms) {
                 // Gone (expired): nothing to write; report it as failed for the logs.
                 None => (Status::Failed, false),
                 Some(r) if r.status.is_terminal() => (r.status, false),
@@ -378,7 +482,11 @@ impl Backend for MemoryBackend {
                     r.settle(outcome, now_ms);
                     (r.status, true)
                 }
+            };
+            if changed {
+                st.unpend(&job.id);
             }
+            (status, changed)
         };
         if changed {
             self.inner.notifier.notify(job.id);
@@ -390,7 +498,7 @@ impl Backend for MemoryBackend {
         let (snapshot, changed) = {
             let mut st = self.lock();
             st.sweep(now_ms);
-            match st.live(&id, now_ms) {
+            let (snapshot, changed) = match st.live(&id, now_ms) {
                 None => return Ok(None),
                 Some(r) if r.status.is_terminal() => (r.snapshot(), false),
                 Some(r) => {
@@ -400,7 +508,12 @@ impl Backend for MemoryBackend {
                     }
                     (r.snapshot(), true)
                 }
+            };
+            if changed {
+                // No longer pending: its slot under the pending limits is free.
+                st.unpend(&id);
             }
+            (snapshot, changed)
         };
         if changed {
             self.inner.notifier.notify(id);

@@ -36,7 +36,17 @@ pub(crate) struct Config {
     pub(crate) timeout_message: String,
     /// The client's message for a cancelled request. Default: a generic sentence.
     pub(crate) cancelled_message: String,
+    /// Most pending requests of one owner (starts with an owner only); `None` is no limit.
+    /// Default 200.
+    pub(crate) max_pending_per_owner: Option<u32>,
+    /// Most pending requests of one task, all owners together; `None` is no limit. Default none.
+    pub(crate) max_pending_per_task: Option<u32>,
 }
+
+/// The default of `max_pending_per_owner`: far above what one page or user needs (dozens of
+/// pending requests), low enough that one owner flooding starts cannot queue more than this
+/// many jobs ahead of everyone else's.
+pub(crate) const DEFAULT_MAX_PENDING_PER_OWNER: u32 = 200;
 
 impl Default for Config {
     fn default() -> Self {
@@ -54,6 +64,8 @@ impl Default for Config {
             internal_error_message: DEFAULT_INTERNAL_MESSAGE.to_owned(),
             timeout_message: DEFAULT_TIMEOUT_MESSAGE.to_owned(),
             cancelled_message: DEFAULT_CANCELLED_MESSAGE.to_owned(),
+            max_pending_per_owner: Some(DEFAULT_MAX_PENDING_PER_OWNER),
+            max_pending_per_task: None,
         }
     }
 }
@@ -74,7 +86,27 @@ impl Config {
         self.check_max_params_bytes()?;
         self.check_concurrency()?;
         self.check_max_wait()?;
+        self.check_pending_limits()?;
         self.check_messages()
+    }
+
+    fn check_pending_limits(&self) -> Result<(), Error> {
+        let zero = "must be at least 1 (pass None to turn the limit off)";
+        if self.max_pending_per_owner == Some(0) {
+            return Err(bad("max_pending_per_owner", zero));
+        }
+        if self.max_pending_per_task == Some(0) {
+            return Err(bad("max_pending_per_task", zero));
+        }
+        Ok(())
+    }
+
+    /// The pending limits every start carries.
+    pub(crate) fn pending_limits(&self) -> crate::backend::PendingLimits {
+        crate::backend::PendingLimits {
+            per_owner: self.max_pending_per_owner,
+            per_task: self.max_pending_per_task,
+        }
     }
 
     fn check_deadline(&self) -> Result<(), Error> {
@@ -183,6 +215,14 @@ mod tests {
         assert_eq!(
             setting(|c| c.cancelled_message.clear()),
             "cancelled_message"
+        );
+        assert_eq!(
+            setting(|c| c.max_pending_per_owner = Some(0)),
+            "max_pending_per_owner"
+        );
+        assert_eq!(
+            setting(|c| c.max_pending_per_task = Some(0)),
+            "max_pending_per_task"
         );
     }
 }

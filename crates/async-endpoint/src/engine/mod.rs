@@ -238,7 +238,9 @@ impl Engine {
             now.saturating_add(deadline.as_millis() as u64),
             config.ttl,
         );
+        request.owner = owner.map(str::to_owned);
         request.idempotency = idempotency;
+        request.limits = config.pending_limits();
         let created = self.backend.create(request).await;
         match created {
             Ok(Created::New) => {}
@@ -247,8 +249,17 @@ impl Engine {
                 created_ms,
                 same_params,
             }) => return self.repeated::<T>(id, created_ms, same_params, owner).await,
-            // Not asked for yet: the engine sends no limits (issue 12, item 4).
-            Ok(_) => return Answer::Problem(Problem::Internal),
+            Ok(Created::OverLimit(limit)) => {
+                // Info, not warning: a flood would repeat it for every refused start.
+                tracing::info!(
+                    task = T::NAME,
+                    ?limit,
+                    "start refused: pending limit reached"
+                );
+                return Answer::Problem(Problem::TooManyPending {
+                    retry_after: config.retry_after.as_secs().max(1),
+                });
+            }
             Err(error) => return Answer::Problem(self.backend_error(&error)),
         }
         tracing::info!(request_id = %id, task = T::NAME, "request enqueued");

@@ -31,6 +31,13 @@ pub(crate) enum Problem {
     BadIdempotencyKey,
     /// The start's `Idempotency-Key` was used before (same task and owner) with other params.
     IdempotencyKeyReused,
+    /// A pending-request limit (the owner's or the task's) is reached: nothing was enqueued; the
+    /// client may start again after `retry_after` seconds. One text for either limit, so a client
+    /// learns nothing about other owners.
+    TooManyPending {
+        /// Whole seconds for `Retry-After`.
+        retry_after: u64,
+    },
     /// A mistake of the application's developer, or a backend refusal (logged with its cause);
     /// the client learns nothing.
     Internal,
@@ -47,6 +54,7 @@ impl Problem {
             Problem::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::BadIdempotencyKey => StatusCode::BAD_REQUEST,
             Problem::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Problem::TooManyPending { .. } => StatusCode::TOO_MANY_REQUESTS,
             Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,6 +75,9 @@ impl Problem {
             Problem::IdempotencyKeyReused => {
                 "This Idempotency-Key was used with other parameters; send a new key for a new request."
             }
+            Problem::TooManyPending { .. } => {
+                "Too many requests are pending; wait for some to finish, then start again."
+            }
             Problem::Internal => "The server could not handle this request.",
         }
     }
@@ -74,7 +85,9 @@ impl Problem {
     /// Seconds for a `Retry-After` header, when the problem calls for one.
     pub(crate) fn retry_after(self) -> Option<u64> {
         match self {
-            Problem::Unavailable { retry_after } => Some(retry_after),
+            Problem::Unavailable { retry_after } | Problem::TooManyPending { retry_after } => {
+                Some(retry_after)
+            }
             _ => None,
         }
     }

@@ -18,7 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_endpoint::backend::{Backend, Begin, Job, NewRequest, Outcome, StoredFailure, Update};
+use async_endpoint::backend::{
+    Backend, Begin, Created, Job, Limit, NewRequest, Outcome, PendingLimits, StoredFailure, Update,
+};
 use async_endpoint::{FailureKind, Progress, RequestId, Status};
 
 #[path = "idempotency.rs"]
@@ -68,6 +70,16 @@ macro_rules! suite {
             idempotency_keys_are_scoped,
             concurrent_creates_with_one_key_make_one_request,
             idempotency_key_expires_with_the_ttl,
+            owner_limit_refuses_and_stores_nothing,
+            task_limit_refuses_and_stores_nothing,
+            no_owner_means_no_owner_limit,
+            finished_request_frees_its_slot,
+            timed_out_request_frees_its_slot,
+            request_past_its_deadline_stops_counting_untouched,
+            concurrent_creates_at_one_free_slot_admit_one,
+            // Where the three meet.
+            cancelled_request_frees_its_slot,
+            repeat_with_a_key_is_not_refused_by_a_limit,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -932,4 +944,268 @@ pub async fn cancel_racing_a_redelivery_agree<B: Backend + 'static>(b: Arc<B>) {
         assert_eq!(b.begin(&again, now()).await.unwrap(), Begin::Skip);
         assert!(is_cancelled(&b.poll(r.id, now()).await.unwrap().unwrap()));
     }
+}
+
+// Pending limits: a start over a limit stores and enqueues nothing; terminal requests and those
+// past their deadline stop counting.
+
+/// A request of `task` by `owner` carrying the limits, created at `created_ms`.
+fn limited(
+    task: &'static str,
+    owner: Option<&str>,
+    per_owner: Option<u32>,
+    per_task: Option<u32>,
+    created_ms: u64,
+    deadline_in_ms: u64,
+) -> NewRequest {
+    let mut r = NewRequest::new(
+        RequestId::random(),
+        task,
+        r#"{"n":1}"#,
+        created_ms,
+        created_ms + deadline_in_ms,
+        Duration::from_secs(300),
+    );
+    r.owner = owner.map(str::to_owned);
+    let mut limits = PendingLimits::default();
+    limits.per_owner = per_owner;
+    limits.per_task = per_task;
+    r.limits = limits;
+    r
+}
+
+/// Creates `r` and returns what the backend did.
+async fn try_create<B: Backend>(b: &B, r: &NewRequest) -> Created {
+    b.create(r.clone()).await.expect("create")
+}
+
+/// The ids of every job of `tasks` waiting in the queue (drains it).
+async fn queued_ids<B: Backend>(b: &B, tasks: &[&'static str]) -> Vec<RequestId> {
+    let mut ids = Vec::new();
+    loop {
+        let jobs = b
+            .fetch(tasks, 100, Duration::from_millis(200))
+            .await
+            .expect("fetch");
+        if jobs.is_empty() {
+            ids.sort();
+            return ids;
+        }
+        ids.extend(jobs.into_iter().map(|j| j.id));
+    }
+}
+
+pub async fn owner_limit_refuses_and_stores_nothing<B: Backend + 'static>(b: Arc<B>) {
+    let t = now();
+    let alice = |task| limited(task, Some("alice"), Some(2), None, t, 60_000);
+    let (a1, a2, a3) = (alice(TASK), alice(OTHER_TASK), alice(TASK));
+    assert_eq!(try_create(&*b, &a1).await, Created::New);
+    // The owner's limit counts every task of the owner.
+    assert_eq!(try_create(&*b, &a2).await, Created::New);
+    assert_eq!(try_create(&*b, &a3).await, Created::OverLimit(Limit::Owner));
+    assert_eq!(b.poll(a3.id, t).await.unwrap(), None, "nothing stored");
+    // Another owner is unaffected (an owner text that would be a bad key name, too).
+    let bob = limited(TASK, Some("bob {x}:* \n"), Some(2), None, t, 60_000);
+    assert_eq!(try_create(&*b, &bob).await, Created::New);
+    let mut expected = vec![a1.id, a2.id, bob.id];
+    expected.sort();
+    assert_eq!(
+        queued_ids(&*b, &[TASK, OTHER_TASK]).await,
+        expected,
+        "nothing enqueued for the refused start"
+    );
+}
+
+pub async fn task_limit_refuses_and_stores_nothing<B: Backend + 'static>(b: Arc<B>) {
+    let t = now();
+    let start = |task, owner| limited(task, Some(owner), None, Some(2), t, 60_000);
+    let (r1, r2, r3) = (start(TASK, "a"), start(TASK, "b"), start(TASK, "c"));
+    assert_eq!(try_create(&*b, &r1).await, Created::New);
+    assert_eq!(try_create(&*b, &r2).await, Created::New);
+    assert_eq!(try_create(&*b, &r3).await, Created::OverLimit(Limit::Task));
+    assert_eq!(b.poll(r3.id, t).await.unwrap(), None, "nothing stored");
+    // Anonymous starts count against the task's limit too.
+    let anonymous = limited(TASK, None, None, Some(2), t, 60_000);
+    assert_eq!(
+        try_create(&*b, &anonymous).await,
+        Created::OverLimit(Limit::Task)
+    );
+    // Another task has a set of its own.
+    let other = start(OTHER_TASK, "c");
+    assert_eq!(try_create(&*b, &other).await, Created::New);
+    let mut expected = vec![r1.id, r2.id];
+    expected.sort();
+    assert_eq!(queued_ids(&*b, &[TASK]).await, expected);
+}
+
+pub async fn no_owner_means_no_owner_limit<B: Backend + 'static>(b: Arc<B>) {
+    let t = now();
+    for _ in 0..3 {
+        let r = limited(TASK, None, Some(1), None, t, 60_000);
+        assert_eq!(try_create(&*b, &r).await, Created::New);
+    }
+    // Starts without the limit do not count towards it either.
+    let unlimited = limited(TASK, Some("alice"), None, None, t, 60_000);
+    assert_eq!(try_create(&*b, &unlimited).await, Created::New);
+    let first = limited(TASK, Some("alice"), Some(1), None, t, 60_000);
+    assert_eq!(try_create(&*b, &first).await, Created::New);
+}
+
+pub async fn finished_request_frees_its_slot<B: Backend + 'static>(b: Arc<B>) {
+    let start = || limited(TASK, Some("alice"), Some(1), Some(1), now(), 60_000);
+    let first = start();
+    assert_eq!(try_create(&*b, &first).await, Created::New);
+    assert!(matches!(
+        try_create(&*b, &start()).await,
+        Created::OverLimit(_)
+    ));
+    // Running still counts.
+    let job = fetch_one(&*b, first.id).await;
+    run(&*b, &job).await;
+    assert!(matches!(
+        try_create(&*b, &start()).await,
+        Created::OverLimit(_)
+    ));
+    b.update(first.id, Update::Retrying).await.unwrap();
+    assert!(matches!(
+        try_create(&*b, &start()).await,
+        Created::OverLimit(_)
+    ));
+    assert_eq!(
+        b.finish(&job, Outcome::Done("1".into()), now())
+            .await
+            .unwrap(),
+        Status::Done
+    );
+    let second = start();
+    assert_eq!(try_create(&*b, &second).await, Created::New);
+    // A failure frees it too.
+    let job = fetch_one(&*b, second.id).await;
+    run(&*b, &job).await;
+    let failed = Outcome::Failed(StoredFailure::task("no"));
+    assert_eq!(b.finish(&job, failed, now()).await.unwrap(), Status::Failed);
+    assert_eq!(try_create(&*b, &start()).await, Created::New);
+}
+
+pub async fn timed_out_request_frees_its_slot<B: Backend + 'static>(b: Arc<B>) {
+    let t = now();
+    // Times are explicit: `late` is past the first requests' deadlines, but the later starts
+    // are created at `t`, when those requests would still count had nothing freed them.
+    let late = t + 10_000;
+    let start = |owner| limited(TASK, Some(owner), Some(1), None, t, 5_000);
+    // Timed out by a poll.
+    let polled = start("alice");
+    assert_eq!(try_create(&*b, &polled).await, Created::New);
+    assert_eq!(
+        try_create(&*b, &start("alice")).await,
+        Created::OverLimit(Limit::Owner)
+    );
+    let s = b.poll(polled.id, late).await.unwrap().unwrap();
+    assert_eq!(s.status, Status::Failed);
+    assert_eq!(try_create(&*b, &start("alice")).await, Created::New);
+    // Timed out by a worker's begin.
+    let begun = start("bob");
+    assert_eq!(try_create(&*b, &begun).await, Created::New);
+    let job = fetch_one(&*b, begun.id).await;
+    assert_eq!(b.begin(&job, late).await.unwrap(), Begin::Skip);
+    assert_eq!(try_create(&*b, &start("bob")).await, Created::New);
+    // Timed out by a finish past the deadline.
+    let finished = start("carol");
+    assert_eq!(try_create(&*b, &finished).await, Created::New);
+    let job = fetch_one(&*b, finished.id).await;
+    run(&*b, &job).await;
+    let done = Outcome::Done("1".into());
+    assert_eq!(b.finish(&job, done, late).await.unwrap(), Status::Failed);
+    assert_eq!(try_create(&*b, &start("carol")).await, Created::New);
+}
+
+pub async fn request_past_its_deadline_stops_counting_untouched<B: Backend + 'static>(b: Arc<B>) {
+    let t = now();
+    let first = limited(TASK, Some("alice"), Some(1), Some(1), t, 5_000);
+    assert_eq!(try_create(&*b, &first).await, Created::New);
+    let deadline = first.deadline_ms;
+    // At its deadline it is still pending (it times out only past it).
+    let at = limited(TASK, Some("alice"), Some(1), None, deadline, 5_000);
+    assert_eq!(try_create(&*b, &at).await, Created::OverLimit(Limit::Owner));
+    let at = limited(TASK, Some("bob"), None, Some(1), deadline, 5_000);
+    assert_eq!(try_create(&*b, &at).await, Created::OverLimit(Limit::Task));
+    // Past it, nobody polled or ran it, and it no longer counts for either limit.
+    let past = limited(TASK, Some("alice"), Some(1), Some(1), deadline + 1, 5_000);
+    assert_eq!(try_create(&*b, &past).await, Created::New);
+}
+
+pub async fn concurrent_creates_at_one_free_slot_admit_one<B: Backend + 'static>(b: Arc<B>) {
+    const LIMIT: u32 = 5;
+    const RACERS: usize = 16;
+    let t = now();
+    for _ in 1..LIMIT {
+        let r = limited(TASK, Some("alice"), Some(LIMIT), None, t, 60_000);
+        assert_eq!(try_create(&*b, &r).await, Created::New);
+    }
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let b = b.clone();
+            let r = limited(TASK, Some("alice"), Some(LIMIT), None, t, 60_000);
+            tokio::spawn(async move { b.create(r).await.expect("create") })
+        })
+        .collect();
+    let mut admitted = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Created::New => admitted += 1,
+            other => assert_eq!(other, Created::OverLimit(Limit::Owner)),
+        }
+    }
+    assert_eq!(admitted, 1, "exactly one start takes the last slot");
+    assert_eq!(queued_ids(&*b, &[TASK]).await.len(), LIMIT as usize);
+}
+
+// Where cancellation, idempotency keys and pending limits meet.
+
+pub async fn cancelled_request_frees_its_slot<B: Backend + 'static>(b: Arc<B>) {
+    let t = now();
+    let owner = format!("owner-{}", RequestId::random());
+    let start = || limited(TASK, Some(&owner), Some(1), Some(1), t, 60_000);
+    let (first, second) = (start(), start());
+    assert_eq!(try_create(&*b, &first).await, Created::New);
+    assert_eq!(
+        try_create(&*b, &second).await,
+        Created::OverLimit(Limit::Owner)
+    );
+    let cancelled = b.cancel(first.id, now()).await.unwrap().unwrap();
+    assert!(is_cancelled(&cancelled), "{cancelled:?}");
+    // Its slots (the owner's and the task's) are free again.
+    assert_eq!(try_create(&*b, &second).await, Created::New);
+}
+
+pub async fn repeat_with_a_key_is_not_refused_by_a_limit<B: Backend + 'static>(b: Arc<B>) {
+    let t = now();
+    let owner = format!("owner-{}", RequestId::random());
+    let scoped = format!("{}{}", RequestId::random(), RequestId::random());
+    let keyed = || {
+        let mut r = limited(TASK, Some(&owner), Some(1), None, t, 60_000);
+        r.idempotency = Some(async_endpoint::backend::IdempotencyKey::new(
+            scoped.clone(),
+            "params",
+        ));
+        r
+    };
+    let first = keyed();
+    assert_eq!(try_create(&*b, &first).await, Created::New);
+    // The owner is at its limit, yet a retry of the same start answers with the first request
+    // (a client retrying after a lost answer must learn its id, not be told to come back later).
+    assert_eq!(
+        try_create(&*b, &keyed()).await,
+        Created::Existing {
+            id: first.id,
+            created_ms: first.created_ms,
+            same_params: true,
+        }
+    );
+    // A different start of that owner is refused.
+    let other = limited(TASK, Some(&owner), Some(1), None, t, 60_000);
+    assert_eq!(
+        try_create(&*b, &other).await,
+        Created::OverLimit(Limit::Owner)
+    );
 }

@@ -8,10 +8,18 @@
 //! | `{prefix}:q:<task>` | stream + group `workers` | the task's queue: one entry `i=<id>` per job |
 //! | `{prefix}:n` | pub/sub channel | the id of every request that changed |
 //! | `{prefix}:k:<digest>` | string | an idempotency key (digest of task, owner and key): `<id> <created_ms> <params digest>`, for the TTL from creation |
+//! | `{prefix}:po:<owner digest>` | sorted set | an owner's pending request ids, scored by deadline (pending limits) |
+//! | `{prefix}:pt:<task>` | sorted set | a task's pending request ids, scored by deadline (pending limits) |
 //!
 //! Record fields are one letter (`t` task, `s` status, `a` attempts, `p` params, `g` progress,
-//! `o` output, `f` failure, `d` deadline, `l` TTL) and params are dropped once the request is
-//! terminal, so a record costs little beyond its params and output.
+//! `o` output, `f` failure, `d` deadline, `l` TTL; `w` owner digest and `k` while it is in a
+//! pending set) and params are dropped once the request is terminal, so a record costs little
+//! beyond its params and output.
+//!
+//! Pending sets are written only by starts that carry the limit (the web process's settings);
+//! every terminal transition removes the request from the sets its record names, and ids past
+//! their deadline are dropped when a start counts them, so a set holds only pending requests.
+//! The owner's text never reaches a key: its digest (SHA-256, first 16 bytes, hex) does.
 //!
 //! # Round trips
 //!
@@ -39,11 +47,11 @@ use redis::{FromRedisValue, ParsingError, RedisError, Value};
 use serde::Serialize;
 
 pub use config::RedisBackendBuilder;
-use scripts::{Skipped, Stored, Write};
+use scripts::{Admission, Skipped, Stored, Write};
 
 use super::{
-    Backend, Begin, Created, Job, NewRequest, Notifier, Outcome, Snapshot, StoredFailure, Update,
-    Watch,
+    Backend, Begin, Created, Job, Limit, NewRequest, Notifier, Outcome, Snapshot, StoredFailure,
+    Update, Watch,
 };
 use crate::error::Error;
 use crate::protocol::{Progress, RequestId, Status};
@@ -248,7 +256,7 @@ impl RedisBackend {
                 poison_json,
                 timeout_json,
                 cancelled_json,
-                scripts: scripts::Scripts::new(GROUP),
+                scripts: scripts::Scripts::new(GROUP, &settings.prefix),
                 closed: tokio::sync::watch::channel(()).0,
                 settings,
             }),
@@ -561,6 +569,21 @@ fn reply<T: FromRedisValue>(what: &str, value: Value) -> Result<T, Error> {
     redis::from_redis_value(value).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
 
+/// A pending limit as `create.lua` takes it: the number, or `''` when off.
+fn limit_arg(limit: Option<u32>) -> String {
+    limit.map(|n| n.to_string()).unwrap_or_default()
+}
+
+/// The part of an owner's pending-set key that names it: hex of the first 16 bytes of its
+/// SHA-256, so any owner text makes a short, safe key name.
+fn owner_digest(owner: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(owner.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn failure_json(failure: &StoredFailure) -> Result<String, Error> {
     serde_json::to_string(failure)
         .map_err(|e| Error::Corrupt(format!("failure not encodable: {e}")))
@@ -602,6 +625,15 @@ impl Backend for RedisBackend {
             .arg(ttl_ms)
             .arg(&id)
             .arg(request.created_ms);
+        // Pending limits: the owner's applies only to a start with an owner.
+        let limits = request.limits;
+        let owner = request
+            .owner
+            .as_deref()
+            .filter(|_| limits.per_owner.is_some());
+        call.arg(limit_arg(owner.and(limits.per_owner)))
+            .arg(owner.map(owner_digest).unwrap_or_default())
+            .arg(limit_arg(limits.per_task));
         if let Some(key) = &request.idempotency {
             call.key(keys.idempotency(&key.scoped))
                 .arg(&key.params_digest);
@@ -609,7 +641,11 @@ impl Backend for RedisBackend {
         let created: Value = self.bounded(call.invoke_async(&mut conn)).await?;
         match (created, &request.idempotency) {
             (Value::BulkString(entry), Some(key)) => existing(&entry, &key.params_digest),
-            (created, _) => reply::<Write>("create reply", created).map(|_| Created::New),
+            (created, _) => Ok(match reply::<Admission>("create reply", created)? {
+                Admission::Admitted => Created::New,
+                Admission::OverOwner => Created::OverLimit(Limit::Owner),
+                Admission::OverTask => Created::OverLimit(Limit::Task),
+            }),
         }
     }
 

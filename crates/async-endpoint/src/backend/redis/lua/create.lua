@@ -1,17 +1,38 @@
 -- Stores a queued request and enqueues its job, atomically.
 -- KEYS: record, queue stream[, idempotency key].
--- ARGV: task, params, deadline_ms, ttl_ms, id, created_ms[, params digest].
--- With an idempotency key that exists, nothing is written: the entry ('<id> <created_ms>
--- <params digest>') is returned instead. Otherwise the entry is written with the request's TTL
--- (SET NX PX: kept from creation), in the same atomic step as the request.
+-- ARGV: task, params, deadline_ms, ttl_ms, id, created_ms, owner limit, owner digest, task limit
+--   (limits '' when off)[, params digest].
+-- Returns ADMITTED; or OVER_OWNER_LIMIT / OVER_TASK_LIMIT having written nothing; or, when the
+-- idempotency key exists, its entry ('<id> <created_ms> <params digest>') having written nothing
+-- (a repeat of an admitted start is never refused by a limit).
 if KEYS[3] then
   local existing = redis.call('GET', KEYS[3])
   if existing then
     return existing
   end
-  redis.call('SET', KEYS[3], ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7], 'NX', 'PX', ARGV[4])
+end
+-- Pending limits: checked before anything is written (ids past their deadline do not count).
+local owner_pending = ARGV[7] ~= '' and owner_set(ARGV[8])
+local task_pending = ARGV[9] ~= '' and task_set(ARGV[1])
+if owner_pending and not below_limit(owner_pending, ARGV[7], ARGV[6]) then
+  return OVER_OWNER_LIMIT
+end
+if task_pending and not below_limit(task_pending, ARGV[9], ARGV[6]) then
+  return OVER_TASK_LIMIT
+end
+if KEYS[3] then
+  -- Kept for the request's TTL from creation, written in the same atomic step as the request.
+  redis.call('SET', KEYS[3], ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. ARGV[10], 'NX', 'PX', ARGV[4])
 end
 redis.call('HSET', KEYS[1], 't', ARGV[1], 's', QUEUED, 'p', ARGV[2], 'd', ARGV[3], 'l', ARGV[4])
+if owner_pending then
+  join_pending(owner_pending, ARGV[3], ARGV[5], ARGV[4])
+  redis.call('HSET', KEYS[1], 'w', ARGV[8])
+end
+if task_pending then
+  join_pending(task_pending, ARGV[3], ARGV[5], ARGV[4])
+  redis.call('HSET', KEYS[1], 'k', '1')
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 -- Trim entries older than the TTL: their requests are past their deadlines (deadline < TTL), so
 -- a delivery would only be skipped. Approximate (~) trimming frees whole stream nodes, cheaply.
@@ -27,4 +48,4 @@ if new_queue then
 end
 -- The queue lives as long as its newest request could need it: an idle queue expires too.
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return APPLIED
+return ADMITTED

@@ -17,6 +17,7 @@ if tonumber(ARGV[1]) > tonumber(h[2] or 0) then
   return FAILED
 end
 if ARGV[7] == DONE then
+  unpend(ARGV[4])
   redis.call('HSET', KEYS[1], 's', DONE, 'o', ARGV[8])
   redis.call('HDEL', KEYS[1], 'p')
   redis.call('PEXPIRE', KEYS[1], h[3])
