@@ -21,7 +21,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::endpoint::AsyncEndpoint;
-use crate::engine::{Answer, Engine, Reply};
+use crate::engine::{Answer, Engine, Reply, STREAM_REL, max_body_bytes};
 use crate::failure::Failure;
 use crate::protocol::idempotency::KeyHeader;
 use crate::protocol::prefer::{self, PREFER, PREFERENCE_APPLIED};
@@ -173,8 +173,50 @@ impl<T: AsyncTask> InitializedRequest<T> {
                 request.key,
             )
             .await;
-        render(reply, done, failed)
+        let mut response = render(reply, done, failed);
+        if response.status() == ACCEPTED_STATUS {
+            stream_link(&request.engine, response.headers_mut());
+        }
+        response
     }
+}
+
+/// Names the event stream on a 202 (`Link: </path>; rel="async-endpoint-stream"`), so clients
+/// find it without configuration.
+fn stream_link(engine: &Engine, headers: &mut HeaderMap) {
+    let link = format!("<{}>; rel=\"{STREAM_REL}\"", engine.config.stream_path);
+    if let Ok(value) = HeaderValue::from_str(&link) {
+        headers.append(header::LINK, value);
+    }
+}
+
+/// Answers an event stream request (`POST` on the stream path): reads the bounded body, and
+/// writes the engine's [`EventStream`] out as `text/event-stream`.
+async fn event_stream(engine: Arc<Engine>, request: Request<Body>) -> Response {
+    let (parts, body) = request.into_parts();
+    let owner = engine.owner.as_ref().and_then(|owner| owner(&parts));
+    let limit = max_body_bytes(engine.config.stream_max_requests);
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return problem(Problem::TooLarge);
+    };
+    let stream = match engine.open_stream(&body, owner.as_deref()) {
+        Ok(stream) => stream,
+        Err(p) => return problem(p),
+    };
+    let chunks = futures_util::stream::unfold(stream, |mut stream| async move {
+        let chunk = stream.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), stream))
+    });
+    let mut response = Response::new(Body::from_stream(chunks));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+    // nginx buffers responses unless told not to; a buffered stream delivers nothing in time.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
 }
 
 /// Writes the engine's reply out as an axum response.
@@ -338,6 +380,8 @@ impl<S, B> Service<Request<B>> for AsyncEndpointService<S>
 where
     S: Service<Request<B>, Response = Response>,
     S::Error: Send + 'static,
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
 {
     type Response = Response;
     type Error = S::Error;
@@ -348,6 +392,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if request.method() == Method::POST
+            && request.uri().path() == self.engine.config.stream_path
+        {
+            let engine = self.engine.clone();
+            let request = request.map(Body::new);
+            return AsyncEndpointFuture::answered(event_stream(engine, request));
+        }
         if request.method() == Method::DELETE {
             match call_of(request.headers(), request.uri()) {
                 // No credentials: the app's own DELETE, if it has one.

@@ -255,6 +255,37 @@ impl AsyncEndpointBuilder {
         self
     }
 
+    /// Where the layer serves the event stream (default `/async-endpoint/stream`): a `POST` with
+    /// `{"requests": [{"async_request_id", "async_request_token"}]}` answered with server-sent
+    /// events for every request named. Each 202 names it in a `Link` header (rel
+    /// `async-endpoint-stream`), so the JS client needs no setting. Set it when the layer sits in a
+    /// nested router or the default path is taken.
+    pub fn stream_path(mut self, path: impl Into<String>) -> Self {
+        self.config.stream_path = path.into();
+        self
+    }
+
+    /// Most requests one event stream follows (default 100); a stream request naming more answers
+    /// 413. The JS client short-polls the rest.
+    pub fn stream_max_requests(mut self, max: usize) -> Self {
+        self.config.stream_max_requests = max;
+        self
+    }
+
+    /// How long one event stream stays open (default 55 s, below common proxy limits): it then
+    /// ends with a `reconnect` event and the client opens a new one, getting every state first.
+    pub fn stream_lifetime(mut self, lifetime: Duration) -> Self {
+        self.config.stream_lifetime = lifetime;
+        self
+    }
+
+    /// Time between heartbeats on an idle event stream (default 15 s): SSE comments that keep
+    /// proxies from closing it.
+    pub fn stream_heartbeat(mut self, every: Duration) -> Self {
+        self.config.stream_heartbeat = every;
+        self
+    }
+
     /// The `Retry-After` hint sent with each 202, whole seconds (default 1 s).
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
         self.config.retry_after = retry_after;

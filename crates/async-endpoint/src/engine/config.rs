@@ -41,6 +41,14 @@ pub(crate) struct Config {
     pub(crate) max_pending_per_owner: Option<u32>,
     /// Most pending requests of one task, all owners together; `None` is no limit. Default none.
     pub(crate) max_pending_per_task: Option<u32>,
+    /// Where the layer serves the event stream (`POST`). Default `/async-endpoint/stream`.
+    pub(crate) stream_path: String,
+    /// Most requests one event stream follows. Default 100.
+    pub(crate) stream_max_requests: usize,
+    /// How long one event stream stays open before the client reconnects. Default 55 s.
+    pub(crate) stream_lifetime: Duration,
+    /// Time between heartbeats (SSE comments) on an event stream. Default 15 s.
+    pub(crate) stream_heartbeat: Duration,
 }
 
 /// The default of `max_pending_per_owner`: far above what one page or user needs (dozens of
@@ -66,6 +74,10 @@ impl Default for Config {
             cancelled_message: DEFAULT_CANCELLED_MESSAGE.to_owned(),
             max_pending_per_owner: Some(DEFAULT_MAX_PENDING_PER_OWNER),
             max_pending_per_task: None,
+            stream_path: super::DEFAULT_STREAM_PATH.to_owned(),
+            stream_max_requests: 100,
+            stream_lifetime: Duration::from_secs(55),
+            stream_heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -87,6 +99,7 @@ impl Config {
         self.check_concurrency()?;
         self.check_max_wait()?;
         self.check_pending_limits()?;
+        self.check_stream()?;
         self.check_messages()
     }
 
@@ -170,6 +183,23 @@ impl Config {
         Ok(())
     }
 
+    fn check_stream(&self) -> Result<(), Error> {
+        let path = &self.stream_path;
+        if !path.starts_with('/') || path.contains(['?', '#']) || path.parse::<http::Uri>().is_err() {
+            return Err(bad("stream_path", "must be an absolute path without query or fragment"));
+        }
+        if self.stream_max_requests == 0 || self.stream_max_requests > 10_000 {
+            return Err(bad("stream_max_requests", "must be between 1 and 10000"));
+        }
+        if self.stream_lifetime < Duration::from_secs(1) || self.stream_lifetime > Duration::from_secs(3600) {
+            return Err(bad("stream_lifetime", "must be between 1 s and 1 h"));
+        }
+        if self.stream_heartbeat < Duration::from_millis(100) {
+            return Err(bad("stream_heartbeat", "must be at least 100 ms"));
+        }
+        Ok(())
+    }
+
     fn check_messages(&self) -> Result<(), Error> {
         if self.internal_error_message.is_empty() {
             return Err(bad("internal_error_message", "must not be empty"));
@@ -224,5 +254,9 @@ mod tests {
             setting(|c| c.max_pending_per_task = Some(0)),
             "max_pending_per_task"
         );
+        assert_eq!(setting(|c| c.stream_path = "x?y".into()), "stream_path");
+        assert_eq!(setting(|c| c.stream_max_requests = 0), "stream_max_requests");
+        assert_eq!(setting(|c| c.stream_lifetime = Duration::ZERO), "stream_lifetime");
+        assert_eq!(setting(|c| c.stream_heartbeat = Duration::ZERO), "stream_heartbeat");
     }
 }

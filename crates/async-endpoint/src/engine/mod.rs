@@ -9,6 +9,7 @@
 
 mod cancel;
 mod config;
+mod stream;
 mod tasks;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub(crate) use cancel::is_cancelled;
 pub(crate) use config::{Config, bad};
+pub(crate) use stream::{DEFAULT_STREAM_PATH, STREAM_REL, max_body_bytes};
 pub(crate) use tasks::{ErasedTask, RunError, TaskRuntime};
 
 use crate::backend::{

@@ -41,6 +41,8 @@ pub(crate) enum Problem {
     /// A mistake of the application's developer, or a backend refusal (logged with its cause);
     /// the client learns nothing.
     Internal,
+    /// An event stream request whose body is not `{"requests": [{"async_request_id", "async_request_token"}]}`.
+    BadStreamRequest,
 }
 
 impl Problem {
@@ -56,6 +58,7 @@ impl Problem {
             Problem::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::TooManyPending { .. } => StatusCode::TOO_MANY_REQUESTS,
             Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Problem::BadStreamRequest => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -79,6 +82,9 @@ impl Problem {
                 "Too many requests are pending; wait for some to finish, then start again."
             }
             Problem::Internal => "The server could not handle this request.",
+            Problem::BadStreamRequest => {
+                "An event stream request's body must be JSON: {\"requests\": [{\"async_request_id\", \"async_request_token\"}]}."
+            }
         }
     }
 

@@ -10,6 +10,7 @@ mod http_idempotency;
 mod http_protocol;
 mod http_races;
 mod http_security;
+mod http_stream;
 mod push_back;
 mod quick_start;
 mod support;
