@@ -13,8 +13,15 @@
  * const { body } = await asyncRequest("/my_endpoint", { onProgress: ({ progress }) => show(progress) });
  * ```
  *
+ * One connection per page: when a 202 names the server's event stream (`Link: <…>;
+ * rel="async-endpoint-stream"`), every pending request of the page to that server is followed over
+ * one shared stream (server-sent events read with `fetch`, ids and tokens in the body), and a
+ * request's final answer is fetched with one poll when the stream says it `finished`. Without a
+ * stream, at most {@link MAX_WAITING_POLLS} waiting polls are held per origin and the other requests
+ * short-poll with `Retry-After`, so pending requests never take all of the browser's six connections.
+ *
  * When `globalThis.jQuery` is present at load time it also gets `$.getAsyncRequest(url, timeoutMs)`
- * (see {@link installJQuery}).
+ * and its alias `$.getAsyncEndpoint` (see {@link installJQuery}).
  *
  * @module async-endpoint
  */
@@ -40,6 +47,24 @@ const BACKOFF = Object.freeze({ min: 250, max: 5000, factor: 1.5, jitter: 0.25 }
 const MAX_TIMER_MS = 2147483647;
 
 const TRANSIENT = new Set([502, 503, 504]);
+
+/**
+ * Waiting polls (and held starts) one origin gets at once; the page's other requests to it
+ * short-poll with `Retry-After`. Browsers open six HTTP/1.1 connections per origin: this leaves
+ * four for everything else.
+ */
+export const MAX_WAITING_POLLS = 2;
+
+/** The `rel` of the `Link` header that names the server's event stream. */
+const STREAM_REL = "async-endpoint-stream";
+/** Requests one stream follows (the server's default limit); the others poll. */
+const STREAM_MAX_REQUESTS = 100;
+/** Time to gather the starts of one burst before (re)opening the stream with all of them. */
+const STREAM_GATHER_MS = 20;
+/** Consecutive failed attempts to open a stream after which its requests fall back to polling. */
+const STREAM_ATTEMPTS = 3;
+/** How long a stream that failed is not tried again (new requests poll meanwhile). */
+const STREAM_PAUSE_MS = 30000;
 /**
  * Start answers after which the start is sent again (after `Retry-After`, at most `retries` times,
  * within `timeout`): 429 is the server's push-back (too many pending requests), and nothing was
@@ -114,6 +139,8 @@ export class AsyncRequestError extends Error {
  * @property {string} [persistKey]  save the state under this key in `storage`; cleared when the request settles
  * @property {Storage} [storage=sessionStorage]
  * @property {RequestInit} [init]  extra fetch options (e.g. `credentials`) for every request
+ * @property {boolean} [stream=true]  follow the request over the server's shared event stream when
+ *   a 202 names one; false polls (within the per-origin budget of waiting polls)
  */
 
 /**
@@ -350,6 +377,7 @@ class Run {
       throw new AsyncRequestError("protocol", "202 answer without async_request_id/async_request_token", { status: 202, body: data });
     }
     this.started(id, token);
+    this.noteStream(res);
     this.progress(data);
     // With waiting polls on, the first poll goes out at once: a server that holds it answers
     // the moment the job finishes; one that does not answers at once with its Retry-After.
@@ -369,6 +397,8 @@ class Run {
   /** Polls after `delay` until the final answer; gives up after `retries` consecutive transient failures. */
   async pollUntilFinal(delay) {
     for (let failures = 0; ; ) {
+      // Over the page's shared stream while there is one: its `finished` calls for one poll now.
+      if (this.streamUrl && (await this.viaStream())) delay = 0;
       await this.sleep(delay);
       const next = await this.poll();
       if (next.result) return next.result;
@@ -400,9 +430,40 @@ class Run {
     if (data.async_request_id !== undefined && data.async_request_id !== this.req.id) {
       throw new AsyncRequestError("protocol", "202 answer for another async_request_id", { status: 202, body: data });
     }
+    this.noteStream(res);
     this.progress(data);
     const held = /\bwait\b/i.test(res.headers.get("preference-applied") || "");
     return { delay: held ? 0 : this.hintedDelay(res) ?? this.backoff() };
+  }
+
+  /**
+   * Follows this request over the page's shared event stream until it `finished` (or the stream
+   * does not know it): true then, for one poll to fetch the answer; false when there is no usable
+   * stream (the caller polls).
+   */
+  async viaStream() {
+    const hub = streamHub(this.streamUrl, this.options.init);
+    if (!hub) return false;
+    const { id, token } = this.req;
+    try {
+      await this.step(hub.follow(id, token, (data) => this.progress(data)));
+      return true;
+    } catch (e) {
+      if (e instanceof StreamUnavailable) {
+        this.streamUrl = null;
+        return false;
+      }
+      throw e;
+    } finally {
+      hub.unfollow(id);
+    }
+  }
+
+  /** Notes the event stream a 202 names (`Link`), unless streams are off. */
+  noteStream(res) {
+    if (this.options.stream === false || this.streamUrl === null) return;
+    const url = streamLink(res.headers.get("link"), this.req.url);
+    if (url) this.streamUrl = url;
   }
 
   pollHeaders() {
@@ -422,10 +483,15 @@ class Run {
       const csrf = csrfToken(req.url);
       if (csrf) h.set("X-CSRF-Token", csrf);
     }
-    for (const [k, v] of Object.entries(extra)) h.set(k, v);
+    // A waiting poll only while the origin has a free slot; else a short poll (Retry-After).
+    const slot = "Prefer" in extra ? waitingSlot(req.url) : null;
+    for (const [k, v] of Object.entries(extra)) if (k !== "Prefer" || slot) h.set(k, v);
     const init = { cache: "no-store", ...this.options.init, method: req.method, headers: h, signal: this.signal };
     if (req.body != null) init.body = req.body;
-    return this.step(fetch(req.url, init));
+    const sent = Promise.resolve().then(() => fetch(req.url, init));
+    // The slot is free once the answer's head arrived (a held poll answers when it is released).
+    if (slot) sent.then(slot, slot);
+    return this.step(sent);
   }
 
   /** Resolves after `ms`, or rejects as soon as the request stops. */
@@ -481,6 +547,262 @@ class Run {
   backoff() {
     const base = Math.min(BACKOFF.max, BACKOFF.min * Math.pow(BACKOFF.factor, this.delays++));
     return Math.round(base * (1 - BACKOFF.jitter * Math.random()));
+  }
+}
+
+/** Waiting polls held per origin now (see {@link MAX_WAITING_POLLS}). */
+const waitingPolls = new Map();
+
+/**
+ * Takes one of the origin's waiting-poll slots: a function that frees it (once), or null when the
+ * origin holds {@link MAX_WAITING_POLLS} already.
+ */
+function waitingSlot(url) {
+  const origin = originOf(url);
+  const held = waitingPolls.get(origin) || 0;
+  if (held >= MAX_WAITING_POLLS) return null;
+  waitingPolls.set(origin, held + 1);
+  let freed = false;
+  return () => {
+    if (freed) return;
+    freed = true;
+    const now = (waitingPolls.get(origin) || 1) - 1;
+    if (now > 0) waitingPolls.set(origin, now);
+    else waitingPolls.delete(origin);
+  };
+}
+
+/** The page's base URL, when there is a page. */
+function baseUrl() {
+  const loc = globalThis.location;
+  return loc && loc.href ? loc.href : undefined;
+}
+
+/** The origin of `url` (relative to the page); the URL itself when it cannot be resolved. */
+function originOf(url) {
+  try {
+    return new URL(url, baseUrl()).origin;
+  } catch {
+    return String(url);
+  }
+}
+
+/**
+ * The event stream a `Link` header names (`<url>; rel="async-endpoint-stream"`), resolved against
+ * the request's URL; null when there is none.
+ * @param {string|null} header
+ * @param {string} requestUrl
+ * @returns {string|null}
+ */
+export function streamLink(header, requestUrl) {
+  if (!header) return null;
+  for (const part of header.split(/,(?=\s*<)/)) {
+    const m = /^\s*<([^>]*)>(.*)$/.exec(part);
+    if (!m) continue;
+    const rels = /;\s*rel\s*=\s*(?:"([^"]*)"|([^\s;,]+))/i.exec(m[2]);
+    const rel = rels && (rels[1] ?? rels[2]);
+    if (!rel || !rel.split(/\s+/).includes(STREAM_REL)) continue;
+    try {
+      return new URL(m[1], new URL(requestUrl, baseUrl())).href;
+    } catch {
+      return null;
+    }
+  }
+  return null;
+}
+
+/**
+ * A parser of `text/event-stream` text (the WHATWG server-sent events format): `push(chunk)`
+ * returns the events completed by that chunk, each `{event, data, retry}` (`event` defaults to
+ * `"message"`; comments are skipped; `retry` is set on the event after a `retry:` line).
+ *
+ * ```js
+ * const parser = eventStreamParser();
+ * parser.push("event: state\ndata: {\"a\":1}\n\n"); // [{event: "state", data: "{\"a\":1}", retry: undefined}]
+ * ```
+ * @returns {{push(chunk: string): Array<{event: string, data: string, retry: number|undefined}>}}
+ */
+export function eventStreamParser() {
+  let buffer = "";
+  let event = "";
+  let data = [];
+  let retry;
+  return {
+    push(chunk) {
+      buffer += chunk;
+      const out = [];
+      // A line ends at CRLF, LF or CR; a lone CR at the very end may be half of a CRLF.
+      for (;;) {
+        const m = /\r\n|\n|\r(?!$)/.exec(buffer);
+        if (!m) break;
+        const line = buffer.slice(0, m.index);
+        buffer = buffer.slice(m.index + m[0].length);
+        if (line === "") {
+          if (data.length) out.push({ event: event || "message", data: data.join("\n"), retry });
+          event = "";
+          data = [];
+          continue;
+        }
+        if (line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" ")) value = value.slice(1);
+        if (field === "event") event = value;
+        else if (field === "data") data.push(value);
+        else if (field === "retry" && /^\d+$/.test(value)) retry = Number(value);
+      }
+      return out;
+    },
+  };
+}
+
+/** A stream that cannot be used (refused, or failed too often): its requests poll instead. */
+class StreamUnavailable extends Error {
+  constructor() {
+    super("async-endpoint event stream unavailable");
+    this.name = "StreamUnavailable";
+  }
+}
+
+/** The page's one stream per stream URL. */
+const hubs = new Map();
+
+/** The hub of the stream at `url` (made on first use); null while that stream is paused. */
+function streamHub(url, init) {
+  let hub = hubs.get(url);
+  if (!hub) hubs.set(url, (hub = new StreamHub(url, init)));
+  return Date.now() < hub.pausedUntil ? null : hub;
+}
+
+/**
+ * One event stream for every request of the page that it serves: re-opened with the whole set
+ * when a request joins (gathering a burst of starts first), and when the connection drops or the
+ * server ends it; `finished` and `not_found` settle a request's `follow`. After
+ * {@link STREAM_ATTEMPTS} failed attempts in a row (or one refusal: the server has no stream) every
+ * follower rejects with {@link StreamUnavailable} and polls, and the stream rests a while.
+ */
+class StreamHub {
+  constructor(url, init) {
+    this.url = url;
+    this.init = init || {};
+    /** id -> {token, onState, resolve, reject} */
+    this.followers = new Map();
+    this.connection = null; // the open attempt's AbortController
+    this.timer = null;
+    this.failures = 0;
+    this.retryMs = 1000;
+    this.pausedUntil = 0;
+  }
+
+  /** Resolves with `"finished"` or `"not_found"`; rejects with StreamUnavailable (or onState's error). */
+  follow(id, token, onState) {
+    if (this.followers.size >= STREAM_MAX_REQUESTS) return Promise.reject(new StreamUnavailable());
+    return new Promise((resolve, reject) => {
+      this.followers.set(id, { token, onState, resolve, reject });
+      this.reopen(STREAM_GATHER_MS);
+    });
+  }
+
+  /** Stops following `id`; closes the stream when nobody is left (no re-open for a removal). */
+  unfollow(id) {
+    this.followers.delete(id);
+    if (this.followers.size === 0) this.close();
+  }
+
+  close() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (this.connection) this.connection.abort();
+    this.connection = null;
+  }
+
+  /** (Re-)opens the stream with every follower after `ms` (a pending re-open is kept). */
+  reopen(ms) {
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (this.connection) this.connection.abort();
+      this.connection = null;
+      if (this.followers.size) this.connect();
+    }, ms);
+  }
+
+  async connect() {
+    const ctl = new AbortController();
+    this.connection = ctl;
+    const requests = [...this.followers].map(([id, f]) => ({ async_request_id: id, async_request_token: f.token }));
+    const headers = new Headers({ "content-type": "application/json", accept: "text/event-stream" });
+    const csrf = csrfToken(this.url);
+    if (csrf) headers.set("X-CSRF-Token", csrf);
+    const init = { cache: "no-store", credentials: this.init.credentials, method: "POST", headers, body: JSON.stringify({ requests }), signal: ctl.signal };
+    if (!init.credentials) delete init.credentials;
+    let reconnect = false;
+    try {
+      const res = await fetch(this.url, init);
+      if (res.status !== 200 || !/^text\/event-stream/i.test(res.headers.get("content-type") || "")) {
+        if (ctl.signal.aborted) return;
+        this.connection = null;
+        res.text().catch(() => {});
+        // The server answered, but with no stream (none offered, or refused): do not insist.
+        return this.giveUp(STREAM_PAUSE_MS);
+      }
+      this.failures = 0;
+      const parser = eventStreamParser();
+      const decoder = new TextDecoder();
+      const reader = res.body.getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        for (const ev of parser.push(decoder.decode(value, { stream: true }))) {
+          if (ev.retry !== undefined) this.retryMs = ev.retry;
+          if (ev.event === "reconnect") reconnect = true;
+          else this.dispatch(ev);
+        }
+      }
+    } catch {
+      if (ctl.signal.aborted) return;
+    }
+    if (this.connection !== ctl) return;
+    this.connection = null;
+    if (this.followers.size === 0) return;
+    // Ended by the server (its lifetime): again at once; cut: again after `retry`, a few times.
+    if (reconnect) return this.reopen(0);
+    if (++this.failures >= STREAM_ATTEMPTS) return this.giveUp(STREAM_PAUSE_MS);
+    this.reopen(this.retryMs * this.failures);
+  }
+
+  /** One event: a state for its follower, or the end of following it. */
+  dispatch(ev) {
+    let data;
+    try {
+      data = JSON.parse(ev.data);
+    } catch {
+      return;
+    }
+    const follower = data && this.followers.get(data.async_request_id);
+    if (!follower) return;
+    if (ev.event === "state") {
+      try {
+        follower.onState({ status: data.status, progress: data.progress });
+      } catch (e) {
+        this.followers.delete(data.async_request_id);
+        follower.reject(e);
+      }
+    } else if (ev.event === "finished" || ev.event === "not_found") {
+      this.followers.delete(data.async_request_id);
+      follower.resolve(ev.event);
+    }
+  }
+
+  /** Every follower polls instead; the stream rests for `ms`. */
+  giveUp(ms) {
+    this.pausedUntil = Date.now() + ms;
+    this.failures = 0;
+    const followers = [...this.followers.values()];
+    this.followers.clear();
+    this.close();
+    for (const f of followers) f.reject(new StreamUnavailable());
   }
 }
 
@@ -581,18 +903,35 @@ function csrfToken(url) {
 
 /**
  * What jQuery `error`/`fail` callbacks receive: the parsed failure body when the server sent a JSON
- * object, else `{error: kind, kind, status, message}`.
+ * object, else `{error: kind, kind, status, message}`. Either way it also carries what jQuery's
+ * jqXHR would, as non-enumerable properties (so the body's own fields are unchanged): `status`
+ * (the HTTP status, 0 without an answer; a body's own `status` field is kept), `responseJSON` (the
+ * parsed body, if JSON) and `responseText` (the body as text), as code written against the gem's
+ * `$.getAsyncEndpoint` expects.
  * @param {AsyncRequestError|Error} e
  * @returns {object}
  */
 export function errorPayload(e) {
-  if (e && e.kind === "failed" && e.body && typeof e.body === "object") return e.body;
-  const kind = (e && e.kind) || "failed";
-  return { error: kind, kind, status: e && e.status, message: (e && e.message) || String(e) };
+  const body = e ? e.body : undefined;
+  let payload;
+  if (e && e.kind === "failed" && body && typeof body === "object") {
+    payload = Array.isArray(body) ? { ...body } : { ...body };
+  } else {
+    const kind = (e && e.kind) || "failed";
+    payload = { error: kind, kind, status: e && e.status, message: (e && e.message) || String(e) };
+  }
+  const hidden = (value) => ({ value, enumerable: false, writable: true, configurable: true });
+  const text = body === undefined ? "" : typeof body === "string" ? body : JSON.stringify(body);
+  Object.defineProperty(payload, "responseText", hidden(text));
+  if (body !== undefined && typeof body !== "string") Object.defineProperty(payload, "responseJSON", hidden(body));
+  if (!("status" in payload)) Object.defineProperty(payload, "status", hidden((e && e.status) || 0));
+  else if (payload.status === undefined) payload.status = 0;
+  return payload;
 }
 
 /**
- * Register `$.getAsyncRequest(url, timeoutMs, options)` on a jQuery (called automatically at load
+ * Register `$.getAsyncRequest(url, timeoutMs, options)` (also as `$.getAsyncEndpoint`, the name the
+ * original gem's JS shipped) on a jQuery (called automatically at load
  * when `globalThis.jQuery` exists). It returns a jQuery promise with `.done/.fail/.always/.then`
  * plus the original chainable `.success(fn)` (gets the final body) and `.error(fn)` (gets
  * {@link errorPayload}), and `.abort()`, which stops it like a jqXHR's and cancels the request on
@@ -607,7 +946,7 @@ export function errorPayload(e) {
  * @returns {any} `$`
  */
 export function installJQuery($) {
-  $.getAsyncRequest = function getAsyncRequest(url, timeout, options) {
+  $.getAsyncEndpoint = $.getAsyncRequest = function getAsyncRequest(url, timeout, options) {
     const deferred = $.Deferred();
     const opts = { ...options };
     if (timeout != null) opts.timeout = timeout;
