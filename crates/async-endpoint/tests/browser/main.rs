@@ -2,4 +2,5 @@
 //! headless Chromium against a real server.
 
 mod browser_js;
+mod browser_stream;
 mod js_unit;
