@@ -185,13 +185,19 @@ impl Config {
 
     fn check_stream(&self) -> Result<(), Error> {
         let path = &self.stream_path;
-        if !path.starts_with('/') || path.contains(['?', '#']) || path.parse::<http::Uri>().is_err() {
-            return Err(bad("stream_path", "must be an absolute path without query or fragment"));
+        if !path.starts_with('/') || path.contains(['?', '#']) || path.parse::<http::Uri>().is_err()
+        {
+            return Err(bad(
+                "stream_path",
+                "must be an absolute path without query or fragment",
+            ));
         }
         if self.stream_max_requests == 0 || self.stream_max_requests > 10_000 {
             return Err(bad("stream_max_requests", "must be between 1 and 10000"));
         }
-        if self.stream_lifetime < Duration::from_secs(1) || self.stream_lifetime > Duration::from_secs(3600) {
+        if self.stream_lifetime < Duration::from_secs(1)
+            || self.stream_lifetime > Duration::from_secs(3600)
+        {
             return Err(bad("stream_lifetime", "must be between 1 s and 1 h"));
         }
         if self.stream_heartbeat < Duration::from_millis(100) {
@@ -255,8 +261,17 @@ mod tests {
             "max_pending_per_task"
         );
         assert_eq!(setting(|c| c.stream_path = "x?y".into()), "stream_path");
-        assert_eq!(setting(|c| c.stream_max_requests = 0), "stream_max_requests");
-        assert_eq!(setting(|c| c.stream_lifetime = Duration::ZERO), "stream_lifetime");
-        assert_eq!(setting(|c| c.stream_heartbeat = Duration::ZERO), "stream_heartbeat");
+        assert_eq!(
+            setting(|c| c.stream_max_requests = 0),
+            "stream_max_requests"
+        );
+        assert_eq!(
+            setting(|c| c.stream_lifetime = Duration::ZERO),
+            "stream_lifetime"
+        );
+        assert_eq!(
+            setting(|c| c.stream_heartbeat = Duration::ZERO),
+            "stream_heartbeat"
+        );
     }
 }

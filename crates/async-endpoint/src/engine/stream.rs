@@ -172,13 +172,20 @@ impl Engine {
     fn verified(&self, entry: &Entry, owner: Option<&str>) -> Option<(RequestId, &'static str)> {
         let id = entry.async_request_id.parse::<RequestId>().ok()?;
         let now = now_ms() / 1000;
-        self.task_names.iter().copied().find(|task| {
-            let claims = Claims { id: &id, task, owner };
-            self.keys
-                .verify(&entry.async_request_token, &claims, now)
-                .is_ok()
-        })
-        .map(|task| (id, task))
+        self.task_names
+            .iter()
+            .copied()
+            .find(|task| {
+                let claims = Claims {
+                    id: &id,
+                    task,
+                    owner,
+                };
+                self.keys
+                    .verify(&entry.async_request_token, &claims, now)
+                    .is_ok()
+            })
+            .map(|task| (id, task))
     }
 }
 

@@ -127,7 +127,10 @@ fn one_stream_per_page_in_headless_chromium() {
         .chain(std::env::var_os("JQUERY").map(Into::into))
         .find(|p| p.is_file());
     let Some(jquery) = jquery else {
-        test_support::skip(TEST, "jQuery 3 not found (Debian's libjs-jquery, or JQUERY)");
+        test_support::skip(
+            TEST,
+            "jQuery 3 not found (Debian's libjs-jquery, or JQUERY)",
+        );
         return;
     };
     let jquery = Bytes::from(std::fs::read(jquery).unwrap());
@@ -237,7 +240,10 @@ fn one_stream_per_page_in_headless_chromium() {
     // The page notices and opens the stream again; results arrive after the release.
     let deadline = std::time::Instant::now() + LONG;
     while streams(&log) <= before {
-        assert!(std::time::Instant::now() < deadline, "the stream was never re-opened");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream was never re-opened"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     gate.send_replace(3);

@@ -105,7 +105,10 @@ async fn one_stream_follows_many_requests_state_first_then_changes_then_finished
     let quick = start(&app, "sleep_ms=50&text=b").await;
     let mut events = Events::open(
         &app,
-        json!([entry(&held.id(), &held.token()), entry(&quick.id(), &quick.token())]),
+        json!([
+            entry(&held.id(), &held.token()),
+            entry(&quick.id(), &quick.token())
+        ]),
     )
     .await;
     let mut finished = Vec::new();

@@ -59,11 +59,7 @@ async fn a_stream_on_one_web_process_follows_a_request_started_on_another() {
     };
     // Web process A starts requests and runs the workers; web process B only serves the stream.
     let (a, b) = (endpoint(true), endpoint(false));
-    let app = |e: &AsyncEndpoint| {
-        Router::new()
-            .route("/gated", get(gated))
-            .layer(e.layer())
-    };
+    let app = |e: &AsyncEndpoint| Router::new().route("/gated", get(gated)).layer(e.layer());
     let (app_a, app_b) = (app(&a), app(&b));
 
     let started = app_a
