@@ -92,10 +92,10 @@ pub(crate) fn draw(f: &Figures, dir: &Path) -> Result<Vec<(String, String)>, Str
     );
     let mut js: Vec<Group> = Vec::new();
     for (job, client, d) in &f.js {
-        let name = if client == "default" {
-            "async-endpoint JS client"
-        } else {
-            "original jQuery schedule"
+        let name = match client.as_str() {
+            "stream" => "async-endpoint JS client (stream)",
+            "waiting" => "async-endpoint JS client (waiting polls)",
+            _ => "original jQuery schedule",
         };
         match js.iter_mut().find(|g| &g.0 == job) {
             Some(g) => g.1.push((name.to_owned(), *d)),

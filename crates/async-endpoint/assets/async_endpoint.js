@@ -139,6 +139,9 @@ export class AsyncRequestError extends Error {
  * @property {string} [persistKey]  save the state under this key in `storage`; cleared when the request settles
  * @property {Storage} [storage=sessionStorage]
  * @property {RequestInit} [init]  extra fetch options (e.g. `credentials`) for every request
+ * @property {number} [maxWaitingPolls=2]  waiting polls (and held starts) the page holds at once per
+ *   origin, this request's counted with the others' ({@link MAX_WAITING_POLLS}); raise it only outside
+ *   browsers, where nothing limits connections per origin
  * @property {boolean} [stream=true]  follow the request over the server's shared event stream when
  *   a 202 names one; false polls (within the per-origin budget of waiting polls)
  */
@@ -484,7 +487,7 @@ class Run {
       if (csrf) h.set("X-CSRF-Token", csrf);
     }
     // A waiting poll only while the origin has a free slot; else a short poll (Retry-After).
-    const slot = "Prefer" in extra ? waitingSlot(req.url) : null;
+    const slot = "Prefer" in extra ? waitingSlot(req.url, this.options.maxWaitingPolls ?? MAX_WAITING_POLLS) : null;
     for (const [k, v] of Object.entries(extra)) if (k !== "Prefer" || slot) h.set(k, v);
     const init = { cache: "no-store", ...this.options.init, method: req.method, headers: h, signal: this.signal };
     if (req.body != null) init.body = req.body;
@@ -555,12 +558,12 @@ const waitingPolls = new Map();
 
 /**
  * Takes one of the origin's waiting-poll slots: a function that frees it (once), or null when the
- * origin holds {@link MAX_WAITING_POLLS} already.
+ * origin holds `limit` ({@link MAX_WAITING_POLLS} by default) already.
  */
-function waitingSlot(url) {
+function waitingSlot(url, limit) {
   const origin = originOf(url);
   const held = waitingPolls.get(origin) || 0;
-  if (held >= MAX_WAITING_POLLS) return null;
+  if (held >= limit) return null;
   waitingPolls.set(origin, held + 1);
   let freed = false;
   return () => {

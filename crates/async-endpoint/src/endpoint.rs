@@ -127,6 +127,10 @@ impl AsyncEndpoint {
 /// | `cancelled_message` | generic | client message for a cancelled request |
 /// | `max_pending_per_owner` | 200 | most pending requests of one owner (needs `owner`); over it a start answers 429; `None` = no limit |
 /// | `max_pending_per_task` | none | most pending requests of one task, all owners together; over it a start answers 429 |
+/// | `stream_path` | `/async-endpoint/stream` | where the layer serves the event stream (`POST`); named in every 202's `Link` header |
+/// | `stream_max_requests` | 100 | most requests one event stream follows (more: 413) |
+/// | `stream_lifetime` | 55 s | how long one event stream stays open before the client reconnects |
+/// | `stream_heartbeat` | 15 s | time between heartbeats (SSE comments) on an event stream |
 #[must_use]
 #[derive(Default)]
 pub struct AsyncEndpointBuilder {
@@ -281,6 +285,17 @@ impl AsyncEndpointBuilder {
 
     /// Time between heartbeats on an idle event stream (default 15 s): SSE comments that keep
     /// proxies from closing it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use async_endpoint::AsyncEndpoint;
+    ///
+    /// let builder = AsyncEndpoint::builder()
+    ///     .stream_path("/api/async-stream")
+    ///     .stream_max_requests(50)
+    ///     .stream_lifetime(Duration::from_secs(25))
+    ///     .stream_heartbeat(Duration::from_secs(10));
+    /// ```
     pub fn stream_heartbeat(mut self, every: Duration) -> Self {
         self.config.stream_heartbeat = every;
         self

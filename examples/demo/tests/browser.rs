@@ -304,6 +304,42 @@ fn demo_page_in_chromium() {
         .expect("the server stopped the external call");
     assert!(stopped.as_u64().is_some_and(|n| n >= 1), "{stopped}");
 
+    // 8. Five at once with the heartbeat: the five follow one shared event stream (no waiting
+    // poll each), so the heartbeat's requests keep finding a free connection; all five answer.
+    set_form(&browser, "five at once", 6, 0, 5);
+    browser.click("#start").expect("click start");
+    let five = "[7, 8, 9, 10, 11].map(n => document.querySelector(`.card[data-n=\"${n}\"]`))";
+    browser
+        .wait_for(
+            &format!("{five}.every(c => c && ['running', 'done'].includes(c.dataset.state))"),
+            LONG,
+        )
+        .expect("the five requests run");
+    browser
+        .wait_for(
+            "(() => { const t0 = performance.now();
+               fetch('/api/heartbeat', { cache: 'no-store' }).then(() => { window.__beat = performance.now() - t0; });
+               return true; })()",
+            LONG,
+        )
+        .expect("send a beat");
+    browser
+        .wait_for("window.__beat !== undefined", LONG)
+        .expect("the heartbeat answers while five requests are pending");
+    browser
+        .wait_for(&format!("{five}.every(c => c.dataset.state === 'done')"), LONG)
+        .expect("all five answer");
+    let streams = browser
+        .execute(
+            "return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/async-endpoint/stream')).length;",
+            &[],
+        )
+        .expect("resource timings");
+    assert!(
+        streams.as_u64().is_some_and(|n| n >= 1),
+        "the page followed its requests over the event stream: {streams}"
+    );
+
     // No script errors or failed loads on the page.
     let severe: Vec<_> = browser
         .console_logs()
