@@ -12,8 +12,14 @@ use crate::runner::Run;
 const DURATIONS: &str = "500,2000,10000";
 /// The clients of `js_delay.mjs`: (key in its output, label).
 const CLIENTS: [(&str, &str); 3] = [
-    ("stream", "async-endpoint JS client (defaults: shared event stream)"),
-    ("waiting", "async-endpoint JS client, waiting polls (no stream)"),
+    (
+        "stream",
+        "async-endpoint JS client (defaults: shared event stream)",
+    ),
+    (
+        "waiting",
+        "async-endpoint JS client, waiting polls (no stream)",
+    ),
     ("jquery", "original jQuery schedule"),
 ];
 
@@ -63,7 +69,8 @@ pub(super) fn measure(run: &mut Run) -> Result<(), BoxError> {
             fig.push((format!("{secs} s"), client.to_owned(), d50));
             if ms == "2000" && client == "stream" {
                 run.goals.push((
-                    "JS client over the stream, 2 s job: median delay ≤ 20 ms with ≤ 3 requests".into(),
+                    "JS client over the stream, 2 s job: median delay ≤ 20 ms with ≤ 3 requests"
+                        .into(),
                     format!("{d50:.1} ms, {r50:.0} requests (max {rmax:.0})"),
                     d50 <= 20.0 && rmax <= 3.0,
                 ));

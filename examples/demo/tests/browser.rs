@@ -327,7 +327,10 @@ fn demo_page_in_chromium() {
         .wait_for("window.__beat !== undefined", LONG)
         .expect("the heartbeat answers while five requests are pending");
     browser
-        .wait_for(&format!("{five}.every(c => c.dataset.state === 'done')"), LONG)
+        .wait_for(
+            &format!("{five}.every(c => c.dataset.state === 'done')"),
+            LONG,
+        )
         .expect("all five answer");
     let streams = browser
         .execute(
