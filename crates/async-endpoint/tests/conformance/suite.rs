@@ -45,6 +45,7 @@ macro_rules! suite {
             progress_after_terminal_is_ignored,
             retrying_then_next_attempt,
             watch_wakes_on_every_change,
+            many_watches_each_wake_on_their_own_finish,
             fetch_honours_max_and_tasks,
             fetch_blocks_until_a_job_arrives,
             released_job_is_delivered_again,
@@ -379,6 +380,50 @@ pub async fn watch_wakes_on_every_change<B: Backend + 'static>(b: Arc<B>) {
     run(&*b, &other_job).await;
     let woken = tokio::time::timeout(Duration::from_millis(300), watch.changed()).await;
     assert!(woken.is_err(), "woken by another request's change");
+}
+
+/// What an event stream relies on: watches of many requests at once (one stream follows them all),
+/// each woken by its own request's finish, and a poll after the wake sees it.
+pub async fn many_watches_each_wake_on_their_own_finish<B: Backend + 'static>(b: Arc<B>) {
+    let mut followed = Vec::new();
+    for _ in 0..10 {
+        let r = create(&*b, 60_000).await;
+        followed.push((r.id, b.watch(r.id)));
+    }
+    // Every job, delivered once each (a fetch may bring several).
+    let mut jobs = Vec::new();
+    for _ in 0..20 {
+        if jobs.len() == followed.len() {
+            break;
+        }
+        let fetched = b
+            .fetch(&[TASK], 100, Duration::from_millis(500))
+            .await
+            .expect("fetch");
+        jobs.extend(
+            fetched
+                .into_iter()
+                .filter(|j| followed.iter().any(|(id, _)| *id == j.id)),
+        );
+    }
+    assert_eq!(jobs.len(), followed.len(), "every job delivered");
+    for (id, watch) in &mut followed {
+        let job = jobs.iter().find(|j| j.id == *id).unwrap().clone();
+        run(&*b, &job).await;
+        b.finish(&job, Outcome::Done("1".into()), now())
+            .await
+            .unwrap();
+        // Woken by begin or finish; after as many wakes as it takes, the poll sees `done`.
+        for _ in 0..3 {
+            tokio::time::timeout(LONG, watch.changed())
+                .await
+                .expect("woken by its request's changes");
+            if status(&*b, *id).await == Status::Done {
+                break;
+            }
+        }
+        assert_eq!(status(&*b, *id).await, Status::Done);
+    }
 }
 
 pub async fn fetch_honours_max_and_tasks<B: Backend + 'static>(b: Arc<B>) {
