@@ -138,6 +138,42 @@ test("a stream cut mid-way is re-opened (state first again) and every result arr
   assert.equal(streamCalls, 2);
 });
 
+test("not_found on the stream: one poll, whose problem is the error (as for any bad credential)", async (t) => {
+  const clock = fakeClock();
+  const fetch = routed(clock, (call, calls) => {
+    if (call.url.endsWith("/async-endpoint/stream")) return eventStream([ev("not_found", { async_request_id: ID })]);
+    return calls.length === 1 ? accepted({}, { link: LINK }) : reply(410, { status: 410, title: "Gone" });
+  });
+  usePlatform(t, clock, fetch);
+  const e = await clock.run(asyncRequest("https://s6.example/job")).catch((e) => e);
+  assert.equal(e.kind, "failed");
+  assert.equal(e.status, 410);
+  assert.equal(fetch.calls.length, 3);
+});
+
+test("a stream the server ends (reconnect, its lifetime) is opened again at once, states first", async (t) => {
+  const clock = fakeClock();
+  let opened = 0;
+  const progress = [];
+  const fetch = routed(clock, (call, calls) => {
+    if (call.url.endsWith("/async-endpoint/stream")) {
+      opened++;
+      const state = ev("state", { async_request_id: ID, status: "running", progress: { at: opened } });
+      if (opened === 1) return eventStream([state, "event: reconnect\ndata: {}\n\n"]);
+      return eventStream([state, ev("finished", { async_request_id: ID, status: "done" })]);
+    }
+    return calls.length === 1 ? accepted({}, { link: LINK }) : reply(200, "ok");
+  });
+  usePlatform(t, clock, fetch);
+  const started = clock.elapsed();
+  await clock.run(asyncRequest("https://s7.example/job", { onProgress: (p) => progress.push(p.progress && p.progress.at) }));
+  assert.equal(opened, 2);
+  assert.deepEqual(progress, [null, 1, 2]);
+  const streams = fetch.calls.filter((c) => c.url.endsWith("/async-endpoint/stream"));
+  assert.ok(streams[1].at - streams[0].at < 1000, "re-opened without the retry delay");
+  assert.ok(clock.elapsed() - started < 1000);
+});
+
 test("a server without the stream (404): the request falls back to polling", async (t) => {
   const clock = fakeClock();
   const fetch = routed(clock, (call, calls) => {
