@@ -4,7 +4,7 @@
 --       poison failure JSON.
 -- Returns {attempt, params, deadline} to run, or SKIP_GONE (gone or terminal), SKIP_TIMED_OUT
 -- (deadline passed), SKIP_POISONED (delivered too often).
-local h = redis.call('HMGET', KEYS[1], 's', 'a', 'p', 'd', 'l')
+local h = read('s', 'a', 'p', 'd', 'l') or {}
 if not unfinished(h[1]) then
   drop_entry(ARGV[5], ARGV[6])
   return SKIP_GONE
@@ -21,6 +21,6 @@ if tonumber(ARGV[7]) > tonumber(ARGV[8]) then
 end
 local attempt = tonumber(h[2] or '0') + 1
 redis.call('HSET', KEYS[1], 's', RUNNING, 'a', attempt)
-redis.call('PEXPIRE', KEYS[1], h[5])
+touch(h[5])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return {attempt, h[3] or '', h[4]}

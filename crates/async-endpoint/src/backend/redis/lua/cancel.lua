@@ -7,8 +7,8 @@
 -- KEYS: record.  ARGV: now_ms, timeout failure JSON, cancelled failure JSON, channel, id.
 -- Returns nil (unknown) or {{task, status, attempts, progress, output, failure, deadline},
 -- APPLIED if it wrote (cancelled or timed out) just now else UNCHANGED}, like poll.lua.
-local h = redis.call('HMGET', KEYS[1], 't', 's', 'a', 'g', 'o', 'f', 'd', 'l')
-if not h[1] then
+local h = read('t', 's', 'a', 'g', 'o', 'f', 'd', 'l')
+if not h or not h[1] then
   return false
 end
 local wrote = UNCHANGED

@@ -18,9 +18,10 @@ if tonumber(ARGV[1]) > tonumber(h[2] or 0) then
 end
 if ARGV[7] == DONE then
   unpend(ARGV[4])
-  redis.call('HSET', KEYS[1], 's', DONE, 'o', ARGV[8])
-  redis.call('HDEL', KEYS[1], 'p')
-  redis.call('PEXPIRE', KEYS[1], h[3])
+  redis.call('HSET', KEYS[1], 's', DONE)
+  put('o', ARGV[8], h[3])
+  drop('p')
+  touch(h[3])
   redis.call('PUBLISH', ARGV[3], ARGV[4])
   return DONE
 end

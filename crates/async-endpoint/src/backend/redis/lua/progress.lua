@@ -2,8 +2,8 @@
 -- KEYS: record.  ARGV: progress JSON, channel, id.
 local h = redis.call('HMGET', KEYS[1], 's', 'l')
 if h[1] == RUNNING or h[1] == RETRYING then
-  redis.call('HSET', KEYS[1], 'g', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], h[2])
+  put('g', ARGV[1], h[2])
+  touch(h[2])
   redis.call('PUBLISH', ARGV[2], ARGV[3])
   return APPLIED
 end

@@ -3,7 +3,7 @@
 local h = redis.call('HMGET', KEYS[1], 's', 'l')
 if h[1] == RUNNING then
   redis.call('HSET', KEYS[1], 's', RETRYING)
-  redis.call('PEXPIRE', KEYS[1], h[2])
+  touch(h[2])
   redis.call('PUBLISH', ARGV[1], ARGV[2])
   return APPLIED
 end
