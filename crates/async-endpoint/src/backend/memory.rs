@@ -103,13 +103,62 @@ struct Shard {
 /// The state that spans requests.
 #[derive(Default)]
 struct Shared {
-    queue: VecDeque<Queued>,
+    queue: Queue,
     /// Idempotency keys by their scoped digest; each lives the TTL of its request's creation.
     keys: HashMap<String, KeyEntry>,
     /// (expiry, scoped key), in creation order; re-checked against the entry on pop.
     key_expiries: VecDeque<(u64, String)>,
     /// Pending requests per owner and per task, for the pending limits.
     pending: HashMap<PendingKey, BTreeSet<(u64, RequestId)>>,
+}
+
+/// The FIFO job queue, in chunks of at most [`Queue::CHUNK`] entries: growing it never copies
+/// more than one chunk (one `VecDeque` of a million jobs would copy 40 MB at once, holding the
+/// shared lock meanwhile).
+#[derive(Default)]
+struct Queue {
+    chunks: VecDeque<VecDeque<Queued>>,
+}
+
+impl Queue {
+    const CHUNK: usize = 4096;
+
+    fn push_back(&mut self, queued: Queued) {
+        match self.chunks.back_mut() {
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push_back(queued),
+            _ => self.chunks.push_back(VecDeque::from([queued])),
+        }
+    }
+
+    fn push_front(&mut self, queued: Queued) {
+        match self.chunks.front_mut() {
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push_front(queued),
+            _ => self.chunks.push_front(VecDeque::from([queued])),
+        }
+    }
+
+    /// Removes and returns, oldest first, at most `max` jobs of `tasks`.
+    fn take(&mut self, tasks: &[&'static str], max: usize) -> Vec<Queued> {
+        let mut taken = Vec::new();
+        let mut c = 0;
+        while c < self.chunks.len() && taken.len() < max {
+            let chunk = &mut self.chunks[c];
+            let mut i = 0;
+            while i < chunk.len() && taken.len() < max {
+                if tasks.contains(&chunk[i].task) {
+                    taken.extend(chunk.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            if chunk.is_empty() {
+                self.chunks.remove(c);
+            } else {
+                c += 1;
+            }
+        }
+        taken
+    }
 }
 
 /// A job in the queue (a [`Job`] is made of it when fetched).
@@ -507,23 +556,12 @@ impl Backend for MemoryBackend {
             notified.as_mut().enable();
             let jobs = {
                 let mut shared = lock(&self.inner.shared);
-                let mut jobs = Vec::new();
-                let mut i = 0;
-                while i < shared.queue.len() && jobs.len() < max {
-                    if tasks.contains(&shared.queue[i].task) {
-                        if let Some(queued) = shared.queue.remove(i) {
-                            jobs.push(Job::new(
-                                queued.id,
-                                queued.task,
-                                String::new(),
-                                queued.deliveries + 1,
-                            ));
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-                jobs
+                shared
+                    .queue
+                    .take(tasks, max)
+                    .into_iter()
+                    .map(|q| Job::new(q.id, q.task, String::new(), q.deliveries + 1))
+                    .collect::<Vec<_>>()
             };
             if !jobs.is_empty() {
                 return Ok(jobs);
@@ -646,5 +684,42 @@ impl Backend for MemoryBackend {
             self.inner.queued.notify_one();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(i: u32, task: &'static str) -> Queued {
+        Queued {
+            id: RequestId::random(),
+            task,
+            deliveries: i,
+        }
+    }
+
+    #[test]
+    fn the_chunked_queue_is_fifo_across_chunks_and_filters_by_task() {
+        let mut q = Queue::default();
+        let n = Queue::CHUNK as u32 * 2 + 10;
+        for i in 0..n {
+            q.push_back(queued(i, if i % 3 == 0 { "a" } else { "b" }));
+        }
+        q.push_front(queued(u32::MAX, "a"));
+        let a: Vec<u32> = q
+            .take(&["a"], usize::MAX)
+            .iter()
+            .map(|q| q.deliveries)
+            .collect();
+        let mut expected = vec![u32::MAX];
+        expected.extend((0..n).filter(|i| i % 3 == 0));
+        assert_eq!(a, expected);
+        let b: Vec<u32> = q.take(&["b"], 5).iter().map(|q| q.deliveries).collect();
+        assert_eq!(b, [1, 2, 4, 5, 7]);
+        let rest = q.take(&["a", "b"], usize::MAX);
+        assert_eq!(rest.len() as u32, n - n.div_ceil(3) - 5);
+        assert!(rest.windows(2).all(|w| w[0].deliveries < w[1].deliveries));
+        assert!(q.chunks.is_empty());
     }
 }
