@@ -59,60 +59,66 @@ local function side(field)
   return KEYS[1] .. ':' .. field
 end
 
--- The letters of the record's out-of-line fields ('' when none).
-local function outside()
-  return redis.call('HGET', KEYS[1], 'x') or ''
-end
+-- The helpers below take `x`, the record's out-of-line letters as the script read them ('' when
+-- none), and return it as it stands after their write, so no script reads it twice.
 
--- Sets the out-of-line letters to `x` (drops the field when empty).
-local function set_outside(x)
-  if x == '' then
+-- Sets the out-of-line letters from `x` to `new` (drops the field when empty).
+local function set_outside(x, new)
+  if new == x then
+    return x
+  elseif new == '' then
     redis.call('HDEL', KEYS[1], 'x')
   else
-    redis.call('HSET', KEYS[1], 'x', x)
+    redis.call('HSET', KEYS[1], 'x', new)
   end
+  return new
 end
 
--- Stores `value` as field `field` of the record, in the hash or out of line (with TTL `ttl`).
-local function put(field, value, ttl)
-  local x = outside()
+-- Stores `value` as field `field` of the record, in the hash or out of line (with TTL `ttl`);
+-- the other field-value pairs given after `ttl` are set in the hash by the same HSET.
+local function put(x, field, value, ttl, ...)
   local out = string.find(x, field, 1, true)
   if #value > INLINE_MAX then
     redis.call('SET', side(field), value, 'PX', ttl)
-    redis.call('HDEL', KEYS[1], field)
-    if not out then
-      set_outside(x .. field)
+    if select('#', ...) > 0 then
+      redis.call('HSET', KEYS[1], ...)
     end
-  else
-    redis.call('HSET', KEYS[1], field, value)
     if out then
-      redis.call('DEL', side(field))
-      set_outside(string.gsub(x, field, '', 1))
+      return x
     end
+    -- It may have been in the hash until now.
+    redis.call('HDEL', KEYS[1], field)
+    return set_outside(x, x .. field)
   end
+  redis.call('HSET', KEYS[1], field, value, ...)
+  if out then
+    redis.call('DEL', side(field))
+    return set_outside(x, (string.gsub(x, field, '', 1)))
+  end
+  return x
 end
 
 -- Removes field `field` of the record, wherever it is.
-local function drop(field)
-  local x = outside()
-  redis.call('HDEL', KEYS[1], field)
+local function drop(x, field)
   if string.find(x, field, 1, true) then
     redis.call('DEL', side(field))
-    set_outside(string.gsub(x, field, '', 1))
+    return set_outside(x, (string.gsub(x, field, '', 1)))
   end
+  redis.call('HDEL', KEYS[1], field)
+  return x
 end
 
 -- Re-applies the TTL to the record and its out-of-line fields.
-local function touch(ttl)
+local function touch(x, ttl)
   redis.call('PEXPIRE', KEYS[1], ttl)
-  local x = outside()
   for i = 1, #x do
     redis.call('PEXPIRE', side(string.sub(x, i, i)), ttl)
   end
 end
 
--- HMGET of the record's fields, out-of-line ones read from their keys. Returns nil when an
--- out-of-line value is gone (its key expired a moment before the record): the record is gone.
+-- HMGET of the record's fields, out-of-line ones read from their keys; returns the values and
+-- the out-of-line letters. The values are nil when an out-of-line value is gone (its key
+-- expired a moment before the record): the record is gone.
 local function read(...)
   local fields = {...}
   local h = redis.call('HMGET', KEYS[1], 'x', unpack(fields))
@@ -123,21 +129,20 @@ local function read(...)
     if string.find(x, field, 1, true) then
       v = redis.call('GET', side(field))
       if not v then
-        return nil
+        return nil, x
       end
     end
     values[i] = v
   end
-  return values
+  return values, x
 end
 
--- Turns the record in KEYS[1] into a failure and tells the waiters.
-local function fail(failure, ttl, channel, id)
+-- Turns the record in KEYS[1] (out-of-line letters `x`) into a failure and tells the waiters.
+local function fail(x, failure, ttl, channel, id)
   unpend(id)
-  redis.call('HSET', KEYS[1], 's', FAILED)
-  put('f', failure, ttl)
-  drop('p')
-  touch(ttl)
+  x = put(x, 'f', failure, ttl, 's', FAILED)
+  x = drop(x, 'p')
+  touch(x, ttl)
   redis.call('PUBLISH', channel, id)
 end
 
