@@ -6,6 +6,7 @@
 //! cargo run --release -p bench -- --only 1,3   # some items only
 //! cargo run --release -p bench -- --only 6 --out results-load.md   # …written to another file
 //! cargo run --release -p bench -- --only flood --out results-flood.md   # push-back under a flood
+//! cargo run --release -p bench -- --only growth --out results-growth.md   # memory backend to 1M records
 //! ```
 //!
 //! The same binary is the server under test (`bench serve <kind> …`) and the load generator

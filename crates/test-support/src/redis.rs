@@ -154,6 +154,28 @@ impl RedisServer {
         Ok(reply.trim_end().to_owned())
     }
 
+    /// Sends one command and reads a reply of one line or one bulk string: the bulk string's
+    /// text, a nil reply as `None`, any other one-line reply as it came (`:12`, `+OK`, …).
+    pub fn bulk(&self, line: &str) -> std::io::Result<Option<String>> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(format!("{line}\r\n").as_bytes())?;
+        let mut reader = BufReader::new(s);
+        let mut reply = String::new();
+        reader.read_line(&mut reply)?;
+        let reply = reply.trim_end();
+        match reply.strip_prefix('$').map(str::parse::<i64>) {
+            Some(Ok(n)) if n < 0 => Ok(None),
+            Some(Ok(n)) => {
+                let mut text = vec![0; n as usize + 2];
+                std::io::Read::read_exact(&mut reader, &mut text)?;
+                text.truncate(n as usize);
+                Ok(Some(String::from_utf8_lossy(&text).into_owned()))
+            }
+            _ => Ok(Some(reply.to_owned())),
+        }
+    }
+
     /// Whether it answers `PING` with `PONG`.
     pub fn ping(&self) -> bool {
         self.command("PING").is_ok_and(|r| r == "+PONG")

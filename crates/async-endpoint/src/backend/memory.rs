@@ -1,6 +1,13 @@
 //! The embedded default: records in a map with TTL, jobs in an in-process queue.
+//!
+//! Records live in [`SHARDS`] maps chosen by request id, each behind its own lock, so a map's
+//! growth (a rehash of every entry) holds only 1/[`SHARDS`] of the requests, and requests for
+//! different ids rarely wait on each other. The state that spans requests (the job queue,
+//! idempotency keys, pending sets) has one lock of its own. Lock order: a shard, then the shared
+//! state; never two shards.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -43,25 +50,123 @@ pub struct MemoryBackend {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
+/// How many record maps: a power of two, so the shard is a few bits of the (random) id.
+const SHARDS: usize = 64;
+
 struct Inner {
-    state: Mutex<State>,
+    shards: Box<[Mutex<Shard>]>,
+    shared: Mutex<Shared>,
     queued: Notify,
     notifier: Notifier,
 }
 
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shared: Mutex::default(),
+            queued: Notify::default(),
+            notifier: Notifier::default(),
+        }
+    }
+}
+
+/// Hashes a request id by its first 8 bytes. Ids are random and made by the server (a client
+/// cannot choose which ids are stored), so this is as good as SipHash here, and cheaper.
 #[derive(Default)]
-struct State {
-    records: HashMap<RequestId, Record>,
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            self.0 ^= u64::from(*b) << (8 * i);
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {
+        // The length prefix of the id's bytes: always 16.
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// One shard's records.
+#[derive(Default)]
+struct Shard {
+    records: HashMap<RequestId, Record, BuildHasherDefault<IdHasher>>,
     /// (expiry when enqueued here, id), oldest first; re-checked against the record on pop.
     expiries: VecDeque<(u64, RequestId)>,
-    queue: VecDeque<Job>,
+}
+
+/// The state that spans requests.
+#[derive(Default)]
+struct Shared {
+    queue: Queue,
     /// Idempotency keys by their scoped digest; each lives the TTL of its request's creation.
     keys: HashMap<String, KeyEntry>,
     /// (expiry, scoped key), in creation order; re-checked against the entry on pop.
     key_expiries: VecDeque<(u64, String)>,
     /// Pending requests per owner and per task, for the pending limits.
     pending: HashMap<PendingKey, BTreeSet<(u64, RequestId)>>,
+}
+
+/// The FIFO job queue, in chunks of at most [`Queue::CHUNK`] entries: growing it never copies
+/// more than one chunk (one `VecDeque` of a million jobs would copy 40 MB at once, holding the
+/// shared lock meanwhile).
+#[derive(Default)]
+struct Queue {
+    chunks: VecDeque<VecDeque<Queued>>,
+}
+
+impl Queue {
+    const CHUNK: usize = 4096;
+
+    fn push_back(&mut self, queued: Queued) {
+        match self.chunks.back_mut() {
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push_back(queued),
+            _ => self.chunks.push_back(VecDeque::from([queued])),
+        }
+    }
+
+    fn push_front(&mut self, queued: Queued) {
+        match self.chunks.front_mut() {
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push_front(queued),
+            _ => self.chunks.push_front(VecDeque::from([queued])),
+        }
+    }
+
+    /// Removes and returns, oldest first, at most `max` jobs of `tasks`.
+    fn take(&mut self, tasks: &[&'static str], max: usize) -> Vec<Queued> {
+        let mut taken = Vec::new();
+        let mut c = 0;
+        while c < self.chunks.len() && taken.len() < max {
+            let chunk = &mut self.chunks[c];
+            let mut i = 0;
+            while i < chunk.len() && taken.len() < max {
+                if tasks.contains(&chunk[i].task) {
+                    taken.extend(chunk.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            if chunk.is_empty() {
+                self.chunks.remove(c);
+            } else {
+                c += 1;
+            }
+        }
+        taken
+    }
+}
+
+/// A job in the queue (a [`Job`] is made of it when fetched).
+struct Queued {
+    id: RequestId,
+    task: &'static str,
+    /// Deliveries so far.
+    deliveries: u32,
 }
 
 /// The request an idempotency key created.
@@ -83,17 +188,26 @@ enum PendingKey {
     Task(&'static str),
 }
 
+/// One request. Kept small (a million live records is an hour of a busy app): the params and
+/// the output share one field (params are dropped once the request is over, and only a done
+/// request has an output), and what most records never have is boxed apart.
 struct Record {
     task: &'static str,
-    params: String,
+    /// The params until the request is terminal, then the output (done) or nothing (failed).
+    value: Box<str>,
     status: Status,
     attempt: u32,
-    progress: Option<Progress>,
-    output: Option<String>,
-    failure: Option<StoredFailure>,
     deadline_ms: u64,
     ttl_ms: u64,
     expires_ms: u64,
+    rare: Option<Box<Rare>>,
+}
+
+/// What most records never have.
+#[derive(Default)]
+struct Rare {
+    progress: Option<Progress>,
+    failure: Option<StoredFailure>,
     /// The pending sets this request is in (none once terminal, or when its start carried no
     /// limit).
     pending: Vec<PendingKey>,
@@ -102,10 +216,18 @@ struct Record {
 impl Record {
     fn snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot::new(self.task, self.status, self.attempt, self.deadline_ms);
-        snapshot.progress = self.progress.clone();
-        snapshot.output = self.output.clone();
-        snapshot.failure = self.failure.clone();
+        if let Some(rare) = &self.rare {
+            snapshot.progress = rare.progress.clone();
+            snapshot.failure = rare.failure.clone();
+        }
+        if self.status == Status::Done {
+            snapshot.output = Some(self.value.to_string());
+        }
         snapshot
+    }
+
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
     }
 
     fn touch(&mut self, now_ms: u64) {
@@ -129,14 +251,14 @@ impl Record {
         match outcome {
             Outcome::Done(output) => {
                 self.status = Status::Done;
-                self.output = Some(output);
+                self.value = output.into_boxed_str();
             }
             Outcome::Failed(failure) => {
                 self.status = Status::Failed;
-                self.failure = Some(failure);
+                self.value = Box::default();
+                self.rare().failure = Some(failure);
             }
         }
-        self.params = String::new();
         self.touch(now_ms);
     }
 }
@@ -149,9 +271,14 @@ impl MemoryBackend {
 
     /// Live (unexpired) records, after removing expired ones.
     pub fn len(&self) -> usize {
-        let mut st = self.lock();
-        st.sweep(now_ms());
-        st.records.len()
+        let now_ms = now_ms();
+        (0..SHARDS)
+            .map(|i| {
+                let mut shard = lock(&self.inner.shards[i]);
+                shard.sweep(now_ms, &self.inner.shared);
+                shard.records.len()
+            })
+            .sum()
     }
 
     /// True when no live record is held.
@@ -159,13 +286,30 @@ impl MemoryBackend {
         self.len() == 0
     }
 
+    /// The shard holding record `id`, locked.
+    fn shard(&self, id: &RequestId) -> MutexGuard<'_, Shard> {
+        lock(&self.inner.shards[usize::from(id.as_bytes()[15]) % SHARDS])
+    }
+
+    /// The shard holding record `id`, locked, after removing its expired records.
+    fn swept(&self, id: &RequestId, now_ms: u64) -> MutexGuard<'_, Shard> {
+        let mut shard = self.shard(id);
+        shard.sweep(now_ms, &self.inner.shared);
+        shard
+    }
+
+    /// The request `id` (whose record is `record`) no longer counts as pending.
+    fn unpend(&self, id: &RequestId, record: &mut Record) {
+        unpend(&self.inner.shared, id, record);
+    }
+
     /// Applies `change` to a live record; when it reports a change, refreshes the TTL and wakes
     /// the record's waiters.
     fn change(&self, id: RequestId, change: impl FnOnce(&mut Record) -> bool) {
         let now_ms = now_ms();
         let changed = {
-            let mut st = self.lock();
-            st.live(&id, now_ms).is_some_and(|r| {
+            let mut shard = self.shard(&id);
+            shard.live(&id, now_ms).is_some_and(|r| {
                 let changed = change(r);
                 if changed {
                     r.touch(now_ms);
@@ -177,16 +321,36 @@ impl MemoryBackend {
             self.inner.notifier.notify(id);
         }
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Every critical section leaves the state consistent, so a poisoned lock is still usable.
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the state consistent, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The request no longer counts as pending: removes it from its pending sets (and drops sets
+/// left empty). Call it on every terminal transition (done, failed, timed out, cancelled) and
+/// on expiry; a no-op (no lock taken) for a request that is in no set. The caller holds the
+/// record's shard: the shared lock comes second.
+fn unpend(shared: &Mutex<Shared>, id: &RequestId, record: &mut Record) {
+    let Some(rare) = record.rare.as_mut().filter(|r| !r.pending.is_empty()) else {
+        return;
+    };
+    let keys = std::mem::take(&mut rare.pending);
+    let mut shared = lock(shared);
+    for key in keys {
+        if let Some(set) = shared.pending.get_mut(&key) {
+            set.remove(&(record.deadline_ms, *id));
+            if set.is_empty() {
+                shared.pending.remove(&key);
+            }
+        }
     }
 }
 
-impl State {
+impl Shard {
     /// Removes records whose TTL passed. Amortized O(1): each record is popped about once per TTL.
-    fn sweep(&mut self, now_ms: u64) {
+    fn sweep(&mut self, now_ms: u64, shared: &Mutex<Shared>) {
         while let Some(&(at, id)) = self.expiries.front() {
             if at > now_ms {
                 break;
@@ -194,13 +358,24 @@ impl State {
             self.expiries.pop_front();
             match self.records.get(&id) {
                 Some(r) if r.expires_ms <= now_ms => {
-                    self.unpend(&id);
-                    self.records.remove(&id);
+                    if let Some(mut record) = self.records.remove(&id) {
+                        unpend(shared, &id, &mut record);
+                    }
                 }
                 Some(r) => self.expiries.push_back((r.expires_ms, id)),
                 None => {}
             }
         }
+    }
+
+    fn live(&mut self, id: &RequestId, now_ms: u64) -> Option<&mut Record> {
+        self.records.get_mut(id).filter(|r| r.expires_ms > now_ms)
+    }
+}
+
+impl Shared {
+    /// Removes idempotency keys whose TTL passed.
+    fn sweep(&mut self, now_ms: u64) {
         while let Some((at, _)) = self.key_expiries.front() {
             if *at > now_ms {
                 break;
@@ -216,28 +391,6 @@ impl State {
     /// The live request the idempotency key `scoped` created, if any.
     fn keyed(&self, scoped: &str, now_ms: u64) -> Option<&KeyEntry> {
         self.keys.get(scoped).filter(|e| e.expires_ms > now_ms)
-    }
-
-    fn live(&mut self, id: &RequestId, now_ms: u64) -> Option<&mut Record> {
-        self.records.get_mut(id).filter(|r| r.expires_ms > now_ms)
-    }
-
-    /// The request no longer counts as pending: removes it from its pending sets (and drops
-    /// sets left empty). Call it on every terminal transition (done, failed, timed out,
-    /// cancelled); a no-op for a request that is in no set.
-    fn unpend(&mut self, id: &RequestId) {
-        let Some(record) = self.records.get_mut(id) else {
-            return;
-        };
-        let deadline_ms = record.deadline_ms;
-        for key in std::mem::take(&mut record.pending) {
-            if let Some(set) = self.pending.get_mut(&key) {
-                set.remove(&(deadline_ms, *id));
-                if set.is_empty() {
-                    self.pending.remove(&key);
-                }
-            }
-        }
     }
 
     /// How many requests in `key`'s set are still pending at `now_ms`, after pruning those past
@@ -293,12 +446,14 @@ impl Backend for MemoryBackend {
         let ttl_ms = request.ttl.as_millis() as u64;
         let expires_ms = request.created_ms.saturating_add(ttl_ms);
         {
-            let mut st = self.lock();
-            st.sweep(request.created_ms);
-            // The key check, the limit check and the writes below hold one lock: one atomic
-            // step, so one request per key, and never more pending than a limit.
+            let mut shard = self.swept(&request.id, request.created_ms);
+            let mut shared = lock(&self.inner.shared);
+            shared.sweep(request.created_ms);
+            // The key check, the limit check and the writes below hold the shared lock (and the
+            // new record's shard): one atomic step, so one request per key, and never more
+            // pending than a limit.
             if let Some(key) = &request.idempotency {
-                if let Some(entry) = st.keyed(&key.scoped, request.created_ms) {
+                if let Some(entry) = shared.keyed(&key.scoped, request.created_ms) {
                     return Ok(Created::Existing {
                         id: entry.id,
                         created_ms: entry.created_ms,
@@ -306,12 +461,12 @@ impl Backend for MemoryBackend {
                     });
                 }
             }
-            let pending = match st.admit(&request) {
+            let pending = match shared.admit(&request) {
                 Ok(keys) => keys,
                 Err(limit) => return Ok(Created::OverLimit(limit)),
             };
             if let Some(key) = &request.idempotency {
-                st.keys.insert(
+                shared.keys.insert(
                     key.scoped.clone(),
                     KeyEntry {
                         id: request.id,
@@ -320,33 +475,43 @@ impl Backend for MemoryBackend {
                         expires_ms,
                     },
                 );
-                st.key_expiries.push_back((expires_ms, key.scoped.clone()));
+                shared
+                    .key_expiries
+                    .push_back((expires_ms, key.scoped.clone()));
             }
             for key in &pending {
-                st.pending
+                shared
+                    .pending
                     .entry(key.clone())
                     .or_default()
                     .insert((request.deadline_ms, request.id));
             }
-            st.records.insert(
+            shared.queue.push_back(Queued {
+                id: request.id,
+                task: request.task,
+                deliveries: 0,
+            });
+            drop(shared);
+            let rare = (!pending.is_empty()).then(|| {
+                Box::new(Rare {
+                    pending,
+                    ..Rare::default()
+                })
+            });
+            shard.records.insert(
                 request.id,
                 Record {
                     task: request.task,
-                    params: request.params,
+                    value: request.params.into_boxed_str(),
                     status: Status::Queued,
                     attempt: 0,
-                    progress: None,
-                    output: None,
-                    failure: None,
                     deadline_ms: request.deadline_ms,
                     ttl_ms,
                     expires_ms,
-                    pending,
+                    rare,
                 },
             );
-            st.expiries.push_back((expires_ms, request.id));
-            st.queue
-                .push_back(Job::new(request.id, request.task, String::new(), 0));
+            shard.expiries.push_back((expires_ms, request.id));
         }
         self.inner.queued.notify_one();
         Ok(Created::New)
@@ -354,19 +519,17 @@ impl Backend for MemoryBackend {
 
     async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
         let (snapshot, changed) = {
-            let mut st = self.lock();
-            st.sweep(now_ms);
-            let (snapshot, changed) = match st.live(&id, now_ms) {
+            let mut shard = self.swept(&id, now_ms);
+            match shard.live(&id, now_ms) {
                 None => return Ok(None),
                 Some(r) => {
                     let changed = r.expire_deadline(now_ms);
+                    if changed {
+                        self.unpend(&id, r);
+                    }
                     (r.snapshot(), changed)
                 }
-            };
-            if changed {
-                st.unpend(&id);
             }
-            (snapshot, changed)
         };
         if changed {
             tracing::warn!(request_id = %id, "deadline passed: request failed with a timeout");
@@ -392,20 +555,13 @@ impl Backend for MemoryBackend {
             // Register before looking, so a push between the look and the wait is not missed.
             notified.as_mut().enable();
             let jobs = {
-                let mut st = self.lock();
-                let mut jobs = Vec::new();
-                let mut i = 0;
-                while i < st.queue.len() && jobs.len() < max {
-                    if tasks.contains(&st.queue[i].task.as_str()) {
-                        if let Some(mut job) = st.queue.remove(i) {
-                            job.deliveries += 1;
-                            jobs.push(job);
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-                jobs
+                let mut shared = lock(&self.inner.shared);
+                shared
+                    .queue
+                    .take(tasks, max)
+                    .into_iter()
+                    .map(|q| Job::new(q.id, q.task, String::new(), q.deliveries + 1))
+                    .collect::<Vec<_>>()
             };
             if !jobs.is_empty() {
                 return Ok(jobs);
@@ -419,12 +575,15 @@ impl Backend for MemoryBackend {
     async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
         let mut timed_out = false;
         let begin = {
-            let mut st = self.lock();
-            let begin = match st.live(&job.id, now_ms) {
+            let mut shard = self.shard(&job.id);
+            match shard.live(&job.id, now_ms) {
                 None => Begin::Skip,
                 Some(r) if r.status.is_terminal() => Begin::Skip,
                 Some(r) if now_ms > r.deadline_ms => {
                     timed_out = r.expire_deadline(now_ms);
+                    if timed_out {
+                        self.unpend(&job.id, r);
+                    }
                     Begin::Skip
                 }
                 Some(r) => {
@@ -432,16 +591,12 @@ impl Backend for MemoryBackend {
                     r.attempt += 1;
                     r.touch(now_ms);
                     Begin::Run {
-                        params: r.params.clone(),
+                        params: r.value.to_string(),
                         attempt: r.attempt,
                         deadline_ms: r.deadline_ms,
                     }
                 }
-            };
-            if timed_out {
-                st.unpend(&job.id);
             }
-            begin
         };
         if timed_out || matches!(begin, Begin::Run { .. }) {
             self.inner.notifier.notify(job.id);
@@ -453,7 +608,7 @@ impl Backend for MemoryBackend {
         self.change(id, |r| match update {
             Update::Progress(progress) => {
                 matches!(r.status, Status::Running | Status::Retrying) && {
-                    r.progress = Some(progress);
+                    r.rare().progress = Some(progress);
                     true
                 }
             }
@@ -469,23 +624,22 @@ impl Backend for MemoryBackend {
 
     async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
         let (status, changed) = {
-            let mut st = self.lock();
-            let (status, changed) = match st.live(&job.id, now_ms) {
+            let mut shard = self.shard(&job.id);
+            let (status, changed) = match shard.live(&job.id, now_ms) {
                 // Gone (expired): nothing to write; report it as failed for the logs.
                 None => (Status::Failed, false),
                 Some(r) if r.status.is_terminal() => (r.status, false),
                 Some(r) if now_ms > r.deadline_ms => {
                     r.expire_deadline(now_ms);
+                    self.unpend(&job.id, r);
                     (Status::Failed, true)
                 }
                 Some(r) => {
                     r.settle(outcome, now_ms);
+                    self.unpend(&job.id, r);
                     (r.status, true)
                 }
             };
-            if changed {
-                st.unpend(&job.id);
-            }
             (status, changed)
         };
         if changed {
@@ -496,9 +650,8 @@ impl Backend for MemoryBackend {
 
     async fn cancel(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
         let (snapshot, changed) = {
-            let mut st = self.lock();
-            st.sweep(now_ms);
-            let (snapshot, changed) = match st.live(&id, now_ms) {
+            let mut shard = self.swept(&id, now_ms);
+            match shard.live(&id, now_ms) {
                 None => return Ok(None),
                 Some(r) if r.status.is_terminal() => (r.snapshot(), false),
                 Some(r) => {
@@ -506,14 +659,11 @@ impl Backend for MemoryBackend {
                     if !r.expire_deadline(now_ms) {
                         r.settle(Outcome::Failed(StoredFailure::cancelled()), now_ms);
                     }
+                    // No longer pending: its slot under the pending limits is free.
+                    self.unpend(&id, r);
                     (r.snapshot(), true)
                 }
-            };
-            if changed {
-                // No longer pending: its slot under the pending limits is free.
-                st.unpend(&id);
             }
-            (snapshot, changed)
         };
         if changed {
             self.inner.notifier.notify(id);
@@ -522,10 +672,54 @@ impl Backend for MemoryBackend {
     }
 
     async fn release(&self, job: &Job) -> Result<(), Error> {
-        let mut job = job.clone();
-        job.deliveries = job.deliveries.saturating_sub(1);
-        self.lock().queue.push_front(job);
-        self.inner.queued.notify_one();
+        // The queue holds the task's static name: the record has it. A job whose record is gone
+        // would only be skipped.
+        let task = self.shard(&job.id).records.get(&job.id).map(|r| r.task);
+        if let Some(task) = task {
+            lock(&self.inner.shared).queue.push_front(Queued {
+                id: job.id,
+                task,
+                deliveries: job.deliveries.saturating_sub(1),
+            });
+            self.inner.queued.notify_one();
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(i: u32, task: &'static str) -> Queued {
+        Queued {
+            id: RequestId::random(),
+            task,
+            deliveries: i,
+        }
+    }
+
+    #[test]
+    fn the_chunked_queue_is_fifo_across_chunks_and_filters_by_task() {
+        let mut q = Queue::default();
+        let n = Queue::CHUNK as u32 * 2 + 10;
+        for i in 0..n {
+            q.push_back(queued(i, if i % 3 == 0 { "a" } else { "b" }));
+        }
+        q.push_front(queued(u32::MAX, "a"));
+        let a: Vec<u32> = q
+            .take(&["a"], usize::MAX)
+            .iter()
+            .map(|q| q.deliveries)
+            .collect();
+        let mut expected = vec![u32::MAX];
+        expected.extend((0..n).filter(|i| i % 3 == 0));
+        assert_eq!(a, expected);
+        let b: Vec<u32> = q.take(&["b"], 5).iter().map(|q| q.deliveries).collect();
+        assert_eq!(b, [1, 2, 4, 5, 7]);
+        let rest = q.take(&["a", "b"], usize::MAX);
+        assert_eq!(rest.len() as u32, n - n.div_ceil(3) - 5);
+        assert!(rest.windows(2).all(|w| w[0].deliveries < w[1].deliveries));
+        assert!(q.chunks.is_empty());
     }
 }

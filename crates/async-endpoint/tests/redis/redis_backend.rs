@@ -329,6 +329,143 @@ async fn a_queue_deleted_under_the_worker_is_looked_up_again() {
     }
 }
 
+/// Redis memory of a record and its out-of-line fields, and the record hash's encoding.
+fn footprint(server: &test_support::redis::RedisServer, id: &RequestId) -> (usize, String) {
+    let key = format!("ae:r:{{{id}}}");
+    let mut bytes = 0;
+    for k in [
+        key.clone(),
+        format!("{key}:p"),
+        format!("{key}:g"),
+        format!("{key}:o"),
+        format!("{key}:f"),
+    ] {
+        if let Some(n) = server.bulk(&format!("MEMORY USAGE {k}")).unwrap() {
+            bytes += n.trim_start_matches(':').parse::<usize>().unwrap();
+        }
+    }
+    let encoding = server
+        .bulk(&format!("OBJECT ENCODING {key}"))
+        .unwrap()
+        .unwrap_or_default();
+    (bytes, encoding)
+}
+
+/// The memory Redis needs to hold `value` at all: a string key holding it less one holding
+/// nothing (the allocator rounds a value up to its size class: a 16 KiB value takes 20 KiB).
+fn payload(server: &test_support::redis::RedisServer, value: &str) -> usize {
+    let usage = |v: &str| -> usize {
+        server.command(&format!("SET probe {v}")).unwrap();
+        let n = server.bulk("MEMORY USAGE probe").unwrap().unwrap();
+        server.command("DEL probe").unwrap();
+        n.trim_start_matches(':').parse().unwrap()
+    };
+    usage(value) - usage("''")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_stay_compact_at_every_payload_size() {
+    let Some(server) = test_support::redis::start() else {
+        return;
+    };
+    let b = RedisBackend::builder(server.url()).build().unwrap();
+    for size in [2, 100, 1024, 16 * 1024] {
+        // JSON strings of `size` bytes.
+        let params = format!("\"{}\"", "p".repeat(size - 2));
+        let output = format!("\"{}\"", "o".repeat(size - 2));
+        // The same size: Redis needs as much to hold either.
+        let size = payload(&server, &"p".repeat(params.len())).max(size);
+        let r = request(&params);
+        b.create(r.clone()).await.unwrap();
+        let (queued, encoding) = footprint(&server, &r.id);
+        eprintln!("{size} B: queued {queued} bytes, {encoding}");
+        assert_eq!(encoding, "listpack", "{size} B queued");
+        assert!(queued <= 512 + size, "{size} B queued: {queued} bytes");
+        let job = loop {
+            let jobs = b.fetch(&[TASK], 100, Duration::from_secs(1)).await.unwrap();
+            if let Some(job) = jobs.into_iter().find(|j| j.id == r.id) {
+                break job;
+            }
+        };
+        match b.begin(&job, now()).await.unwrap() {
+            Begin::Run { params: got, .. } => assert_eq!(got, params, "{size} B params"),
+            other => panic!("{other:?}"),
+        }
+        // Progress as long as the payload, then a short one: both read back.
+        for message in ["m".repeat(size.min(300)), "m".to_owned()] {
+            b.update(
+                r.id,
+                Update::Progress(async_endpoint::Progress::new(1, Some(2), message.clone())),
+            )
+            .await
+            .unwrap();
+            let snapshot = b.poll(r.id, now()).await.unwrap().unwrap();
+            assert_eq!(snapshot.status, Status::Running);
+            assert_eq!(snapshot.progress.unwrap().message, message);
+        }
+        let (running, encoding) = footprint(&server, &r.id);
+        assert_eq!(encoding, "listpack", "{size} B running");
+        assert!(running <= 512 + size, "{size} B running: {running} bytes");
+        let stands = b
+            .finish(&job, Outcome::Done(output.clone()), now())
+            .await
+            .unwrap();
+        assert_eq!(stands, Status::Done);
+        let snapshot = b.poll(r.id, now()).await.unwrap().unwrap();
+        assert_eq!(snapshot.output.as_deref(), Some(output.as_str()));
+        let (done, encoding) = footprint(&server, &r.id);
+        eprintln!("{size} B: running {running} bytes, done {done} bytes, {encoding}");
+        assert_eq!(encoding, "listpack", "{size} B done");
+        assert!(done <= 512 + size, "{size} B done: {done} bytes");
+        // Params left with the queued state; every key left carries the record's TTL.
+        let key = format!("ae:r:{{{}}}", r.id);
+        assert_eq!(server.command(&format!("EXISTS {key}:p")).unwrap(), ":0");
+        for k in [key.clone(), format!("{key}:o")] {
+            if server.command(&format!("EXISTS {k}")).unwrap() == ":1" {
+                let ttl = server.command(&format!("PTTL {k}")).unwrap();
+                let ttl: i64 = ttl.trim_start_matches(':').parse().unwrap();
+                assert!(ttl > 3_000_000, "{k}: TTL {ttl}");
+            }
+        }
+        // A long failure reads back too (cancel of a finished request: unchanged).
+        let snapshot = b.cancel(r.id, now()).await.unwrap().unwrap();
+        assert_eq!(snapshot.output.as_deref(), Some(output.as_str()));
+    }
+    // A failure with a long message of the task's own: out of line, read back, compact.
+    let r = request("1");
+    b.create(r.clone()).await.unwrap();
+    let job = loop {
+        let jobs = b.fetch(&[TASK], 100, Duration::from_secs(1)).await.unwrap();
+        if let Some(job) = jobs.into_iter().find(|j| j.id == r.id) {
+            break job;
+        }
+    };
+    assert!(matches!(
+        b.begin(&job, now()).await.unwrap(),
+        Begin::Run { .. }
+    ));
+    let message = "x".repeat(1000);
+    let failure: async_endpoint::backend::StoredFailure = Failure::new(message.clone()).into();
+    assert_eq!(
+        b.finish(&job, Outcome::Failed(failure), now())
+            .await
+            .unwrap(),
+        Status::Failed
+    );
+    let snapshot = b.poll(r.id, now()).await.unwrap().unwrap();
+    assert_eq!(
+        snapshot.failure.unwrap().message.as_deref(),
+        Some(message.as_str())
+    );
+    let (failed, encoding) = footprint(&server, &r.id);
+    assert_eq!(encoding, "listpack");
+    let json = format!("{{\"kind\":\"task\",\"message\":\"{message}\"}}");
+    assert!(
+        failed <= 512 + payload(&server, &"x".repeat(json.len())),
+        "failed: {failed} bytes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_hold_only_live_jobs_and_records_stay_small() {
     let Some(server) = test_support::redis::start() else {

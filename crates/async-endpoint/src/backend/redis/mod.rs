@@ -5,6 +5,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `{prefix}:r:{<id>}` | hash | one record per request, TTL re-applied on every write |
+//! | `{prefix}:r:{<id>}:<field>` | string | a record field (`p`, `g`, `o` or `f`) longer than 64 bytes, kept out of the hash with the record's TTL |
 //! | `{prefix}:q:<task>` | stream + group `workers` | the task's queue: one entry `i=<id>` per job |
 //! | `{prefix}:n` | pub/sub channel | the id of every request that changed |
 //! | `{prefix}:k:<digest>` | string | an idempotency key (digest of task, owner and key): `<id> <created_ms> <params digest>`, for the TTL from creation |
@@ -14,7 +15,12 @@
 //! Record fields are one letter (`t` task, `s` status, `a` attempts, `p` params, `g` progress,
 //! `o` output, `f` failure, `d` deadline, `l` TTL; `w` owner digest and `k` while it is in a
 //! pending set) and params are dropped once the request is terminal, so a record costs little
-//! beyond its params and output.
+//! beyond its params and output. A value longer than 64 bytes (Redis's default
+//! `hash-max-listpack-value`) would turn the whole hash from its compact listpack encoding into a
+//! hashtable (~600 bytes more), so it is kept in a string key of its own instead, named after the
+//! record's key (same hash tag) and listed in the record's `x` field; the scripts write, read,
+//! re-expire and delete those keys with the record. A poll of such a record takes a second round
+//! trip (the `poll.lua` script, which reads the hash and those keys atomically).
 //!
 //! Pending sets are written only by starts that carry the limit (the web process's settings);
 //! every terminal transition removes the request from the sets its record names, and ids past
@@ -446,8 +452,9 @@ fn has_code(error: &RedisError, codes: &[&str]) -> bool {
     error.code().is_some_and(|code| codes.contains(&code))
 }
 
-/// The record fields a poll reads, in the order of [`Fields`].
-const SNAPSHOT_FIELDS: [&str; 7] = ["t", "s", "a", "g", "o", "f", "d"];
+/// The record fields a poll reads, in the order of [`Fields`], then `x` (the letters of the
+/// fields kept out of line, see `common.lua`).
+const SNAPSHOT_FIELDS: [&str; 8] = ["t", "s", "a", "g", "o", "f", "d", "x"];
 
 /// A record's [`SNAPSHOT_FIELDS`] as `HMGET` (or `poll.lua`) returns them; `None` where a field
 /// is missing (no task: no record).
@@ -657,12 +664,18 @@ impl Backend for RedisBackend {
         // The common case is a plain HMGET: one round trip and no script, as cheap as reading a
         // hash can be. Only a request found unfinished past its deadline takes the script, which
         // re-checks and writes the timeout atomically (a second round trip, once per request).
+        // A record with a value kept out of line (longer than 64 bytes, see `common.lua`) is read
+        // by the script too, which reads those values atomically with the hash.
         let read = redis::Cmd::hmget(&key, &SNAPSHOT_FIELDS);
-        let fields: Fields = reply(
-            "HMGET reply",
-            self.bounded(read.query_async(&mut conn)).await?,
-        )?;
-        if fields.task.is_none() || !fields.overdue(now_ms) {
+        let (fields, outside): (Fields, bool) =
+            match self.bounded(read.query_async(&mut conn)).await? {
+                Value::Array(mut values) if values.len() == SNAPSHOT_FIELDS.len() => {
+                    let outside = !matches!(values.pop(), Some(Value::Nil));
+                    (reply("HMGET reply", Value::Array(values))?, outside)
+                }
+                other => return Err(Error::Corrupt(format!("HMGET reply: {other:?}"))),
+            };
+        if fields.task.is_none() || (!outside && !fields.overdue(now_ms)) {
             return fields.snapshot();
         }
         let mut call = self.inner.scripts.poll.prepare_invoke();

@@ -179,6 +179,11 @@ impl LuaLiteral for i64 {
     }
 }
 
+/// The longest record field value kept in the record's hash (`INLINE_MAX` in Lua): Redis's
+/// default `hash-max-listpack-value`. A longer one would turn the whole hash into a hashtable
+/// (~600 bytes more), so it goes to a string key of its own (see `common.lua`).
+const INLINE_MAX: usize = 64;
+
 /// The Lua text every script starts with: the shared codes, the consumer group's name, the key
 /// prefix and `unfinished(s)`.
 fn prelude(group: &str, prefix: &str) -> String {
@@ -190,6 +195,7 @@ fn prelude(group: &str, prefix: &str) -> String {
     Admission::lua_locals(&mut lua);
     let _ = writeln!(lua, "local GROUP = {}", LuaLiteral::lua(&group));
     let _ = writeln!(lua, "local PREFIX = {}", lua_string(prefix));
+    let _ = writeln!(lua, "local INLINE_MAX = {INLINE_MAX}");
     let unfinished: Vec<String> = Stored::ALL
         .iter()
         .filter(|code| code.unfinished())
@@ -228,8 +234,8 @@ impl Scripts {
             create: record(include_str!("lua/create.lua")),
             poll: record(include_str!("lua/poll.lua")),
             begin: record(include_str!("lua/begin.lua")),
-            progress: plain(include_str!("lua/progress.lua")),
-            retrying: plain(include_str!("lua/retrying.lua")),
+            progress: record(include_str!("lua/progress.lua")),
+            retrying: record(include_str!("lua/retrying.lua")),
             finish: record(include_str!("lua/finish.lua")),
             release: plain(include_str!("lua/release.lua")),
             claim: plain(include_str!("lua/claim.lua")),

@@ -4,23 +4,24 @@
 --       poison failure JSON.
 -- Returns {attempt, params, deadline} to run, or SKIP_GONE (gone or terminal), SKIP_TIMED_OUT
 -- (deadline passed), SKIP_POISONED (delivered too often).
-local h = redis.call('HMGET', KEYS[1], 's', 'a', 'p', 'd', 'l')
+local h, x = read('s', 'a', 'p', 'd', 'l')
+h = h or {}
 if not unfinished(h[1]) then
   drop_entry(ARGV[5], ARGV[6])
   return SKIP_GONE
 end
 if tonumber(ARGV[1]) > tonumber(h[4] or 0) then
-  fail(ARGV[2], h[5], ARGV[3], ARGV[4])
+  fail(x, ARGV[2], h[5], ARGV[3], ARGV[4])
   drop_entry(ARGV[5], ARGV[6])
   return SKIP_TIMED_OUT
 end
 if tonumber(ARGV[7]) > tonumber(ARGV[8]) then
-  fail(ARGV[9], h[5], ARGV[3], ARGV[4])
+  fail(x, ARGV[9], h[5], ARGV[3], ARGV[4])
   drop_entry(ARGV[5], ARGV[6])
   return SKIP_POISONED
 end
 local attempt = tonumber(h[2] or '0') + 1
 redis.call('HSET', KEYS[1], 's', RUNNING, 'a', attempt)
-redis.call('PEXPIRE', KEYS[1], h[5])
+touch(x, h[5])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return {attempt, h[3] or '', h[4]}

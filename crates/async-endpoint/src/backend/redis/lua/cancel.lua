@@ -7,8 +7,8 @@
 -- KEYS: record.  ARGV: now_ms, timeout failure JSON, cancelled failure JSON, channel, id.
 -- Returns nil (unknown) or {{task, status, attempts, progress, output, failure, deadline},
 -- APPLIED if it wrote (cancelled or timed out) just now else UNCHANGED}, like poll.lua.
-local h = redis.call('HMGET', KEYS[1], 't', 's', 'a', 'g', 'o', 'f', 'd', 'l')
-if not h[1] then
+local h, x = read('t', 's', 'a', 'g', 'o', 'f', 'd', 'l')
+if not h or not h[1] then
   return false
 end
 local wrote = UNCHANGED
@@ -17,7 +17,7 @@ if unfinished(h[2]) then
   if tonumber(ARGV[1]) > tonumber(h[7] or 0) then
     failure = ARGV[2]
   end
-  fail(failure, h[8] or 3600000, ARGV[4], ARGV[5])
+  fail(x, failure, h[8] or 3600000, ARGV[4], ARGV[5])
   h[2] = FAILED
   h[6] = failure
   wrote = APPLIED

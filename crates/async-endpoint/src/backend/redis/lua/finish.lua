@@ -4,7 +4,8 @@
 -- ARGV: now_ms, timeout failure JSON, channel, id, group, receipt, DONE or FAILED, output or
 --       failure.
 -- Returns the status that stands (DONE or FAILED).
-local h = redis.call('HMGET', KEYS[1], 's', 'd', 'l')
+local h = redis.call('HMGET', KEYS[1], 's', 'd', 'l', 'x')
+local x = h[4] or ''
 drop_entry(ARGV[5], ARGV[6])
 if not h[1] then
   return FAILED
@@ -13,16 +14,16 @@ if not unfinished(h[1]) then
   return h[1]
 end
 if tonumber(ARGV[1]) > tonumber(h[2] or 0) then
-  fail(ARGV[2], h[3], ARGV[3], ARGV[4])
+  fail(x, ARGV[2], h[3], ARGV[3], ARGV[4])
   return FAILED
 end
 if ARGV[7] == DONE then
   unpend(ARGV[4])
-  redis.call('HSET', KEYS[1], 's', DONE, 'o', ARGV[8])
-  redis.call('HDEL', KEYS[1], 'p')
-  redis.call('PEXPIRE', KEYS[1], h[3])
+  x = put(x, 'o', ARGV[8], h[3], 's', DONE)
+  x = drop(x, 'p')
+  touch(x, h[3])
   redis.call('PUBLISH', ARGV[3], ARGV[4])
   return DONE
 end
-fail(ARGV[8], h[3], ARGV[3], ARGV[4])
+fail(x, ARGV[8], h[3], ARGV[3], ARGV[4])
 return FAILED

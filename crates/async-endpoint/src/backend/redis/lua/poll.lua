@@ -2,13 +2,13 @@
 -- KEYS: record.  ARGV: now_ms, timeout failure JSON, channel, id.
 -- Returns nil (unknown) or {{task, status, attempts, progress, output, failure, deadline},
 -- APPLIED if it timed out just now else UNCHANGED}: the fields as the poll's HMGET reads them.
-local h = redis.call('HMGET', KEYS[1], 't', 's', 'a', 'g', 'o', 'f', 'd', 'l')
-if not h[1] then
+local h, x = read('t', 's', 'a', 'g', 'o', 'f', 'd', 'l')
+if not h or not h[1] then
   return false
 end
 local timed_out = UNCHANGED
 if unfinished(h[2]) and tonumber(ARGV[1]) > tonumber(h[7] or 0) then
-  fail(ARGV[2], h[8] or 3600000, ARGV[3], ARGV[4])
+  fail(x, ARGV[2], h[8] or 3600000, ARGV[3], ARGV[4])
   h[2] = FAILED
   h[6] = ARGV[2]
   timed_out = APPLIED
