@@ -74,6 +74,8 @@
 //!
 //! [axum]: https://docs.rs/axum
 
+#[cfg(feature = "actix")]
+pub mod actix;
 mod axum;
 pub mod backend;
 mod clock;
