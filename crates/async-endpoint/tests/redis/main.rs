@@ -9,3 +9,4 @@ mod conformance_redis;
 mod redis_backend;
 mod redis_faults;
 mod redis_processes;
+mod redis_tls;
