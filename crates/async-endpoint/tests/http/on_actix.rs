@@ -10,5 +10,7 @@ pub(crate) mod support {
     }
 }
 
+// Deliberately the same file a second time, against the other framework.
+#[allow(clippy::duplicate_mod)]
 #[path = "http_protocol.rs"]
 mod http_protocol;
