@@ -74,6 +74,8 @@
 //!
 //! [axum]: https://docs.rs/axum
 
+#[cfg(feature = "actix")]
+pub mod actix;
 mod axum;
 pub mod backend;
 mod clock;
@@ -102,6 +104,6 @@ pub use protocol::{
 pub use task::{AsyncTask, RetryPolicy, TaskContext};
 
 /// The README's examples, compiled as doctests (they use every feature).
-#[cfg(all(doctest, feature = "redis"))]
+#[cfg(all(doctest, feature = "redis", feature = "actix"))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;

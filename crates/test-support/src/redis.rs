@@ -19,6 +19,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     persistent: bool,
+    /// More arguments for redis-server (TLS, replication, …).
+    extra: Vec<String>,
 }
 
 /// Starts a private server without persistence; `None` (after the skip rule) when redis-server
@@ -53,6 +55,7 @@ impl RedisServer {
             port,
             dir: crate::temp_dir("ae-redis-test"),
             persistent: false,
+            extra: Vec::new(),
         };
         match server.spawn() {
             Ok(true) => Some(server),
@@ -79,6 +82,24 @@ impl RedisServer {
     /// Starts a private server on a free port (trying up to 5), without the skip rule: the
     /// error is `NotFound` when redis-server is not installed (for the benchmark).
     pub fn try_start(persistent: bool) -> std::io::Result<RedisServer> {
+        RedisServer::try_start_with(persistent, &[])
+    }
+
+    /// Starts a private server on a free port with more arguments (e.g. `--tls-port N
+    /// --tls-cert-file …`, `--replicaof 127.0.0.1 N`); `None` (after the skip rule) when
+    /// redis-server is not installed. The plain port stays open for [`command`](Self::command).
+    pub fn start_with(extra: &[String]) -> Option<RedisServer> {
+        match RedisServer::try_start_with(false, extra) {
+            Ok(server) => Some(server),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                not_found();
+                None
+            }
+            Err(e) => panic!("could not start redis-server: {e}"),
+        }
+    }
+
+    fn try_start_with(persistent: bool, extra: &[String]) -> std::io::Result<RedisServer> {
         for _ in 0..5 {
             // A directory per attempt: a failed attempt's drop removes its own.
             let mut server = RedisServer {
@@ -86,6 +107,7 @@ impl RedisServer {
                 port: crate::free_port(),
                 dir: crate::temp_dir("ae-redis-test"),
                 persistent,
+                extra: extra.to_vec(),
             };
             if server.spawn()? {
                 return Ok(server);
@@ -113,6 +135,7 @@ impl RedisServer {
             &dir,
         ])
         .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
+        .args(&self.extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -20,6 +20,9 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
+#[cfg(feature = "actix")]
+pub use crate::support_actix::{ActixApp, actix_app};
+
 pub const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test";
 
 /// What the scripted task should do; every field has a default, so polls parse too.
@@ -207,24 +210,36 @@ impl Answer {
     }
 }
 
-pub async fn send(app: &Router, request: Request<Body>) -> Answer {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body,
+/// Something the helpers can send a request to: an axum [`Router`] in-process (`oneshot`), or
+/// an app served on a real TCP port ([`ActixApp`], feature `actix`).
+pub trait Target: Clone + Send + Sync + 'static {
+    fn send(&self, request: Request<Body>) -> impl std::future::Future<Output = Answer> + Send;
+}
+
+impl Target for Router {
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 }
 
-pub async fn get_uri(app: &Router, uri: &str) -> Answer {
+pub async fn send(app: &impl Target, request: Request<Body>) -> Answer {
+    app.send(request).await
+}
+
+pub async fn get_uri(app: &impl Target, uri: &str) -> Answer {
     send(app, Request::get(uri).body(Body::empty()).unwrap()).await
 }
 
 /// Starts a request on `/job` with a query string.
-pub async fn start(app: &Router, query: &str) -> Answer {
+pub async fn start(app: &impl Target, query: &str) -> Answer {
     let answer = get_uri(app, &format!("/job?{query}")).await;
     assert_eq!(
         answer.status,
@@ -236,7 +251,13 @@ pub async fn start(app: &Router, query: &str) -> Answer {
 }
 
 /// Polls by headers, optionally asking to wait.
-pub async fn poll(app: &Router, path: &str, id: &str, token: &str, wait: Option<u64>) -> Answer {
+pub async fn poll(
+    app: &impl Target,
+    path: &str,
+    id: &str,
+    token: &str,
+    wait: Option<u64>,
+) -> Answer {
     let mut req = Request::get(path)
         .header("async-request-id", id)
         .header("async-request-token", token);
@@ -247,7 +268,7 @@ pub async fn poll(app: &Router, path: &str, id: &str, token: &str, wait: Option<
 }
 
 /// Polls with waiting polls until the answer is not 202 (bounded).
-pub async fn until_final(app: &Router, path: &str, id: &str, token: &str) -> Answer {
+pub async fn until_final(app: &impl Target, path: &str, id: &str, token: &str) -> Answer {
     for _ in 0..60 {
         let answer = poll(app, path, id, token, Some(2)).await;
         if answer.status != StatusCode::ACCEPTED {

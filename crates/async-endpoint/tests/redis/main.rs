@@ -10,3 +10,4 @@ mod redis_backend;
 mod redis_faults;
 mod redis_processes;
 mod redis_stream;
+mod redis_tls;

@@ -15,6 +15,12 @@ use crate::error::Error;
 /// | `connection_timeout` | 2 s | bound on connecting (and reconnecting) to Redis |
 /// | `response_timeout` | 2 s | bound on one command's answer; past it the call fails with [`Error::Unavailable`] |
 /// | `claim_batch` | 100 | most entries claimed from one stream in one go |
+/// | `tls_root_certificate` | the system's roots | CA (PEM) that signs the server's certificate, for `rediss://` (feature `redis-tls`) |
+/// | `tls_client_certificate` | none | certificate and key (PEM) for servers that require client certificates (feature `redis-tls`) |
+///
+/// URLs: `redis://[user:pass@]host:port/db`, and `rediss://…` for TLS (feature `redis-tls`:
+/// rustls, no system OpenSSL; the server is verified against the system's roots or
+/// `tls_root_certificate`; `rediss://host/#insecure` skips verification and is for tests only).
 ///
 /// Running workers tell Redis they are alive every `claim_idle / 3`, so only jobs of dead or
 /// stuck workers are claimed; a claimed job runs again (at-least-once), so keep `claim_idle`
@@ -43,6 +49,10 @@ pub struct RedisBackendBuilder {
     pub(super) connection_timeout: Duration,
     pub(super) response_timeout: Duration,
     pub(super) claim_batch: usize,
+    #[cfg(feature = "redis-tls")]
+    pub(super) tls_root: Option<Vec<u8>>,
+    #[cfg(feature = "redis-tls")]
+    pub(super) tls_client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl RedisBackendBuilder {
@@ -55,6 +65,10 @@ impl RedisBackendBuilder {
             connection_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             claim_batch: 100,
+            #[cfg(feature = "redis-tls")]
+            tls_root: None,
+            #[cfg(feature = "redis-tls")]
+            tls_client: None,
         }
     }
 
@@ -100,6 +114,79 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// The CA certificate (PEM) that signs the server's certificate, for a `rediss://` URL whose
+    /// server is not signed by one of the system's roots (a private or managed-service CA).
+    /// Feature `redis-tls`.
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = async_endpoint::backend::RedisBackend::builder("rediss://redis.internal:6380/")
+    ///     .tls_root_certificate(std::fs::read("/etc/redis/ca.pem")?)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root = Some(pem.into());
+        self
+    }
+
+    /// A client certificate and its private key (both PEM), for servers that require clients
+    /// to present one (mutual TLS). Feature `redis-tls`.
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls_client = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// The client for the URL and the TLS settings.
+    fn client(&self) -> Result<redis::Client, Error> {
+        let bad = |setting: &'static str, reason: String| Err(Error::Config { setting, reason });
+        let tls = self.url.starts_with("rediss://");
+        #[cfg(not(feature = "redis-tls"))]
+        if tls {
+            return bad(
+                "url",
+                "rediss:// (TLS) needs the `redis-tls` feature of async-endpoint".into(),
+            );
+        }
+        #[cfg(feature = "redis-tls")]
+        if self.tls_root.is_some() || self.tls_client.is_some() {
+            if !tls {
+                let setting = if self.tls_root.is_some() {
+                    "tls_root_certificate"
+                } else {
+                    "tls_client_certificate"
+                };
+                return bad(setting, "only applies to a rediss:// URL".into());
+            }
+            let certificates = redis::TlsCertificates {
+                client_tls: self.tls_client.clone().map(|(client_cert, client_key)| {
+                    redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }
+                }),
+                root_cert: self.tls_root.clone(),
+            };
+            return match redis::Client::build_with_tls(self.url.as_str(), certificates) {
+                Ok(client) => Ok(client),
+                Err(error) => bad(
+                    "tls_root_certificate",
+                    format!("TLS settings not usable: {error}"),
+                ),
+            };
+        }
+        match redis::Client::open(self.url.as_str()) {
+            Ok(client) => Ok(client),
+            Err(error) => bad("url", format!("not a usable Redis URL: {error}")),
+        }
+    }
+
     /// Checks the settings and the URL. Does not connect: the first command does, and a
     /// connection lost later is re-established by itself.
     pub fn build(self) -> Result<RedisBackend, Error> {
@@ -134,10 +221,7 @@ impl RedisBackendBuilder {
         if self.claim_batch == 0 {
             return bad("claim_batch", "must be at least 1".into());
         }
-        let client = match redis::Client::open(self.url.as_str()) {
-            Ok(client) => client,
-            Err(error) => return bad("url", format!("not a usable Redis URL: {error}")),
-        };
+        let client = self.client()?;
         Ok(RedisBackend::from_parts(client, self))
     }
 }
