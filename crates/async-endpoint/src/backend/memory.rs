@@ -94,6 +94,8 @@ struct Record {
     deadline_ms: u64,
     ttl_ms: u64,
     expires_ms: u64,
+    /// The W3C `traceparent` of the start, if any.
+    traceparent: Option<String>,
     /// The pending sets this request is in (none once terminal, or when its start carried no
     /// limit).
     pending: Vec<PendingKey>,
@@ -342,6 +344,7 @@ impl Backend for MemoryBackend {
                     ttl_ms,
                     expires_ms,
                     pending,
+                    traceparent: request.traceparent,
                 },
             );
             st.expiries.push_back((expires_ms, request.id));
@@ -435,6 +438,7 @@ impl Backend for MemoryBackend {
                         params: r.params.clone(),
                         attempt: r.attempt,
                         deadline_ms: r.deadline_ms,
+                        traceparent: r.traceparent.clone(),
                     }
                 }
             };

@@ -60,6 +60,9 @@ pub struct NewRequest {
     pub idempotency: Option<IdempotencyKey>,
     /// Limits on pending requests that this start must stay within.
     pub limits: PendingLimits,
+    /// The W3C `traceparent` of the span that started it (the endpoint's `trace_context` hook),
+    /// stored with the job and handed back on [`Begin::Run`]; `None` without one.
+    pub traceparent: Option<String>,
 }
 
 impl NewRequest {
@@ -83,6 +86,7 @@ impl NewRequest {
             owner: None,
             idempotency: None,
             limits: PendingLimits::default(),
+            traceparent: None,
         }
     }
 }
@@ -326,6 +330,8 @@ pub enum Begin {
         attempt: u32,
         /// The deadline, unix milliseconds.
         deadline_ms: u64,
+        /// The `traceparent` stored with the request ([`NewRequest::traceparent`]), if any.
+        traceparent: Option<String>,
     },
     /// Do not run it: the record is terminal, gone, or its deadline passed (and it was turned into
     /// a timeout failure). The delivery has been acknowledged.

@@ -80,6 +80,8 @@ macro_rules! suite {
             // Where the three meet.
             cancelled_request_frees_its_slot,
             repeat_with_a_key_is_not_refused_by_a_limit,
+            // Trace context (`traceparent`) travels with the job.
+            traceparent_travels_with_the_job,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1208,4 +1210,28 @@ pub async fn repeat_with_a_key_is_not_refused_by_a_limit<B: Backend + 'static>(b
         try_create(&*b, &other).await,
         Created::OverLimit(Limit::Owner)
     );
+}
+
+/// A start's `traceparent` is handed back with its job on every attempt; without one, none.
+pub async fn traceparent_travels_with_the_job<B: Backend + 'static>(b: Arc<B>) {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut traced = request(TASK, 60_000, Duration::from_secs(300));
+    traced.traceparent = Some(TRACEPARENT.to_owned());
+    b.create(traced.clone()).await.expect("create");
+    let plain = create(&*b, 60_000).await;
+    for (request, expected) in [(&traced, Some(TRACEPARENT)), (&plain, None)] {
+        let job = fetch_one(&*b, request.id).await;
+        match b.begin(&job, now()).await.expect("begin") {
+            Begin::Run { traceparent, .. } => assert_eq!(traceparent.as_deref(), expected),
+            other => panic!("expected Run, got {other:?}"),
+        }
+        // A second attempt (after a retry) carries it too.
+        b.update(request.id, Update::Retrying)
+            .await
+            .expect("retrying");
+        match b.begin(&job, now()).await.expect("begin again") {
+            Begin::Run { traceparent, .. } => assert_eq!(traceparent.as_deref(), expected),
+            other => panic!("expected Run, got {other:?}"),
+        }
+    }
 }

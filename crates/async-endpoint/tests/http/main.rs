@@ -10,6 +10,8 @@ mod http_idempotency;
 mod http_protocol;
 mod http_races;
 mod http_security;
+#[cfg(all(feature = "metrics", feature = "testing", feature = "memory"))]
+mod metrics;
 mod push_back;
 mod quick_start;
 mod support;
