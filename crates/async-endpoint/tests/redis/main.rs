@@ -9,3 +9,5 @@ mod conformance_redis;
 mod redis_backend;
 mod redis_faults;
 mod redis_processes;
+#[cfg(feature = "testing")]
+mod redis_trace;
