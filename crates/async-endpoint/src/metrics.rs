@@ -6,7 +6,7 @@
 //! listed in the README's "Metrics" table; keep the two in step. `task` is a task's `NAME`, so
 //! the label's values are the registered tasks.
 
-#![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+#![cfg_attr(not(feature = "metrics"), allow(unused_variables, dead_code))]
 
 use std::time::Duration;
 
