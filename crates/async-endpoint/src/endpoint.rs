@@ -238,7 +238,9 @@ impl AsyncEndpointBuilder {
     /// # use async_endpoint::AsyncEndpoint;
     /// let builder = AsyncEndpoint::builder().trace_context(
     ///     || Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
-    ///     |span, traceparent| span.record("parent", traceparent),
+    ///     |span, traceparent| {
+    ///         span.record("parent", traceparent);
+    ///     },
     /// );
     /// ```
     ///
