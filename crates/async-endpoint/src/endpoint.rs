@@ -202,6 +202,7 @@ impl AsyncEndpointBuilder {
     /// let builder = AsyncEndpoint::builder().redis("redis://127.0.0.1:6379/");
     /// ```
     #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
         self

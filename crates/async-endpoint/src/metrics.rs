@@ -35,6 +35,42 @@ pub(crate) const UNAVAILABLE: &str = "async_endpoint_backend_unavailable_total";
 /// 429 answers: a pending limit refused a start, by `limit` (`owner` or `task`).
 pub(crate) const REFUSED: &str = "async_endpoint_starts_refused_total";
 
+/// Jobs waiting for a worker, by `task`: sampled by each worker from its backend.
+pub(crate) const QUEUE_DEPTH: &str = "async_endpoint_queue_depth";
+
+/// How often a worker samples the queue depth.
+#[cfg(feature = "metrics")]
+const QUEUE_DEPTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Starts sampling the queue depth of the engine's tasks (a task beside the worker loop, which
+/// aborts it when the worker stops); `None` without the feature. A backend that cannot tell
+/// (`Backend::queue_depth` is `None`) ends the sampling; a failed sample is skipped.
+pub(crate) fn sample_queue_depth(
+    engine: &std::sync::Arc<crate::engine::Engine>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    #[cfg(feature = "metrics")]
+    {
+        use crate::backend::Backend as _;
+        let engine = engine.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                for &task in &engine.task_names {
+                    match engine.backend.queue_depth(task).await {
+                        Ok(Some(depth)) => {
+                            metrics::gauge!(QUEUE_DEPTH, "task" => task).set(depth as f64);
+                        }
+                        Ok(None) => return,
+                        Err(_) => {}
+                    }
+                }
+                tokio::time::sleep(QUEUE_DEPTH_EVERY).await;
+            }
+        }))
+    }
+    #[cfg(not(feature = "metrics"))]
+    None
+}
+
 /// A new request of `task` was stored and enqueued.
 #[inline]
 pub(crate) fn started(task: &'static str) {

@@ -36,6 +36,7 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
     let mut running = JoinSet::new();
     let mut backoff = BACKOFF_MIN;
     tracing::info!(tasks = ?engine.task_names, concurrency = engine.config.concurrency, "worker started");
+    let sampler = crate::metrics::sample_queue_depth(&engine);
     loop {
         while running.try_join_next().is_some() {}
         let permit = tokio::select! {
@@ -98,6 +99,9 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
         }
     }
 
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
     tracing::info!(running = running.len(), "worker stopping: no new jobs");
     let grace = engine.config.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {

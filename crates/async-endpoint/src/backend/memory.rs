@@ -38,6 +38,7 @@ use crate::protocol::{Progress, RequestId, Status};
 ///     .build()?;
 /// # Ok(()) }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 #[derive(Clone, Default)]
 pub struct MemoryBackend {
     inner: Arc<Inner>,
@@ -380,6 +381,13 @@ impl Backend for MemoryBackend {
 
     fn watch(&self, id: RequestId) -> Watch {
         self.inner.notifier.watch(id)
+    }
+
+    async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, Error> {
+        let st = self.lock();
+        Ok(Some(
+            st.queue.iter().filter(|job| job.task == task).count() as u64
+        ))
     }
 
     async fn fetch(

@@ -25,9 +25,11 @@ mod notify;
 mod redis;
 
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::MemoryBackend;
 pub use notify::{Notifier, Watch};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisBackend, RedisBackendBuilder};
 
 /// A request to store and enqueue.
@@ -437,6 +439,17 @@ pub trait Backend: Send + Sync {
         id: RequestId,
         now_ms: u64,
     ) -> impl Future<Output = Result<Option<Snapshot>, Error>> + Send;
+
+    /// How many jobs of `task` wait for a worker (enqueued or handed back, not yet taken), for
+    /// the `async_endpoint_queue_depth` gauge; sampled by the workers about once a second.
+    /// `None` (the default) when the backend cannot tell cheaply: the gauge is then not set.
+    fn queue_depth(
+        &self,
+        task: &'static str,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send {
+        let _ = task;
+        async { Ok(None) }
+    }
 }
 
 /// Shared, type-erased handle to a backend.

@@ -303,3 +303,64 @@ async fn backend_unavailable_is_counted() {
         1
     );
 }
+
+/// Runs until the test ends (its default 60 s deadline is never reached on the paused clock).
+struct Slow;
+impl AsyncTask for Slow {
+    const NAME: &'static str = "slow";
+    type Params = ();
+    type Output = String;
+    async fn execute_task(&self, (): (), _: TaskContext) -> Result<String, Failure> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok("late".into())
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn queue_depth_is_sampled_by_the_worker() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let endpoint = AsyncEndpoint::builder()
+        .task(Slow)
+        .in_process_workers(false)
+        .task_threads(0)
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/slow", get(route::<Slow>))
+        .layer(endpoint.layer());
+    for _ in 0..3 {
+        let started = testing::call(
+            &app,
+            http::Request::get("/slow").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(started.status, 202, "{}", started.text());
+    }
+    // One worker with room for one task: it takes one job, two wait.
+    let worker = tokio::spawn({
+        let endpoint = endpoint.clone();
+        async move { endpoint.run_worker(std::future::pending()).await }
+    });
+    let depth = |snapshot: &Snapshot| match value(
+        snapshot,
+        "async_endpoint_queue_depth",
+        &[("task", "slow")],
+    ) {
+        Some(DebugValue::Gauge(depth)) => Some(depth.into_inner()),
+        None => None,
+        other => panic!("queue_depth is not a gauge: {other:?}"),
+    };
+    // The paused clock runs ahead to each sample (about one a second); 30 s is a bound, not a wait.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    while depth(&take(&snapshotter)) != Some(2.0) {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the gauge never showed the two waiting jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.abort();
+}

@@ -103,6 +103,7 @@ const GROUP: &str = "workers";
 /// worker.run_worker(async { let _ = tokio::signal::ctrl_c().await; }).await;
 /// # Ok(()) }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[derive(Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
@@ -705,6 +706,10 @@ impl Backend for RedisBackend {
         block: Duration,
     ) -> Result<Vec<Job>, Error> {
         queue::fetch(self, tasks, max, block).await
+    }
+
+    async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, Error> {
+        queue::depth(self, task).await.map(Some)
     }
 
     async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
