@@ -2,4 +2,5 @@
 //! headless Chromium against a real server.
 
 mod browser_js;
+mod js_types;
 mod js_unit;
