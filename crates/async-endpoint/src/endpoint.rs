@@ -122,6 +122,7 @@ impl AsyncEndpoint {
 /// | `task_threads` | CPUs (≥ 2) | threads of the runtime tasks run on, apart from the app's; 0 = the app's |
 /// | `in_process_workers` | true | run workers inside this process |
 /// | `owner` | none | derives an owner from the request; tokens bind it |
+/// | `trace_context` | off | carries the start's W3C `traceparent` to the worker's span of the task |
 /// | `internal_error_message` | generic | client message for panics and internal errors |
 /// | `timeout_message` | generic | client message for a passed deadline |
 /// | `cancelled_message` | generic | client message for a cancelled request |
@@ -143,6 +144,7 @@ pub struct AsyncEndpointBuilder {
     #[cfg(feature = "redis")]
     redis_url: Option<String>,
     owner: Option<OwnerFn>,
+    trace: crate::trace::TraceHooks,
     /// Every other setting, with its default.
     config: Config,
 }
@@ -204,6 +206,7 @@ impl AsyncEndpointBuilder {
     /// let builder = AsyncEndpoint::builder().redis("redis://127.0.0.1:6379/");
     /// ```
     #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
         self
@@ -223,6 +226,39 @@ impl AsyncEndpointBuilder {
         F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
     {
         self.owner = Some(Arc::new(owner));
+        self
+    }
+
+    /// Carries trace context from each start to its job (off by default): `capture` returns the
+    /// W3C `traceparent` of the current span when a handler starts a request (the HTTP
+    /// request's span); it is stored with the job, and in the worker that runs it (any process)
+    /// `link` gets the worker's span of the task (`async_request`) and that `traceparent`, to
+    /// make the span its child. Values that are not a `traceparent` ([`is_traceparent`]) are
+    /// not stored.
+    ///
+    /// The library carries the string and does not depend on OpenTelemetry: the app's own
+    /// `opentelemetry` / `tracing-opentelemetry` versions fill the hooks (README, "Traces").
+    ///
+    /// ```
+    /// # use async_endpoint::AsyncEndpoint;
+    /// let builder = AsyncEndpoint::builder().trace_context(
+    ///     || Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+    ///     |span, traceparent| {
+    ///         span.record("parent", traceparent);
+    ///     },
+    /// );
+    /// ```
+    ///
+    /// [`is_traceparent`]: crate::is_traceparent
+    pub fn trace_context<C, L>(mut self, capture: C, link: L) -> Self
+    where
+        C: Fn() -> Option<String> + Send + Sync + 'static,
+        L: Fn(&tracing::Span, &str) + Send + Sync + 'static,
+    {
+        self.trace = crate::trace::TraceHooks {
+            capture: Some(Arc::new(capture)),
+            link: Some(Arc::new(link)),
+        };
         self
     }
 
@@ -428,7 +464,9 @@ impl AsyncEndpointBuilder {
         #[cfg(not(feature = "redis"))]
         let backend = backend(self.backend)?;
         let in_process_workers = self.config.in_process_workers;
-        let engine = Arc::new(Engine::new(backend, tasks, keys, self.config, self.owner));
+        let mut engine = Engine::new(backend, tasks, keys, self.config, self.owner);
+        engine.trace = self.trace;
+        let engine = Arc::new(engine);
         let (stop, mut stopped) = watch::channel(false);
         let handle = if in_process_workers {
             let runtime = tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;

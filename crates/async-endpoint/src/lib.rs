@@ -55,6 +55,8 @@
 //! |---|---|---|
 //! | `memory` | yes | [`backend::MemoryBackend`]: in-memory state and in-process workers |
 //! | `redis` | no | `backend::RedisBackend`: many web and worker processes over one Redis |
+//! | `metrics` | no | counters, gauges and histograms through the [`metrics`](https://docs.rs/metrics) facade |
+//! | `testing` | no | `testing`: helpers for an app's tests (dev-dependencies only) |
 //!
 //! ## Protocol
 //!
@@ -74,6 +76,8 @@
 //!
 //! [axum]: https://docs.rs/axum
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #[cfg(feature = "actix")]
 pub mod actix;
 mod axum;
@@ -85,10 +89,15 @@ mod error;
 mod failure;
 pub mod js;
 mod keys;
+mod metrics;
 #[cfg(test)]
 mod proptests;
 mod protocol;
 mod task;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+mod trace;
 mod worker;
 
 pub use self::axum::{
@@ -102,8 +111,15 @@ pub use protocol::{
     ID_HEADER, ID_PARAM, ParseIdError, Progress, RequestId, Status, TOKEN_HEADER, TOKEN_PARAM,
 };
 pub use task::{AsyncTask, RetryPolicy, TaskContext};
+pub use trace::is_traceparent;
 
 /// The README's examples, compiled as doctests (they use every feature).
-#[cfg(all(doctest, feature = "redis", feature = "actix"))]
+#[cfg(all(
+    doctest,
+    feature = "redis",
+    feature = "actix",
+    feature = "testing",
+    feature = "metrics"
+))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;

@@ -13,7 +13,7 @@ use tracing::Instrument as _;
 use crate::backend::{Backend, Begin, Job, Outcome, StoredFailure, Update};
 use crate::clock::now_ms;
 use crate::engine::{Engine, RunError, is_cancelled};
-use crate::protocol::RequestId;
+use crate::protocol::{RequestId, Status};
 use crate::task::{Cancellation, TaskContext};
 
 /// How long one fetch may block waiting for jobs.
@@ -36,6 +36,7 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
     let mut running = JoinSet::new();
     let mut backoff = BACKOFF_MIN;
     tracing::info!(tasks = ?engine.task_names, concurrency = engine.config.concurrency, "worker started");
+    let sampler = crate::metrics::sample_queue_depth(&engine);
     loop {
         while running.try_join_next().is_some() {}
         let permit = tokio::select! {
@@ -98,6 +99,9 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
         }
     }
 
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
     tracing::info!(running = running.len(), "worker stopping: no new jobs");
     let grace = engine.config.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
@@ -141,7 +145,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Runs one job through its attempts and records the outcome.
 pub(crate) async fn run_job(engine: &Engine, job: &Job) {
-    let span = tracing::info_span!("async_request", request_id = %job.id, task = %job.task, deliveries = job.deliveries);
+    let span = tracing::info_span!("async_request", request_id = %job.id, task = %job.task, deliveries = job.deliveries, traceparent = tracing::field::Empty);
     run_attempts(engine, job).instrument(span).await;
 }
 
@@ -153,6 +157,8 @@ async fn run_attempts(engine: &Engine, job: &Job) {
         return;
     };
     let policy = task.retry_policy();
+    let mut linked = false;
+    let mut redelivery_counted = false;
     loop {
         let begin = match engine.backend.begin(job, now_ms()).await {
             Ok(begin) => begin,
@@ -168,11 +174,32 @@ async fn run_attempts(engine: &Engine, job: &Job) {
             params,
             attempt,
             deadline_ms,
+            traceparent,
         } = begin
         else {
+            crate::metrics::skipped(&job.task);
             tracing::debug!("job skipped: request finished, gone or past its deadline");
             return;
         };
+        if let (Some(traceparent), false) = (&traceparent, linked) {
+            // This future runs inside the job's span (`run_job`): make it the start's child.
+            let span = tracing::Span::current();
+            span.record("traceparent", traceparent.as_str());
+            engine.trace.link(&span, traceparent);
+            linked = true;
+        }
+        if attempt == 1 {
+            // Created at its deadline less the task's deadline (the settings every process
+            // shares), so no creation time needs to travel with the job.
+            let deadline = task.deadline().unwrap_or(config.deadline);
+            let created_ms = deadline_ms.saturating_sub(deadline.as_millis() as u64);
+            let waited = now_ms().saturating_sub(created_ms);
+            crate::metrics::queued(&job.task, Duration::from_millis(waited));
+        }
+        if job.deliveries > 1 && !redelivery_counted {
+            crate::metrics::redelivered(&job.task);
+            redelivery_counted = true;
+        }
         tracing::info!(attempt, "task started");
         let cancellation = Cancellation::new();
         let ctx = TaskContext::new(
@@ -186,17 +213,27 @@ async fn run_attempts(engine: &Engine, job: &Job) {
         let remaining = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
         let deadline = tokio::time::Instant::now() + remaining;
         // On the task runtime: an attempt that blocks holds one of its threads, not the app's.
+        let attempt_began = tokio::time::Instant::now();
+        let _running = Running::new(&job.task);
         let mut attempt_handle =
             AbortOnDrop(engine.task_runtime.spawn(task.clone().run(params, ctx)));
         let ran = tokio::select! {
             ran = tokio::time::timeout_at(deadline, &mut attempt_handle.0) => ran,
             () = cancelled(engine, job.id) => {
                 stop(attempt_handle, &cancellation, deadline).await;
+                crate::metrics::ran(&job.task, attempt_began.elapsed(), "cancelled");
                 // The request stands cancelled; this only hands the delivery back as done.
                 finish(engine, job, Outcome::Failed(StoredFailure::cancelled())).await;
                 return;
             }
         };
+        let ran_for = attempt_began.elapsed();
+        let attempt_outcome = match &ran {
+            Err(_) => "timed_out",
+            Ok(Ok(Ok(_))) => "done",
+            _ => "failed",
+        };
+        crate::metrics::ran(&job.task, ran_for, attempt_outcome);
         let (failure, permanent) = match ran {
             Err(_) => {
                 tracing::warn!(attempt, "deadline passed while the task ran: cancelled");
@@ -233,6 +270,7 @@ async fn run_attempts(engine: &Engine, job: &Job) {
             return;
         }
         tracing::info!(attempt, delay_ms = delay.as_millis() as u64, "retrying");
+        crate::metrics::retried(&job.task);
         if let Err(error) = engine.backend.update(job.id, Update::Retrying).await {
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
@@ -311,6 +349,7 @@ async fn finish(engine: &Engine, job: &Job, outcome: Outcome) {
         match engine.backend.finish(job, outcome.clone(), now_ms()).await {
             Ok(status) => {
                 tracing::info!(status = status.as_str(), "request finished");
+                count_finished(engine, job, &outcome, status).await;
                 return;
             }
             Err(error) => {
@@ -324,6 +363,39 @@ async fn finish(engine: &Engine, job: &Job, outcome: Outcome) {
         }
     }
     tracing::error!("outcome not recorded; the job will be redelivered or fail at its deadline");
+}
+
+/// Counts how a request this worker finished ended: what stands, which is the outcome written
+/// unless the request had already ended otherwise (then one read says how).
+async fn count_finished(engine: &Engine, job: &Job, outcome: &Outcome, status: Status) {
+    if !cfg!(feature = "metrics") {
+        return;
+    }
+    let kind = match (outcome, status) {
+        (_, Status::Done) => None,
+        (Outcome::Failed(failure), _) => Some(failure.kind),
+        (_, _) => match engine.backend.poll(job.id, now_ms()).await {
+            Ok(Some(snapshot)) => snapshot.failure.map(|failure| failure.kind),
+            _ => Some(crate::failure::FailureKind::Internal),
+        },
+    };
+    crate::metrics::finished(&job.task, crate::metrics::outcome(kind));
+}
+
+/// One running task in the `tasks_running` gauge, for as long as it lives.
+struct Running<'a>(&'a str);
+
+impl<'a> Running<'a> {
+    fn new(task: &'a str) -> Self {
+        crate::metrics::running(task, 1.0);
+        Running(task)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        crate::metrics::running(self.0, -1.0);
+    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

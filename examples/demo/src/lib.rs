@@ -137,6 +137,7 @@ pub fn router(
     } else {
         ""
     };
+    prometheus();
     let state = Arc::new(AppState {
         info,
         index_html: INDEX_HTML.replace(JQUERY_PLACEHOLDER, script),
@@ -154,6 +155,7 @@ pub fn router(
         .route("/sync/blocking", get(sync_blocking))
         .route("/api/heartbeat", get(heartbeat))
         .route("/api/info", get(server_info))
+        .route("/metrics", get(prometheus_metrics))
         .with_state(state)
         .layer(endpoint.layer())
 }
@@ -235,6 +237,35 @@ async fn heartbeat() -> Response {
     let mut response = Json(json!({ "now_ms": now_ms })).into_response();
     no_store(&mut response);
     response
+}
+
+/// The process's Prometheus recorder: installed as the global `metrics` recorder on first use
+/// (the first router built); when another recorder was installed first, a private one whose text
+/// stays empty.
+fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = metrics_exporter_prometheus::PrometheusBuilder::new;
+        builder()
+            .install_recorder()
+            .unwrap_or_else(|_| builder().build_recorder().handle())
+    })
+}
+
+/// `GET /metrics`: the library's metrics (README, "Metrics") in Prometheus text.
+async fn prometheus_metrics() -> Response {
+    let handle = prometheus();
+    // Upkeep (histogram buckets) at each scrape: a scraper calls often enough.
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+        .into_response()
 }
 
 async fn server_info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {

@@ -45,6 +45,7 @@ use crate::protocol::{Progress, RequestId, Status};
 ///     .build()?;
 /// # Ok(()) }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 #[derive(Clone, Default)]
 pub struct MemoryBackend {
     inner: Arc<Inner>,
@@ -137,6 +138,15 @@ impl Queue {
         }
     }
 
+    /// How many jobs of `task` wait.
+    fn count(&self, task: &'static str) -> usize {
+        self.chunks
+            .iter()
+            .flatten()
+            .filter(|queued| queued.task == task)
+            .count()
+    }
+
     /// Removes and returns, oldest first, at most `max` jobs of `tasks`.
     fn take(&mut self, tasks: &[&'static str], max: usize) -> Vec<Queued> {
         let mut taken = Vec::new();
@@ -208,6 +218,8 @@ struct Record {
 struct Rare {
     progress: Option<Progress>,
     failure: Option<StoredFailure>,
+    /// The W3C `traceparent` of the start, if any.
+    traceparent: Option<String>,
     /// The pending sets this request is in (none once terminal, or when its start carried no
     /// limit).
     pending: Vec<PendingKey>,
@@ -492,9 +504,11 @@ impl Backend for MemoryBackend {
                 deliveries: 0,
             });
             drop(shared);
-            let rare = (!pending.is_empty()).then(|| {
+            let traceparent = request.traceparent;
+            let rare = (!pending.is_empty() || traceparent.is_some()).then(|| {
                 Box::new(Rare {
                     pending,
+                    traceparent,
                     ..Rare::default()
                 })
             });
@@ -540,6 +554,11 @@ impl Backend for MemoryBackend {
 
     fn watch(&self, id: RequestId) -> Watch {
         self.inner.notifier.watch(id)
+    }
+
+    async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, Error> {
+        let shared = lock(&self.inner.shared);
+        Ok(Some(shared.queue.count(task) as u64))
     }
 
     async fn fetch(
@@ -594,6 +613,7 @@ impl Backend for MemoryBackend {
                         params: r.value.to_string(),
                         attempt: r.attempt,
                         deadline_ms: r.deadline_ms,
+                        traceparent: r.rare.as_ref().and_then(|rare| rare.traceparent.clone()),
                     }
                 }
             }

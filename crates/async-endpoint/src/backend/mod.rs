@@ -25,9 +25,11 @@ mod notify;
 mod redis;
 
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::MemoryBackend;
 pub use notify::{Notifier, Watch};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisBackend, RedisBackendBuilder};
 
 /// A request to store and enqueue.
@@ -60,6 +62,9 @@ pub struct NewRequest {
     pub idempotency: Option<IdempotencyKey>,
     /// Limits on pending requests that this start must stay within.
     pub limits: PendingLimits,
+    /// The W3C `traceparent` of the span that started it (the endpoint's `trace_context` hook),
+    /// stored with the job and handed back on [`Begin::Run`]; `None` without one.
+    pub traceparent: Option<String>,
 }
 
 impl NewRequest {
@@ -83,6 +88,7 @@ impl NewRequest {
             owner: None,
             idempotency: None,
             limits: PendingLimits::default(),
+            traceparent: None,
         }
     }
 }
@@ -326,6 +332,8 @@ pub enum Begin {
         attempt: u32,
         /// The deadline, unix milliseconds.
         deadline_ms: u64,
+        /// The `traceparent` stored with the request ([`NewRequest::traceparent`]), if any.
+        traceparent: Option<String>,
     },
     /// Do not run it: the record is terminal, gone, or its deadline passed (and it was turned into
     /// a timeout failure). The delivery has been acknowledged.
@@ -431,6 +439,17 @@ pub trait Backend: Send + Sync {
         id: RequestId,
         now_ms: u64,
     ) -> impl Future<Output = Result<Option<Snapshot>, Error>> + Send;
+
+    /// How many jobs of `task` wait for a worker (enqueued or handed back, not yet taken), for
+    /// the `async_endpoint_queue_depth` gauge; sampled by the workers about once a second.
+    /// `None` (the default) when the backend cannot tell cheaply: the gauge is then not set.
+    fn queue_depth(
+        &self,
+        task: &'static str,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send {
+        let _ = task;
+        async { Ok(None) }
+    }
 }
 
 /// Shared, type-erased handle to a backend.

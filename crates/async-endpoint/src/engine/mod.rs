@@ -50,6 +50,8 @@ pub(crate) struct Engine {
     pub(crate) owner: Option<OwnerFn>,
     /// Where tasks' progress goes: the backend, behind the task side's own small trait.
     pub(crate) progress: Arc<dyn ProgressSink>,
+    /// The app's trace hooks: a start's `traceparent` travels with its job.
+    pub(crate) trace: crate::trace::TraceHooks,
 }
 
 /// Saves progress in the backend.
@@ -134,6 +136,7 @@ impl Engine {
             keys,
             config,
             owner,
+            trace: crate::trace::TraceHooks::default(),
         }
     }
 
@@ -243,6 +246,7 @@ impl Engine {
         request.owner = owner.map(str::to_owned);
         request.idempotency = idempotency;
         request.limits = config.pending_limits();
+        request.traceparent = self.trace.capture();
         let created = self.backend.create(request).await;
         match created {
             Ok(Created::New) => {}
@@ -252,6 +256,7 @@ impl Engine {
                 same_params,
             }) => return self.repeated::<T>(id, created_ms, same_params, owner).await,
             Ok(Created::OverLimit(limit)) => {
+                crate::metrics::refused(T::NAME, limit);
                 // Info, not warning: a flood would repeat it for every refused start.
                 tracing::info!(
                     task = T::NAME,
@@ -264,6 +269,7 @@ impl Engine {
             }
             Err(error) => return Answer::Problem(self.backend_error(&error)),
         }
+        crate::metrics::started(T::NAME);
         tracing::info!(request_id = %id, task = T::NAME, "request enqueued");
         self.accepted(id, token, Status::Queued, None)
     }
@@ -468,6 +474,7 @@ impl Engine {
     /// 503 for a backend that cannot be reached, 500 for one that refused; logged either way.
     fn backend_error(&self, error: &Error) -> Problem {
         if error.is_unavailable() {
+            crate::metrics::unavailable();
             tracing::warn!(
                 error = error as &dyn std::error::Error,
                 "backend unavailable"

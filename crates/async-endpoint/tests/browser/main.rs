@@ -4,4 +4,5 @@
 mod browser_cors;
 mod browser_js;
 mod browser_stream;
+mod js_types;
 mod js_unit;

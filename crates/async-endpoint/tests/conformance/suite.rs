@@ -81,6 +81,10 @@ macro_rules! suite {
             // Where the three meet.
             cancelled_request_frees_its_slot,
             repeat_with_a_key_is_not_refused_by_a_limit,
+            // Trace context (`traceparent`) travels with the job.
+            traceparent_travels_with_the_job,
+            // Queue depth (the `async_endpoint_queue_depth` gauge).
+            queue_depth_counts_the_jobs_waiting,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -454,6 +458,36 @@ pub async fn fetch_honours_max_and_tasks<B: Backend + 'static>(b: Arc<B>) {
     assert_eq!(
         others.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![other.id]
+    );
+}
+
+/// `queue_depth` counts the jobs of a task not yet taken by a worker (a backend that cannot tell
+/// answers `None` throughout).
+pub async fn queue_depth_counts_the_jobs_waiting<B: Backend + 'static>(b: Arc<B>) {
+    let Some(empty) = b.queue_depth(TASK).await.unwrap() else {
+        assert_eq!(b.queue_depth(OTHER_TASK).await.unwrap(), None);
+        return;
+    };
+    assert_eq!(empty, 0, "nothing enqueued yet");
+    create(&*b, 60_000).await;
+    create(&*b, 60_000).await;
+    b.create(request(OTHER_TASK, 60_000, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(b.queue_depth(TASK).await.unwrap(), Some(2));
+    assert_eq!(b.queue_depth(OTHER_TASK).await.unwrap(), Some(1));
+    let taken = b.fetch(&[TASK], 1, LONG).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        b.queue_depth(TASK).await.unwrap(),
+        Some(1),
+        "a taken job no longer waits"
+    );
+    b.release(&taken[0]).await.unwrap();
+    assert_eq!(
+        b.queue_depth(TASK).await.unwrap(),
+        Some(2),
+        "a job handed back waits again"
     );
 }
 
@@ -1253,4 +1287,27 @@ pub async fn repeat_with_a_key_is_not_refused_by_a_limit<B: Backend + 'static>(b
         try_create(&*b, &other).await,
         Created::OverLimit(Limit::Owner)
     );
+}
+
+/// A start's `traceparent` is handed back with its job on every attempt; without one, none.
+pub async fn traceparent_travels_with_the_job<B: Backend + 'static>(b: Arc<B>) {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for expected in [Some(TRACEPARENT), None] {
+        let mut request = request(TASK, 60_000, Duration::from_secs(300));
+        request.traceparent = expected.map(str::to_owned);
+        b.create(request.clone()).await.expect("create");
+        let job = fetch_one(&*b, request.id).await;
+        match b.begin(&job, now()).await.expect("begin") {
+            Begin::Run { traceparent, .. } => assert_eq!(traceparent.as_deref(), expected),
+            other => panic!("expected Run, got {other:?}"),
+        }
+        // A second attempt (after a retry) carries it too.
+        b.update(request.id, Update::Retrying)
+            .await
+            .expect("retrying");
+        match b.begin(&job, now()).await.expect("begin again") {
+            Begin::Run { traceparent, .. } => assert_eq!(traceparent.as_deref(), expected),
+            other => panic!("expected Run, got {other:?}"),
+        }
+    }
 }

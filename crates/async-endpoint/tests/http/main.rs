@@ -12,6 +12,8 @@ mod http_protocol;
 mod http_races;
 mod http_security;
 mod http_stream;
+#[cfg(all(feature = "metrics", feature = "testing", feature = "memory"))]
+mod metrics;
 #[cfg(feature = "actix")]
 mod on_actix;
 mod push_back;

@@ -178,3 +178,33 @@ fn readme_shows_the_quick_start_verbatim() {
         "README.md's quick start differs from examples/quick_start.rs"
     );
 }
+
+/// The README's "Testing an app" example defines the quick start's items in hidden lines (`# …`):
+/// they are the example's, apart from its `main`.
+#[test]
+fn readme_testing_example_uses_the_quick_start() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let example = std::fs::read_to_string(format!("{root}/examples/quick_start.rs")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/../../README.md")).unwrap();
+    let section = &readme[readme.find("### Testing an app").unwrap()..];
+    let block = &section[section.find("```rust\n").unwrap() + 8..];
+    let block = &block[..block.find("```\n").unwrap()];
+    let hidden: String = block
+        .lines()
+        .filter_map(|line| match line {
+            "#" => Some(""),
+            _ => line.strip_prefix("# "),
+        })
+        .flat_map(|line| [line, "\n"])
+        .collect();
+    let code = &example[example.find("use std::time").unwrap()..];
+    let (items, rest) = code.split_at(code.find("#[tokio::main]").unwrap());
+    let external = &rest[rest.find("/// Stands in").unwrap()..];
+    for part in [items, external] {
+        assert!(
+            hidden.contains(part.trim()),
+            "README.md's testing example differs from examples/quick_start.rs:\n{}",
+            part.trim()
+        );
+    }
+}

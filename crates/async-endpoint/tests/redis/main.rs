@@ -11,3 +11,5 @@ mod redis_faults;
 mod redis_processes;
 mod redis_stream;
 mod redis_tls;
+#[cfg(feature = "testing")]
+mod redis_trace;

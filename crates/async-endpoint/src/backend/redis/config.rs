@@ -39,6 +39,7 @@ use crate::error::Error;
 ///     .build()?;
 /// # Ok(()) }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct RedisBackendBuilder {

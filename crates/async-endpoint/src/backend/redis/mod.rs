@@ -14,7 +14,7 @@
 //!
 //! Record fields are one letter (`t` task, `s` status, `a` attempts, `p` params, `g` progress,
 //! `o` output, `f` failure, `d` deadline, `l` TTL; `w` owner digest and `k` while it is in a
-//! pending set) and params are dropped once the request is terminal, so a record costs little
+//! pending set; `c` the start's W3C `traceparent`, when it has one) and params are dropped once the request is terminal, so a record costs little
 //! beyond its params and output. A value longer than 64 bytes (Redis's default
 //! `hash-max-listpack-value`) would turn the whole hash from its compact listpack encoding into a
 //! hashtable (~600 bytes more), so it is kept in a string key of its own instead, named after the
@@ -109,6 +109,7 @@ const GROUP: &str = "workers";
 /// worker.run_worker(async { let _ = tokio::signal::ctrl_c().await; }).await;
 /// # Ok(()) }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[derive(Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
@@ -528,6 +529,7 @@ enum Began {
         attempt: u64,
         params: String,
         deadline_ms: u64,
+        traceparent: String,
     },
     Skipped(Skipped),
 }
@@ -535,11 +537,12 @@ enum Began {
 impl FromRedisValue for Began {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
         if let Value::Array(_) = v {
-            let (attempt, params, deadline_ms) = redis::from_redis_value(v)?;
+            let (attempt, params, deadline_ms, traceparent) = redis::from_redis_value(v)?;
             Ok(Began::Run {
                 attempt,
                 params,
                 deadline_ms,
+                traceparent,
             })
         } else {
             redis::from_redis_value(v).map(Began::Skipped)
@@ -642,9 +645,16 @@ impl Backend for RedisBackend {
             .arg(owner.map(owner_digest).unwrap_or_default())
             .arg(limit_arg(limits.per_task));
         if let Some(key) = &request.idempotency {
-            call.key(keys.idempotency(&key.scoped))
-                .arg(&key.params_digest);
+            call.key(keys.idempotency(&key.scoped));
         }
+        // ARGV[10] is read only with an idempotency key; ARGV[11] is the traceparent or ''.
+        call.arg(
+            request
+                .idempotency
+                .as_ref()
+                .map_or("", |key| &key.params_digest),
+        )
+        .arg(request.traceparent.as_deref().unwrap_or_default());
         let created: Value = self.bounded(call.invoke_async(&mut conn)).await?;
         match (created, &request.idempotency) {
             (Value::BulkString(entry), Some(key)) => existing(&entry, &key.params_digest),
@@ -711,6 +721,10 @@ impl Backend for RedisBackend {
         queue::fetch(self, tasks, max, block).await
     }
 
+    async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, Error> {
+        queue::depth(self, task).await.map(Some)
+    }
+
     async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
         self.await_subscriber().await;
         let inner = &self.inner;
@@ -749,12 +763,14 @@ impl Backend for RedisBackend {
                 attempt,
                 params,
                 deadline_ms,
+                traceparent,
             } => {
                 queue::vouch_until(self, job, deadline_ms.saturating_add(1000));
                 Ok(Begin::Run {
                     params,
                     attempt: attempt.min(u64::from(u32::MAX)) as u32,
                     deadline_ms,
+                    traceparent: Some(traceparent).filter(|t| !t.is_empty()),
                 })
             }
             Began::Skipped(why) => {

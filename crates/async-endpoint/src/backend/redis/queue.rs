@@ -21,7 +21,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use redis::streams::{StreamClaimOptions, StreamReadOptions, StreamReadReply};
-use redis::{AsyncConnectionConfig, Cmd, RedisError};
+use redis::{AsyncConnectionConfig, Cmd, RedisError, Value};
 use tokio::time::Instant;
 
 use super::scripts::Group;
@@ -122,6 +122,38 @@ pub(super) async fn fetch(
         until.saturating_duration_since(Instant::now()),
     )
     .await
+}
+
+/// Entries of `task`'s stream not delivered to a worker: `XLEN` less the group's pending
+/// (delivered, unacknowledged) count, in one round trip; 0 when the stream does not exist.
+pub(super) async fn depth(b: &RedisBackend, task: &'static str) -> Result<u64, Error> {
+    let key = b.inner.keys.queue(task);
+    let mut conn = b.conn().await?;
+    let mut pipe = redis::pipe();
+    pipe.cmd("XLEN")
+        .arg(&key)
+        .cmd("XPENDING")
+        .arg(&key)
+        .arg(GROUP);
+    let answer = b
+        .bounded_raw(pipe.query_async::<(u64, Value)>(&mut conn))
+        .await?;
+    match answer {
+        Ok((len, pending)) => {
+            // The summary form: [count, smallest id, greatest id, [[consumer, count], …]].
+            let pending = match pending {
+                Value::Array(items) => items
+                    .first()
+                    .and_then(|count| redis::from_redis_value::<u64>(count.clone()).ok())
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            Ok(len.saturating_sub(pending))
+        }
+        // No stream or no group yet: nothing waits.
+        Err(error) if is_nogroup(&error) => Ok(0),
+        Err(error) => Err(map_err(error)),
+    }
 }
 
 /// The tasks whose queue exists with its consumer group (creating the group on a stream that

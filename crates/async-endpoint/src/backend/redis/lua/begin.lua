@@ -2,9 +2,10 @@
 -- KEYS: record, queue stream.
 -- ARGV: now_ms, timeout failure JSON, channel, id, group, receipt, deliveries, max deliveries,
 --       poison failure JSON.
--- Returns {attempt, params, deadline} to run, or SKIP_GONE (gone or terminal), SKIP_TIMED_OUT
+-- Returns {attempt, params, deadline, traceparent ('' none)} to run, or SKIP_GONE (gone or
+-- terminal), SKIP_TIMED_OUT
 -- (deadline passed), SKIP_POISONED (delivered too often).
-local h, x = read('s', 'a', 'p', 'd', 'l')
+local h, x = read('s', 'a', 'p', 'd', 'l', 'c')
 h = h or {}
 if not unfinished(h[1]) then
   drop_entry(ARGV[5], ARGV[6])
@@ -24,4 +25,4 @@ local attempt = tonumber(h[2] or '0') + 1
 redis.call('HSET', KEYS[1], 's', RUNNING, 'a', attempt)
 touch(x, h[5])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return {attempt, h[3] or '', h[4]}
+return {attempt, h[3] or '', h[4], h[6] or ''}

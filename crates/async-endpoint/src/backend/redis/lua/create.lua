@@ -1,7 +1,7 @@
 -- Stores a queued request and enqueues its job, atomically.
 -- KEYS: record, queue stream[, idempotency key].
 -- ARGV: task, params, deadline_ms, ttl_ms, id, created_ms, owner limit, owner digest, task limit
---   (limits '' when off)[, params digest].
+--   (limits '' when off), params digest (read only with an idempotency key), traceparent ('' none).
 -- Returns ADMITTED; or OVER_OWNER_LIMIT / OVER_TASK_LIMIT having written nothing; or, when the
 -- idempotency key exists, its entry ('<id> <created_ms> <params digest>') having written nothing
 -- (a repeat of an admitted start is never refused by a limit).
@@ -32,6 +32,9 @@ end
 if task_pending then
   join_pending(task_pending, ARGV[3], ARGV[5], ARGV[4])
   redis.call('HSET', KEYS[1], 'k', '1')
+end
+if ARGV[11] ~= '' then
+  redis.call('HSET', KEYS[1], 'c', ARGV[11])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 -- Trim entries older than the TTL: their requests are past their deadlines (deadline < TTL), so
