@@ -6,4 +6,5 @@
 #[path = "../conformance/suite.rs"]
 mod conformance;
 mod conformance_postgres;
+mod postgres_processes;
 mod support;
