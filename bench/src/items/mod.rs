@@ -7,6 +7,7 @@ mod footprint;
 mod isolation;
 mod js_delay;
 mod poll_cost;
+mod postgres;
 mod throughput;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ use crate::runner::Run;
 pub(crate) type Item = fn(&mut Run) -> Result<(), BoxError>;
 
 /// The items in the order of results.md, each with its number for `--only`.
-pub(crate) const ALL: [(&str, Item); 7] = [
+pub(crate) const ALL: [(&str, Item); 8] = [
     ("1", poll_cost::measure),
     ("2", throughput::measure),
     ("3", isolation::measure),
@@ -29,6 +30,7 @@ pub(crate) const ALL: [(&str, Item); 7] = [
     ("5", js_delay::measure),
     ("6", cross::measure),
     ("flood", flood::measure),
+    ("postgres", postgres::measure),
 ];
 
 /// A request's `(async_request_id, async_request_token)`.

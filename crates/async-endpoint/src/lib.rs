@@ -55,6 +55,7 @@
 //! |---|---|---|
 //! | `memory` | yes | [`backend::MemoryBackend`]: in-memory state and in-process workers |
 //! | `redis` | no | `backend::RedisBackend`: many web and worker processes over one Redis |
+//! | `postgres` | no | `backend::PostgresBackend`: many web and worker processes over PostgreSQL |
 //!
 //! ## Protocol
 //!
@@ -102,6 +103,6 @@ pub use protocol::{
 pub use task::{AsyncTask, RetryPolicy, TaskContext};
 
 /// The README's examples, compiled as doctests (they use every feature).
-#[cfg(all(doctest, feature = "redis"))]
+#[cfg(all(doctest, feature = "redis", feature = "postgres"))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
