@@ -53,7 +53,9 @@ impl AsyncTask for Stamp {
 }
 
 async fn stamp(Query(p): Query<StampParams>, r: AsyncRequest<Stamp>) -> Response {
-    r.init(p).handle(Json, |f| Json(f.message().to_owned())).await
+    r.init(p)
+        .handle(Json, |f| Json(f.message().to_owned()))
+        .await
 }
 
 #[derive(Deserialize)]
@@ -62,7 +64,10 @@ struct FloorQuery {
 }
 
 /// The floor: one row by primary key through the backend's own pool, as JSON.
-async fn floor(State(pool): State<deadpool_postgres::Pool>, Query(q): Query<FloorQuery>) -> Response {
+async fn floor(
+    State(pool): State<deadpool_postgres::Pool>,
+    Query(q): Query<FloorQuery>,
+) -> Response {
     use axum::response::IntoResponse;
     let Ok(client) = pool.get().await else {
         return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -98,7 +103,7 @@ fn serve(
     rt.block_on(async {
         let backend = PostgresBackend::builder(url)
             .schema(schema)
-            .pool_size(16)
+            .pool_size(8)
             .build()?;
         backend.migrate().await?;
         let pool = backend.pool().clone();
@@ -112,7 +117,11 @@ fn serve(
         let app = Router::new()
             .route("/stamp", get(stamp))
             .layer(endpoint.layer())
-            .merge(Router::new().route("/floor", get(floor)).with_state(pool.clone()));
+            .merge(
+                Router::new()
+                    .route("/floor", get(floor))
+                    .with_state(pool.clone()),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         tokio::spawn(async move {
@@ -157,9 +166,7 @@ pub(super) fn measure(run: &mut Run) -> Result<(), BoxError> {
     drop(web_only);
     let t = Instant::now();
     let (_workers, worker_endpoint) = serve(&served_rt, &url, "bench_tp", true)?;
-    let count = |sql: &str| -> Result<u64, BoxError> {
-        Ok(server.psql(sql)?.trim().parse()?)
-    };
+    let count = |sql: &str| -> Result<u64, BoxError> { Ok(server.psql(sql)?.trim().parse()?) };
     while count("SELECT count(*) FROM bench_tp.requests WHERE status < 3")? > 0 {
         if t.elapsed() > Duration::from_secs(300) {
             return Err("the backlog did not drain in 300 s".into());
