@@ -9,6 +9,9 @@
 /** Defaults of the options: `timeout` in milliseconds, `wait` in seconds. */
 export declare const DEFAULTS: Readonly<{ timeout: number; wait: number; retries: number }>;
 
+/** Waiting polls (and held starts) one origin gets at once (2); the rest short-poll. */
+export declare const MAX_WAITING_POLLS: number;
+
 /** What a failing request is: see {@link AsyncRequestError.kind}. */
 export type AsyncRequestErrorKind = "failed" | "timeout" | "aborted" | "network" | "protocol";
 
@@ -90,6 +93,10 @@ export interface AsyncRequestOptions {
   storage?: Storage;
   /** Extra fetch options (e.g. `credentials`) for every request. */
   init?: RequestInit;
+  /** Waiting polls the page holds at once per origin (default {@link MAX_WAITING_POLLS}). */
+  maxWaitingPolls?: number;
+  /** Follow the request over the server's shared event stream when a 202 names one (default true). */
+  stream?: boolean;
 }
 
 /** The final answer. `T` is the body's type as the app's `done` renders it (not checked). */
@@ -124,10 +131,26 @@ export declare function loadState(key: string, storage?: Storage): AsyncRequestS
 /** Removes a saved state. Never throws. */
 export declare function clearState(key: string, storage?: Storage): void;
 
+/** The event stream a `Link` header names (`rel="async-endpoint-stream"`), resolved; null if none. */
+export declare function streamLink(header: string | null, requestUrl: string): string | null;
+
+/** One server-sent event. */
+export interface ServerSentEvent {
+  event: string;
+  data: string;
+  retry: number | undefined;
+}
+
+/** A parser of `text/event-stream` text: `push(chunk)` returns the events that chunk completed. */
+export declare function eventStreamParser(): { push(chunk: string): ServerSentEvent[] };
+
 /** A fresh `Idempotency-Key` (a random v4 UUID). */
 export declare function newIdempotencyKey(): string;
 
-/** What jQuery `error`/`fail` callbacks get when the failure has no JSON object body. */
+/**
+ * What jQuery `error`/`fail` callbacks get when the failure has no JSON object body. Either form
+ * also carries jqXHR's `status`, `responseJSON` and `responseText` (non-enumerable).
+ */
 export interface AsyncErrorPayload {
   error: AsyncRequestErrorKind;
   kind: AsyncRequestErrorKind;
@@ -177,11 +200,15 @@ export interface JQueryLike {
  * Registers `$.getAsyncRequest` on a jQuery (done at load when `globalThis.jQuery` exists) and
  * returns it.
  */
-export declare function installJQuery<J extends JQueryLike>(jquery: J): J & { getAsyncRequest: GetAsyncRequest };
+export declare function installJQuery<J extends JQueryLike>(
+  jquery: J,
+): J & { getAsyncRequest: GetAsyncRequest; getAsyncEndpoint: GetAsyncRequest };
 
 declare global {
   /** Merges with `@types/jquery`'s `JQueryStatic` when the app has it. */
   interface JQueryStatic {
     getAsyncRequest: GetAsyncRequest;
+    /** The name the original gem's JS used. */
+    getAsyncEndpoint: GetAsyncRequest;
   }
 }

@@ -9,6 +9,7 @@ mod footprint;
 mod isolation;
 mod js_delay;
 mod poll_cost;
+mod postgres;
 mod throughput;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,7 @@ use crate::runner::Run;
 pub(crate) type Item = fn(&mut Run) -> Result<(), BoxError>;
 
 /// The items in the order of results.md, each with its number for `--only`.
-pub(crate) const ALL: [(&str, Item); 8] = [
+pub(crate) const ALL: [(&str, Item); 9] = [
     ("1", poll_cost::measure),
     ("2", throughput::measure),
     ("3", isolation::measure),
@@ -32,6 +33,7 @@ pub(crate) const ALL: [(&str, Item); 8] = [
     ("6", cross::measure),
     ("flood", flood::measure),
     ("growth", growth::measure),
+    ("postgres", postgres::measure),
 ];
 
 /// A request's `(async_request_id, async_request_token)`.

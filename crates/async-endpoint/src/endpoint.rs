@@ -111,6 +111,7 @@ impl AsyncEndpoint {
 /// | `task` | at least one | a task type the endpoint runs |
 /// | `backend` | in-memory | storage and queue |
 /// | `redis` | none | shorthand for the Redis backend at a URL (feature `redis`) |
+/// | `postgres` | none | shorthand for the PostgreSQL backend at a URL (feature `postgres`) |
 /// | `deadline` | 60 s | time from start until an unfinished request fails (per-task override) |
 /// | `ttl` | 1 h | how long a record (and its token) lives after its last write; > every deadline |
 /// | `max_params_bytes` | 64 KiB | largest serialized params |
@@ -143,6 +144,8 @@ pub struct AsyncEndpointBuilder {
     backend_is_local: bool,
     #[cfg(feature = "redis")]
     redis_url: Option<String>,
+    #[cfg(feature = "postgres")]
+    postgres_url: Option<String>,
     owner: Option<OwnerFn>,
     trace: crate::trace::TraceHooks,
     /// Every other setting, with its default.
@@ -209,6 +212,22 @@ impl AsyncEndpointBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Uses the PostgreSQL backend at `url` with its default settings (feature `postgres`);
+    /// shorthand for `.backend(PostgresBackend::builder(url).build()?)`, whose builder has the
+    /// other settings (schema, lease, pool). Nothing connects until the first operation, which
+    /// also creates or migrates the schema; an unreachable PostgreSQL answers 503 until it is
+    /// back. Like Redis, a backend other processes share: `build()` requires `secret`.
+    ///
+    /// ```
+    /// # use async_endpoint::AsyncEndpoint;
+    /// let builder = AsyncEndpoint::builder().postgres("postgres://app@127.0.0.1:5432/app");
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, url: impl Into<String>) -> Self {
+        self.postgres_url = Some(url.into());
         self
     }
 
@@ -451,18 +470,26 @@ impl AsyncEndpointBuilder {
         let chose_redis = self.redis_url.is_some();
         #[cfg(not(feature = "redis"))]
         let chose_redis = false;
+        #[cfg(feature = "postgres")]
+        let chose_postgres = self.postgres_url.is_some();
+        #[cfg(not(feature = "postgres"))]
+        let chose_postgres = false;
         let sharing = match &self.backend {
-            None if !chose_redis => Sharing::ProcessLocal,
+            None if !chose_redis && !chose_postgres => Sharing::ProcessLocal,
             Some(_) if self.backend_is_local => Sharing::ProcessLocal,
             _ => Sharing::Shared,
         };
         let keys = keyring(self.secret.as_deref(), &self.old_secrets, sharing)?;
         let tasks = tasks(self.tasks, &self.config)?;
         self.config.validate()?;
+        #[cfg(feature = "postgres")]
+        let chosen = postgres_backend(self.backend, self.postgres_url)?;
+        #[cfg(not(feature = "postgres"))]
+        let chosen = self.backend;
         #[cfg(feature = "redis")]
-        let backend = backend(self.backend, self.redis_url)?;
+        let backend = backend(chosen, self.redis_url)?;
         #[cfg(not(feature = "redis"))]
-        let backend = backend(self.backend)?;
+        let backend = backend(chosen)?;
         let in_process_workers = self.config.in_process_workers;
         let mut engine = Engine::new(backend, tasks, keys, self.config, self.owner);
         engine.trace = self.trace;
@@ -541,6 +568,24 @@ fn backend(
         )),
         (Some(backend), None) => Ok(backend),
         (None, None) => default_backend(),
+    }
+}
+
+/// `.postgres(url)` as a backend, unless `.backend(..)` was set too.
+#[cfg(feature = "postgres")]
+fn postgres_backend(
+    backend: Option<SharedBackend>,
+    postgres_url: Option<String>,
+) -> Result<Option<SharedBackend>, Error> {
+    match (backend, postgres_url) {
+        (Some(_), Some(_)) => Err(bad(
+            "backend",
+            "both `.backend(..)` and `.postgres(..)` were set",
+        )),
+        (None, Some(url)) => Ok(Some(DynBackend::new_arc(
+            crate::backend::PostgresBackend::builder(url).build()?,
+        ))),
+        (backend, None) => Ok(backend),
     }
 }
 

@@ -57,6 +57,7 @@
 //! | `redis` | no | `backend::RedisBackend`: many web and worker processes over one Redis |
 //! | `metrics` | no | counters, gauges and histograms through the [`metrics`](https://docs.rs/metrics) facade |
 //! | `testing` | no | `testing`: helpers for an app's tests (dev-dependencies only) |
+//! | `postgres` | no | `backend::PostgresBackend`: many web and worker processes over PostgreSQL |
 //!
 //! ## Protocol
 //!
@@ -117,6 +118,7 @@ pub use trace::is_traceparent;
 #[cfg(all(
     doctest,
     feature = "redis",
+    feature = "postgres",
     feature = "actix",
     feature = "testing",
     feature = "metrics"

@@ -73,7 +73,8 @@ impl AsyncTask for Lookup {
     }
 }
 
-/// Builds the endpoint for `settings`: the in-memory backend, or Redis when `REDIS_URL` is set;
+/// Builds the endpoint for `settings`: the in-memory backend, or Redis when `REDIS_URL` is set,
+/// or PostgreSQL when `DATABASE_URL` is;
 /// workers in this process only for [`Role::All`].
 pub async fn endpoint(settings: &Settings) -> Result<AsyncEndpoint, async_endpoint::Error> {
     let builder = AsyncEndpoint::builder()
@@ -89,13 +90,18 @@ pub async fn endpoint(settings: &Settings) -> Result<AsyncEndpoint, async_endpoi
         Some(url) => builder.backend(async_endpoint::backend::RedisBackend::connect(url).await?),
         None => builder,
     };
+    let builder = match &settings.database_url {
+        // `connect` also creates or migrates the schema, so a wrong URL fails at start.
+        Some(url) => builder.backend(async_endpoint::backend::PostgresBackend::connect(url).await?),
+        None => builder,
+    };
     builder.build()
 }
 
 /// What the page shows about the server it talks to (`GET /api/info`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Info {
-    /// `memory` or `redis`.
+    /// `memory`, `redis` or `postgres`.
     pub backend: &'static str,
     /// `web + workers` or `web`.
     pub role: &'static str,
@@ -124,6 +130,8 @@ pub fn router(
     let info = Info {
         backend: if settings.redis_url.is_some() {
             "redis"
+        } else if settings.database_url.is_some() {
+            "postgres"
         } else {
             "memory"
         },

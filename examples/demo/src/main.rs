@@ -66,6 +66,8 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     let endpoint = demo::endpoint(&settings).await?;
     let backend = if settings.redis_url.is_some() {
         "Redis"
+    } else if settings.database_url.is_some() {
+        "PostgreSQL"
     } else {
         "in-memory"
     };

@@ -35,6 +35,9 @@ pub struct Settings {
     pub port: u16,
     /// `REDIS_URL`: use the Redis backend instead of the in-memory one.
     pub redis_url: Option<String>,
+    /// `DATABASE_URL`: use the PostgreSQL backend instead of the in-memory one (not with
+    /// `REDIS_URL`).
+    pub database_url: Option<String>,
     /// `SECRET`: the token key, at least 32 bytes, the same in every process. Required with
     /// `REDIS_URL`; without it the in-memory demo signs with a random key of its own.
     pub secret: Option<String>,
@@ -49,6 +52,7 @@ impl std::fmt::Debug for Settings {
             .field("role", &self.role)
             .field("port", &self.port)
             .field("redis", &self.redis_url.is_some())
+            .field("postgres", &self.database_url.is_some())
             .field("runtime_threads", &self.runtime_threads)
             .finish_non_exhaustive()
     }
@@ -113,14 +117,29 @@ impl Settings {
             })?,
         };
         let redis_url = var("REDIS_URL");
-        if role != Role::All && redis_url.is_none() {
+        let database_url = var("DATABASE_URL");
+        if redis_url.is_some() && database_url.is_some() {
+            return Err(SettingsError(
+                "set REDIS_URL or DATABASE_URL, not both: the demo uses one shared backend"
+                    .to_owned(),
+            ));
+        }
+        if role != Role::All && redis_url.is_none() && database_url.is_none() {
             return Err(SettingsError(format!(
-                "the `{}` role needs REDIS_URL: with the in-memory backend, jobs and requests \
+                "the `{}` role needs REDIS_URL or DATABASE_URL: with the in-memory backend, jobs and requests \
                  live in one process, so it must run both web and workers (the default role)",
                 role.label()
             )));
         }
         let secret = var("SECRET");
+        if database_url.is_some() && secret.is_none() {
+            return Err(SettingsError(
+                "DATABASE_URL needs SECRET: every process sharing PostgreSQL must sign tokens \
+                 with the same key of at least 32 bytes, e.g. \
+                 `export SECRET=\"$(openssl rand -base64 32)\"`"
+                    .to_owned(),
+            ));
+        }
         if redis_url.is_some() && secret.is_none() {
             return Err(SettingsError(
                 "REDIS_URL needs SECRET: every process sharing Redis must sign tokens with the \
@@ -132,6 +151,7 @@ impl Settings {
             role,
             port,
             redis_url,
+            database_url,
             secret,
             runtime_threads,
         })
@@ -194,6 +214,15 @@ mod tests {
     fn bad_settings_are_named() {
         let message = |r: Result<Settings, SettingsError>| r.expect_err("invalid").to_string();
         assert!(message(parse(&[], &["worker"])).contains("REDIS_URL"));
+        let pg = ("DATABASE_URL", "postgres://demo@127.0.0.1/demo");
+        assert!(message(parse(&[pg], &["worker"])).contains("DATABASE_URL needs SECRET"));
+        let secret = ("SECRET", "a key of the test's own, 32 bytes or more");
+        assert_eq!(
+            parse(&[pg, secret], &["worker"]).map(|s| s.role),
+            Ok(Role::Worker)
+        );
+        let redis = ("REDIS_URL", "redis://127.0.0.1:6379/");
+        assert!(message(parse(&[pg, redis, secret], &[])).contains("not both"));
         assert!(message(parse(&[], &["web"])).contains("REDIS_URL"));
         assert!(message(parse(&[], &["cook"])).contains("unknown role"));
         assert!(message(parse(&[("PORT", "http")], &[])).contains("PORT"));

@@ -3,7 +3,7 @@
 //! A [`Backend`] stores one record per request and queues its job. Every transition is atomic:
 //! `queued → running → done | failed`, plus `retrying`; the first terminal state wins and nothing
 //! overwrites it. Implementations: [`MemoryBackend`] (feature `memory`, the default) and
-//! `RedisBackend` (feature `redis`).
+//! `RedisBackend` (feature `redis`) and `PostgresBackend` (feature `postgres`).
 //!
 //! The store never sees a client message it does not need: a failure is stored as its
 //! [`FailureKind`] (plus the task's own message for [`Failure::new`]), and the engine renders the
@@ -21,6 +21,8 @@ use crate::protocol::{Progress, RequestId, Status};
 #[cfg(feature = "memory")]
 mod memory;
 mod notify;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -28,6 +30,8 @@ mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::MemoryBackend;
 pub use notify::{Notifier, Watch};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresBackend, PostgresBackendBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisBackend, RedisBackendBuilder};

@@ -65,4 +65,7 @@ impl Backend for Served {
     async fn cancel(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
         self.backend.cancel(id, now_ms).await
     }
+    async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, Error> {
+        self.backend.queue_depth(task).await
+    }
 }

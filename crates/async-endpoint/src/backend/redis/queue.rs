@@ -129,29 +129,35 @@ pub(super) async fn fetch(
 pub(super) async fn depth(b: &RedisBackend, task: &'static str) -> Result<u64, Error> {
     let key = b.inner.keys.queue(task);
     let mut conn = b.conn().await?;
-    let mut pipe = redis::pipe();
-    pipe.cmd("XLEN")
-        .arg(&key)
-        .cmd("XPENDING")
-        .arg(&key)
-        .arg(GROUP);
-    let answer = b
-        .bounded_raw(pipe.query_async::<(u64, Value)>(&mut conn))
+    // Two commands, not a pipeline: a pipeline reports XPENDING's NOGROUP (no stream or no
+    // group yet) wrapped, without its code. Sampled about once a second per worker process.
+    let len: u64 = b
+        .bounded_raw(redis::cmd("XLEN").arg(&key).query_async(&mut conn))
+        .await?
+        .map_err(map_err)?;
+    if len == 0 {
+        return Ok(0);
+    }
+    let pending = b
+        .bounded_raw(
+            redis::cmd("XPENDING")
+                .arg(&key)
+                .arg(GROUP)
+                .query_async::<Value>(&mut conn),
+        )
         .await?;
-    match answer {
-        Ok((len, pending)) => {
-            // The summary form: [count, smallest id, greatest id, [[consumer, count], …]].
-            let pending = match pending {
-                Value::Array(items) => items
-                    .first()
-                    .and_then(|count| redis::from_redis_value::<u64>(count.clone()).ok())
-                    .unwrap_or(0),
-                _ => 0,
-            };
+    match pending {
+        // The summary form: [count, smallest id, greatest id, [[consumer, count], …]].
+        Ok(Value::Array(items)) => {
+            let pending = items
+                .first()
+                .and_then(|count| redis::from_redis_value::<u64>(count.clone()).ok())
+                .unwrap_or(0);
             Ok(len.saturating_sub(pending))
         }
-        // No stream or no group yet: nothing waits.
-        Err(error) if is_nogroup(&error) => Ok(0),
+        Ok(_) => Ok(len),
+        // No group yet: nothing was handed to a worker.
+        Err(error) if is_nogroup(&error) => Ok(len),
         Err(error) => Err(map_err(error)),
     }
 }

@@ -1,0 +1,1015 @@
+//! The PostgreSQL backend (feature `postgres`): many web and worker processes over the
+//! PostgreSQL the app already runs.
+//!
+//! # Data layout
+//!
+//! Everything lives in one schema (default `async_endpoint`), created and migrated on first use
+//! by embedded, versioned migrations (`migrations/*.sql`), applied in one transaction under an
+//! advisory lock, so any number of processes may start at once:
+//!
+//! | object | what |
+//! |---|---|
+//! | `{schema}.requests` | one row per request **and** its job (status, attempt, params, progress, output, failure, deadline, expiry, lease, deliveries, limit marks, idempotency key) |
+//! | `{schema}.migrations` | the versions applied |
+//! | `{schema}.create_request`, `begin_job`, `finish_job`, `cancel`, `expire`, `settle` | the atomic transitions, one round trip each |
+//! | channel `{schema}_changes` | `r <id>` after every write of a request, `q <task>` after every new job |
+//!
+//! One table rather than a request table and a job table: a start is one `INSERT`, a poll one
+//! read by primary key, begin and finish update one row under one row lock, and nothing has to be
+//! kept in step. The queue is a partial index over the rows whose job is open, ordered by when
+//! each becomes fetchable, so finished requests cost the queue nothing.
+//!
+//! # Round trips
+//!
+//! * start: one call of `create_request` (idempotency key, pending limits under advisory
+//!   transaction locks, `INSERT`, `NOTIFY`);
+//! * poll: one `SELECT` by primary key; only an unfinished request found past its deadline takes
+//!   a second round trip, `expire`, which writes the timeout atomically;
+//! * worker: one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)` fetches a batch and
+//!   leases it; one call to begin, one per progress update, one to finish;
+//! * wake-ups: one listener connection per process (`LISTEN`), feeding waiting polls, `watch`ers
+//!   and blocked fetches; after it (re)connects it wakes everyone, so nothing is lost;
+//! * leases: a heartbeat every `claim_idle / 3` extends the leases of this process's running
+//!   jobs in one statement; a killed worker's jobs become fetchable when theirs run out;
+//! * expiry: rows are invisible once their TTL passed; a sweeper deletes them in bounded
+//!   batches (`DELETE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`).
+
+mod config;
+mod listener;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+pub use config::PostgresBackendBuilder;
+
+use super::{
+    Backend, Begin, Created, Job, Limit, NewRequest, Notifier, Outcome, Snapshot, StoredFailure,
+    Update, Watch,
+};
+use crate::clock::now_ms;
+use crate::error::Error;
+use crate::protocol::{Progress, RequestId, Status};
+
+/// The embedded migrations, in order: (version, SQL with `{schema}` and `{lock}` to fill in).
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+/// Storage and queue in PostgreSQL: one row per request and its job, a `FOR UPDATE SKIP LOCKED`
+/// queue, wake-ups over `LISTEN/NOTIFY`. Use it for several web and worker processes when the
+/// app runs PostgreSQL (11 or later) and no Redis.
+///
+/// Cheap to clone (clones share the pool). Connections are made on first use (which also
+/// creates or migrates the schema) and re-made by themselves after PostgreSQL restarts; while it
+/// is unreachable, starting and polling answer 503 and workers back off and retry.
+///
+/// Execution is at-least-once: a job whose worker dies is run again by another one after
+/// [`claim_idle`](PostgresBackendBuilder::claim_idle), at most
+/// [`max_deliveries`](PostgresBackendBuilder::max_deliveries) times, so tasks should be
+/// idempotent.
+///
+/// ```no_run
+/// use async_endpoint::{AsyncEndpoint, backend::PostgresBackend};
+/// # use async_endpoint::{AsyncTask, Failure, TaskContext};
+/// # struct Echo;
+/// # impl AsyncTask for Echo {
+/// #     const NAME: &'static str = "echo";
+/// #     type Params = String;
+/// #     type Output = String;
+/// #     async fn execute_task(&self, p: String, _: TaskContext) -> Result<String, Failure> { Ok(p) }
+/// # }
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Every process shares one key, from the environment (never from the code).
+/// let secret = std::env::var("ASYNC_ENDPOINT_SECRET")?;
+/// let url = std::env::var("DATABASE_URL")?;
+/// // A web process whose jobs run in separate worker processes:
+/// let web = AsyncEndpoint::builder()
+///     .secret(&secret)
+///     .backend(PostgresBackend::connect(&url).await?)
+///     .task(Echo)
+///     .in_process_workers(false)
+///     .build()?;
+///
+/// // A worker process (same secret, tasks and schema):
+/// let worker = AsyncEndpoint::builder()
+///     .secret(&secret)
+///     .backend(PostgresBackend::builder(&url).build()?)
+///     .task(Echo)
+///     .in_process_workers(false)
+///     .build()?;
+/// worker.run_worker(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("schema", &self.inner.settings.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    settings: PostgresBackendBuilder,
+    sql: Sql,
+    /// Set once the migrations are applied (by this process or another).
+    migrated: tokio::sync::OnceCell<()>,
+    notifier: Notifier,
+    /// Wakes blocked fetches: a job was enqueued (or the listener reconnected).
+    queued: Arc<Notify>,
+    background_started: AtomicBool,
+    /// Jobs delivered to this process and not yet over: id → (delivery, lease vouched until,
+    /// unix ms). The heartbeat extends their leases while they are vouched for.
+    in_flight: Mutex<HashMap<RequestId, (i32, u64)>>,
+    poison_json: String,
+    timeout_json: String,
+    cancelled_json: String,
+    /// Dropped with the backend; the listener watches it and ends.
+    closed: tokio::sync::watch::Sender<()>,
+}
+
+/// The statements, with the schema filled in.
+struct Sql {
+    channel: String,
+    poll: String,
+    expire: String,
+    create: String,
+    fetch: String,
+    begin: String,
+    finish: String,
+    queue_depth: String,
+    cancel: String,
+    progress: String,
+    retrying: String,
+    release: String,
+    heartbeat: String,
+    sweep: String,
+}
+
+impl Sql {
+    fn new(schema: &str) -> Sql {
+        let s = schema;
+        let snapshot = "task, status, attempt, progress, output, failure, deadline_ms";
+        Sql {
+            channel: format!("{s}_changes"),
+            poll: format!("SELECT {snapshot} FROM {s}.requests WHERE id = $1 AND expires_ms > $2"),
+            expire: format!("SELECT changed, {snapshot} FROM {s}.expire($1, $2, $3, $4)"),
+            create: format!(
+                "SELECT outcome, existing_id, existing_created, existing_digest \
+                 FROM {s}.create_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            ),
+            fetch: format!(
+                "UPDATE {s}.requests r \
+                 SET available_ms = {s}.now_ms() + $3, deliveries = r.deliveries + 1 \
+                 FROM (SELECT id FROM {s}.requests \
+                       WHERE job_open AND available_ms <= {s}.now_ms() AND task = ANY($1) \
+                       ORDER BY available_ms LIMIT $2 FOR UPDATE SKIP LOCKED) picked \
+                 WHERE r.id = picked.id \
+                 RETURNING r.id, r.task, r.deliveries"
+            ),
+            begin: format!(
+                "SELECT code, attempt, params, deadline_ms, traceparent \
+                 FROM {s}.begin_job($1, $2, $3, $4, $5, $6, $7)"
+            ),
+            finish: format!("SELECT {s}.finish_job($1, $2, $3, $4, $5, $6)"),
+            queue_depth: format!(
+                "SELECT count(*) FROM {s}.requests \
+                 WHERE job_open AND task = $1 AND available_ms <= {s}.now_ms() \
+                 AND expires_ms > $2"
+            ),
+            cancel: format!("SELECT changed, {snapshot} FROM {s}.cancel($1, $2, $3, $4, $5)"),
+            progress: format!(
+                "WITH changed AS (UPDATE {s}.requests SET progress = $2, \
+                     expires_ms = $3 + ttl_ms \
+                     WHERE id = $1 AND status IN (1, 2) AND expires_ms > $3 RETURNING id) \
+                 SELECT pg_notify($4, 'r ' || id) FROM changed"
+            ),
+            retrying: format!(
+                "WITH changed AS (UPDATE {s}.requests SET status = 2, expires_ms = $2 + ttl_ms \
+                     WHERE id = $1 AND status = 1 AND expires_ms > $2 RETURNING id) \
+                 SELECT pg_notify($3, 'r ' || id) FROM changed"
+            ),
+            release: format!(
+                "WITH released AS (UPDATE {s}.requests \
+                     SET available_ms = {s}.now_ms(), deliveries = greatest(deliveries - 1, 0) \
+                     WHERE id = $1 AND deliveries = $2 AND job_open RETURNING task) \
+                 SELECT pg_notify($3, 'q ' || task) FROM released"
+            ),
+            heartbeat: format!(
+                "UPDATE {s}.requests r SET available_ms = {s}.now_ms() + $3 \
+                 FROM unnest($1::text[], $2::int4[]) AS h(id, delivery) \
+                 WHERE r.id = h.id AND r.deliveries = h.delivery AND r.job_open"
+            ),
+            sweep: format!(
+                "DELETE FROM {s}.requests WHERE id IN (SELECT id FROM {s}.requests \
+                 WHERE expires_ms <= $1 ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
+        }
+    }
+}
+
+/// Status codes as stored.
+fn status_of(code: i16) -> Result<Status, Error> {
+    Ok(match code {
+        0 => Status::Queued,
+        1 => Status::Running,
+        2 => Status::Retrying,
+        3 => Status::Done,
+        4 => Status::Failed,
+        other => return Err(Error::Corrupt(format!("status code {other}"))),
+    })
+}
+
+/// Unix milliseconds as PostgreSQL's `bigint`.
+fn ms(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl PostgresBackend {
+    /// Starts configuring a backend for the PostgreSQL at `url`
+    /// (`postgres://user:password@host:port/database`). See [`PostgresBackendBuilder`] for the
+    /// settings.
+    ///
+    /// ```
+    /// use async_endpoint::backend::PostgresBackend;
+    ///
+    /// let built = PostgresBackend::builder("postgres://app@127.0.0.1/app").schema("Bad-Name").build();
+    /// assert!(matches!(built, Err(async_endpoint::Error::Config { setting: "schema", .. })));
+    /// ```
+    pub fn builder(url: impl Into<String>) -> PostgresBackendBuilder {
+        PostgresBackendBuilder::new(url)
+    }
+
+    /// A backend with the default settings, after connecting and applying the migrations (so a
+    /// process fails fast on a wrong URL). Use [`builder`](Self::builder) to start while
+    /// PostgreSQL is down.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), async_endpoint::Error> {
+    /// let postgres = async_endpoint::backend::PostgresBackend::connect("postgres://app@127.0.0.1/app").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+        let backend = Self::builder(url).build()?;
+        backend.migrate().await?;
+        Ok(backend)
+    }
+
+    /// Creates the schema or applies the migrations it lacks (once per backend; every other
+    /// operation does this first too). Safe when several processes do it at once.
+    ///
+    /// ```no_run
+    /// # async fn f(postgres: async_endpoint::backend::PostgresBackend) -> Result<(), async_endpoint::Error> {
+    /// postgres.migrate().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn migrate(&self) -> Result<(), Error> {
+        self.client().await.map(drop)
+    }
+
+    /// Checks that PostgreSQL answers (for health checks).
+    ///
+    /// ```no_run
+    /// # async fn f(postgres: async_endpoint::backend::PostgresBackend) {
+    /// if let Err(error) = postgres.ping().await {
+    ///     eprintln!("PostgreSQL is not reachable: {error}");
+    /// }
+    /// # }
+    /// ```
+    pub async fn ping(&self) -> Result<(), Error> {
+        let client = self.client().await?;
+        self.bounded(client.simple_query("SELECT 1"))
+            .await
+            .map(drop)
+    }
+
+    /// The pool this backend queries through (for health checks, or an app's own queries).
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    pub(super) fn from_parts(
+        config: tokio_postgres::Config,
+        settings: PostgresBackendBuilder,
+    ) -> Result<Self, Error> {
+        let manager = Manager::from_config(
+            config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                // A pooled connection is checked by whether its connection task still runs;
+                // one that PostgreSQL dropped is replaced, not handed out.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(settings.connection_timeout))
+            .create_timeout(Some(settings.connection_timeout))
+            .recycle_timeout(Some(settings.connection_timeout))
+            .build()
+            .map_err(|e| Error::Config {
+                setting: "pool_size",
+                reason: e.to_string(),
+            })?;
+        let json = |failure: StoredFailure, fallback: &str| {
+            serde_json::to_string(&failure).unwrap_or_else(|_| fallback.to_owned())
+        };
+        Ok(PostgresBackend {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                sql: Sql::new(&settings.schema),
+                settings,
+                migrated: tokio::sync::OnceCell::new(),
+                notifier: Notifier::default(),
+                queued: Arc::new(Notify::new()),
+                background_started: AtomicBool::new(false),
+                in_flight: Mutex::new(HashMap::new()),
+                poison_json: json(StoredFailure::internal(), r#"{"kind":"internal"}"#),
+                timeout_json: json(StoredFailure::timeout(), r#"{"kind":"timeout"}"#),
+                cancelled_json: json(StoredFailure::cancelled(), r#"{"kind":"cancelled"}"#),
+                closed: tokio::sync::watch::channel(()).0,
+            }),
+        })
+    }
+
+    /// A pooled connection, after the migrations (applied on first use) and with this process's
+    /// background tasks (listener, heartbeat, sweeper) started.
+    async fn client(&self) -> Result<Object, Error> {
+        let inner = &self.inner;
+        let client = inner.pool.get().await.map_err(map_pool_err)?;
+        if inner.migrated.initialized() {
+            return Ok(client);
+        }
+        let mut client = client;
+        inner
+            .migrated
+            .get_or_try_init(|| async {
+                self.bounded_by(
+                    inner.settings.response_timeout * 6,
+                    migrate(&mut client, &inner.settings.schema),
+                )
+                .await
+            })
+            .await?;
+        self.start_background();
+        Ok(client)
+    }
+
+    /// Bounds a statement by the response timeout, so no call hangs on a silent server.
+    async fn bounded<T>(
+        &self,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, Error> {
+        self.bounded_by(self.inner.settings.response_timeout, statement)
+            .await
+    }
+
+    async fn bounded_by<T>(
+        &self,
+        bound: Duration,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(bound, statement)
+            .await
+            .map_err(|elapsed| Error::Unavailable(Box::new(elapsed)))?
+            .map_err(map_err)
+    }
+
+    /// Runs a prepared (and per-connection cached) statement and returns its rows.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let client = self.client().await?;
+        self.bounded(async {
+            let statement = client.prepare_cached(sql).await?;
+            client.query(&statement, params).await
+        })
+        .await
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        // Critical sections are single map operations; a poisoned lock still holds a valid map.
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the listener, the heartbeat and the sweeper once (they need a runtime, which the
+    /// first operation runs in). They end when the backend is dropped.
+    fn start_background(&self) {
+        let inner = &self.inner;
+        if inner.background_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            inner.background_started.store(false, Ordering::Release);
+            return;
+        };
+        runtime.spawn(listener::run(
+            listener::Listener {
+                config: inner.config.clone(),
+                channel: inner.sql.channel.clone(),
+                notifier: inner.notifier.clone(),
+                queued: inner.queued.clone(),
+            },
+            inner.closed.subscribe(),
+        ));
+        let weak = Arc::downgrade(inner);
+        runtime.spawn(heartbeat(weak.clone(), inner.settings.claim_idle / 3));
+        runtime.spawn(sweeper(weak, inner.settings.sweep_interval));
+    }
+
+    /// Keeps extending the lease of `job` until `until_ms` (unix ms).
+    fn vouch_until(&self, job: &Job, until_ms: u64) {
+        if let Ok(delivery) = job.receipt.parse::<i32>() {
+            Self::lock(&self.inner.in_flight).insert(job.id, (delivery, until_ms));
+        }
+    }
+
+    /// Stops extending the lease of `job` (it is over, or handed back).
+    fn forget(&self, job: &Job) {
+        let mut in_flight = Self::lock(&self.inner.in_flight);
+        if in_flight
+            .get(&job.id)
+            .is_some_and(|(delivery, _)| job.receipt == delivery.to_string())
+        {
+            in_flight.remove(&job.id);
+        }
+    }
+
+    /// One sweeping pass: deletes expired rows in bounded batches until a batch comes back
+    /// short; returns how many it deleted.
+    async fn sweep(&self) -> Result<u64, Error> {
+        let batch = i64::from(self.inner.settings.sweep_batch);
+        let mut deleted = 0;
+        loop {
+            let client = self.client().await?;
+            let n = self
+                .bounded(async {
+                    let statement = client.prepare_cached(&self.inner.sql.sweep).await?;
+                    client.execute(&statement, &[&ms(now_ms()), &batch]).await
+                })
+                .await?;
+            deleted += n;
+            if n < batch as u64 {
+                return Ok(deleted);
+            }
+            // Let other work through between batches.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Deletes every expired row now (the sweeper does this every `sweep_interval`); returns how
+    /// many. For maintenance and tests.
+    ///
+    /// ```no_run
+    /// # async fn f(postgres: async_endpoint::backend::PostgresBackend) -> Result<(), async_endpoint::Error> {
+    /// let removed = postgres.sweep_expired().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn sweep_expired(&self) -> Result<u64, Error> {
+        self.sweep().await
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Wakes the listener so it ends (its receiver sees the sender gone).
+        self.closed.send_replace(());
+    }
+}
+
+/// Applies the migrations the schema lacks, in one transaction under an advisory lock (so
+/// concurrent starts wait for each other, then find nothing left to do).
+async fn migrate(client: &mut Object, schema: &str) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&format!("async_endpoint:migrate:{schema}")],
+    )
+    .await?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; \
+         CREATE TABLE IF NOT EXISTS {schema}.migrations \
+         (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await?;
+    let row = tx
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.migrations"),
+            &[],
+        )
+        .await?;
+    let applied: i32 = row.try_get(0)?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
+        tx.batch_execute(
+            &sql.replace("{schema}", schema)
+                .replace("{lock}", &format!("async_endpoint:{schema}")),
+        )
+        .await?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),
+            &[version],
+        )
+        .await?;
+        tracing::info!(schema, version, "applied PostgreSQL migration");
+    }
+    if let Some((latest, _)) = MIGRATIONS.last() {
+        if applied > *latest {
+            tracing::warn!(
+                schema,
+                applied,
+                latest,
+                "the schema is newer than this version of async-endpoint knows"
+            );
+        }
+    }
+    tx.commit().await
+}
+
+/// Extends the leases of this process's running jobs every `every`, until the backend is gone.
+async fn heartbeat(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let backend = PostgresBackend { inner };
+        let now = now_ms();
+        let (ids, deliveries): (Vec<String>, Vec<i32>) = {
+            let mut in_flight = PostgresBackend::lock(&backend.inner.in_flight);
+            in_flight.retain(|_, (_, until)| *until > now);
+            in_flight
+                .iter()
+                .map(|(id, (delivery, _))| (id.to_string(), *delivery))
+                .unzip()
+        };
+        if ids.is_empty() {
+            continue;
+        }
+        let lease = ms(backend.inner.settings.claim_idle.as_millis() as u64);
+        if let Err(error) = backend
+            .query(&backend.inner.sql.heartbeat, &[&ids, &deliveries, &lease])
+            .await
+        {
+            tracing::warn!(%error, jobs = ids.len(), "could not extend the leases of running jobs");
+        }
+    }
+}
+
+/// Deletes expired rows every `every`, until the backend is gone.
+async fn sweeper(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let backend = PostgresBackend { inner };
+        match backend.sweep().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "removed expired requests"),
+            Err(error) => tracing::warn!(%error, "could not remove expired requests"),
+        }
+    }
+}
+
+/// Connection trouble, timeouts, a server shutting down or starting, too many connections and
+/// serialization conflicts are [`Error::Unavailable`] (clients get 503 and workers back off);
+/// anything else PostgreSQL refuses is [`Error::Backend`].
+fn map_err(error: tokio_postgres::Error) -> Error {
+    let transient = match error.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                    SqlState::T_R_SERIALIZATION_FAILURE,
+                    SqlState::T_R_DEADLOCK_DETECTED,
+                    SqlState::QUERY_CANCELED,
+                    SqlState::LOCK_NOT_AVAILABLE,
+                    SqlState::READ_ONLY_SQL_TRANSACTION,
+                ]
+                .contains(code)
+        }
+        None => {
+            error.is_closed() || {
+                // The driver's error kinds are private; its messages name them.
+                let text = error.to_string();
+                [
+                    "error communicating",
+                    "error connecting",
+                    "timeout",
+                    "unexpected message",
+                    "error parsing response",
+                ]
+                .iter()
+                .any(|kind| text.starts_with(kind))
+            }
+        }
+    };
+    if transient {
+        Error::Unavailable(Box::new(error))
+    } else {
+        Error::Backend(Box::new(error))
+    }
+}
+
+fn map_pool_err(error: deadpool_postgres::PoolError) -> Error {
+    use deadpool_postgres::PoolError;
+    match error {
+        PoolError::Backend(error) => map_err(error),
+        PoolError::Timeout(_) | PoolError::Closed => Error::Unavailable(Box::new(error)),
+        other => Error::Backend(Box::new(other)),
+    }
+}
+
+/// A snapshot from a row of (task, status, attempt, progress, output, failure, deadline_ms)
+/// starting at column `at`.
+fn snapshot(row: &Row, at: usize) -> Result<Snapshot, Error> {
+    let get = |e: tokio_postgres::Error| Error::Corrupt(format!("request row: {e}"));
+    let task: String = row.try_get(at).map_err(get)?;
+    let status = status_of(row.try_get(at + 1).map_err(get)?)?;
+    let attempt: i32 = row.try_get(at + 2).map_err(get)?;
+    let progress: Option<String> = row.try_get(at + 3).map_err(get)?;
+    let output: Option<String> = row.try_get(at + 4).map_err(get)?;
+    let failure: Option<String> = row.try_get(at + 5).map_err(get)?;
+    let deadline_ms: i64 = row.try_get(at + 6).map_err(get)?;
+    let progress: Option<Progress> = decode(&task, progress)?;
+    let failure: Option<StoredFailure> = if status == Status::Failed {
+        decode(&task, failure)?
+    } else {
+        None
+    };
+    let mut snapshot = Snapshot::new(
+        task,
+        status,
+        attempt.max(0) as u32,
+        deadline_ms.max(0) as u64,
+    );
+    snapshot.progress = progress;
+    snapshot.output = output.filter(|_| status == Status::Done);
+    snapshot.failure = failure;
+    Ok(snapshot)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    task: &str,
+    json: Option<String>,
+) -> Result<Option<T>, Error> {
+    json.filter(|s| !s.is_empty())
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|source| Error::Decode {
+            task: task.to_owned(),
+            source,
+        })
+}
+
+/// Progress as stored: `{at, total, message}` (the percent is derived when read).
+#[derive(Serialize)]
+struct StoredProgress<'a> {
+    at: u64,
+    total: Option<u64>,
+    message: &'a str,
+}
+
+fn corrupt(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::Corrupt(format!("{what}: {e}"))
+}
+
+impl Backend for PostgresBackend {
+    async fn create(&self, request: NewRequest) -> Result<Created, Error> {
+        let inner = &self.inner;
+        let limits = request.limits;
+        // The owner's limit applies only to a start with an owner.
+        let owner = request
+            .owner
+            .as_deref()
+            .filter(|_| limits.per_owner.is_some())
+            .map(owner_digest);
+        let owner_limit = owner
+            .as_ref()
+            .and(limits.per_owner)
+            .map(|n| n.min(i32::MAX as u32) as i32);
+        let task_limit = limits.per_task.map(|n| n.min(i32::MAX as u32) as i32);
+        let (key, digest) = match &request.idempotency {
+            Some(key) => (Some(key.scoped.as_str()), Some(key.params_digest.as_str())),
+            None => (None, None),
+        };
+        let ttl_ms = ms(request.ttl.as_millis().max(1) as u64);
+        let rows = self
+            .query(
+                &inner.sql.create,
+                &[
+                    &request.id.to_string(),
+                    &request.task,
+                    &request.params,
+                    &ms(request.created_ms),
+                    &ms(request.deadline_ms),
+                    &ttl_ms,
+                    &owner_limit,
+                    &owner,
+                    &task_limit,
+                    &key,
+                    &digest,
+                    &inner.sql.channel,
+                    &request.traceparent,
+                ],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::Corrupt("create_request returned no row".into()))?;
+        let outcome: i16 = row.try_get(0).map_err(corrupt("create reply"))?;
+        match outcome {
+            0 => Ok(Created::New),
+            1 => {
+                let id: String = row.try_get(1).map_err(corrupt("create reply"))?;
+                let created: i64 = row.try_get(2).map_err(corrupt("create reply"))?;
+                let existing_digest: Option<String> =
+                    row.try_get(3).map_err(corrupt("create reply"))?;
+                Ok(Created::Existing {
+                    id: id
+                        .parse()
+                        .map_err(|_| Error::Corrupt(format!("stored id {id:?}")))?,
+                    created_ms: created.max(0) as u64,
+                    same_params: existing_digest.as_deref() == digest,
+                })
+            }
+            2 => Ok(Created::OverLimit(Limit::Owner)),
+            3 => Ok(Created::OverLimit(Limit::Task)),
+            other => Err(Error::Corrupt(format!("create outcome {other}"))),
+        }
+    }
+
+    async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+        let inner = &self.inner;
+        let id_text = id.to_string();
+        // The common case: one read by primary key. Only a request found unfinished past its
+        // deadline takes a second round trip, which re-checks and writes the timeout atomically.
+        let rows = self
+            .query(&inner.sql.poll, &[&id_text, &ms(now_ms)])
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let found = snapshot(row, 0)?;
+        if found.status.is_terminal() || now_ms <= found.deadline_ms {
+            return Ok(Some(found));
+        }
+        let rows = self
+            .query(
+                &inner.sql.expire,
+                &[
+                    &id_text,
+                    &ms(now_ms),
+                    &inner.timeout_json,
+                    &inner.sql.channel,
+                ],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        if row.try_get::<_, bool>(0).map_err(corrupt("expire reply"))? {
+            tracing::warn!(request_id = %id, "deadline passed: request failed with a timeout");
+        }
+        snapshot(row, 1).map(Some)
+    }
+
+    fn watch(&self, id: RequestId) -> Watch {
+        // The listener must run for wake-ups to come; it starts with the first operation, and
+        // wakes every watcher once it listens (so one registered before then re-reads).
+        if self.inner.migrated.initialized() {
+            self.start_background();
+        }
+        self.inner.notifier.watch(id)
+    }
+
+    async fn fetch(
+        &self,
+        tasks: &[&'static str],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Job>, Error> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + block;
+        let tasks: Vec<&str> = tasks.to_vec();
+        let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        let lease = ms(inner.settings.claim_idle.as_millis() as u64);
+        loop {
+            let notified = inner.queued.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a job enqueued between the look and the wait is seen.
+            notified.as_mut().enable();
+            let rows = self
+                .query(&inner.sql.fetch, &[&tasks, &max, &lease])
+                .await?;
+            if !rows.is_empty() {
+                let until = now_ms().saturating_add(inner.settings.claim_idle.as_millis() as u64);
+                let mut jobs = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let id: String = row.try_get(0).map_err(corrupt("fetch reply"))?;
+                    let task: String = row.try_get(1).map_err(corrupt("fetch reply"))?;
+                    let deliveries: i32 = row.try_get(2).map_err(corrupt("fetch reply"))?;
+                    let Ok(id) = id.parse::<RequestId>() else {
+                        tracing::error!(id, "a job with a malformed id was skipped");
+                        continue;
+                    };
+                    let job = Job::new(id, task, deliveries.to_string(), deliveries.max(0) as u32);
+                    self.vouch_until(&job, until);
+                    jobs.push(job);
+                }
+                return Ok(jobs);
+            }
+            // A lease that runs out is noticed by the next look: bound the wait by it.
+            let wait_until = deadline.min(tokio::time::Instant::now() + inner.settings.claim_idle);
+            if tokio::time::timeout_at(wait_until, notified).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
+        let inner = &self.inner;
+        let deliveries = i32::try_from(job.deliveries).unwrap_or(i32::MAX);
+        let max = i32::try_from(inner.settings.max_deliveries).unwrap_or(i32::MAX);
+        let begun = self
+            .query(
+                &inner.sql.begin,
+                &[
+                    &job.id.to_string(),
+                    &ms(now_ms),
+                    &deliveries,
+                    &max,
+                    &inner.timeout_json,
+                    &inner.poison_json,
+                    &inner.sql.channel,
+                ],
+            )
+            .await;
+        let rows = match begun {
+            Ok(rows) => rows,
+            Err(error) => {
+                // The worker drops the job; stop vouching for it so its lease runs out and
+                // another worker takes it.
+                self.forget(job);
+                return Err(error);
+            }
+        };
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::Corrupt("begin_job returned no row".into()))?;
+        let code: i16 = row.try_get(0).map_err(corrupt("begin reply"))?;
+        if code == 0 {
+            let attempt: i32 = row.try_get(1).map_err(corrupt("begin reply"))?;
+            let params: String = row.try_get(2).map_err(corrupt("begin reply"))?;
+            let deadline_ms: i64 = row.try_get(3).map_err(corrupt("begin reply"))?;
+            let traceparent: Option<String> = row.try_get(4).map_err(corrupt("begin reply"))?;
+            let deadline_ms = deadline_ms.max(0) as u64;
+            self.vouch_until(job, deadline_ms.saturating_add(1000));
+            return Ok(Begin::Run {
+                params,
+                attempt: attempt.max(0) as u32,
+                deadline_ms,
+                traceparent,
+            });
+        }
+        self.forget(job);
+        match code {
+            2 => {
+                tracing::warn!(request_id = %job.id, "deadline passed before the job started: request failed with a timeout");
+            }
+            3 => {
+                tracing::error!(request_id = %job.id, deliveries = job.deliveries, max_deliveries = inner.settings.max_deliveries, "job delivered too often (its workers keep dying): request failed");
+            }
+            _ => {}
+        }
+        Ok(Begin::Skip)
+    }
+
+    async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, Error> {
+        // Open jobs no worker holds a lease on: fetchable now.
+        let rows = self
+            .query(&self.inner.sql.queue_depth, &[&task, &ms(now_ms())])
+            .await?;
+        let depth: i64 = rows
+            .first()
+            .ok_or_else(|| Error::Corrupt("queue depth returned no row".into()))?
+            .try_get(0)
+            .map_err(corrupt("queue depth reply"))?;
+        Ok(Some(depth.max(0) as u64))
+    }
+
+    async fn update(&self, id: RequestId, update: Update) -> Result<(), Error> {
+        let inner = &self.inner;
+        let now = ms(now_ms());
+        match update {
+            Update::Progress(progress) => {
+                let json = serde_json::to_string(&StoredProgress {
+                    at: progress.at,
+                    total: progress.total,
+                    message: &progress.message,
+                })
+                .map_err(|e| Error::Corrupt(format!("progress not encodable: {e}")))?;
+                self.query(
+                    &inner.sql.progress,
+                    &[&id.to_string(), &json, &now, &inner.sql.channel],
+                )
+                .await
+                .map(drop)
+            }
+            Update::Retrying => self
+                .query(
+                    &inner.sql.retrying,
+                    &[&id.to_string(), &now, &inner.sql.channel],
+                )
+                .await
+                .map(drop),
+        }
+    }
+
+    async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
+        let inner = &self.inner;
+        let (code, value): (i16, String) = match outcome {
+            Outcome::Done(output) => (3, output),
+            Outcome::Failed(failure) => (
+                4,
+                serde_json::to_string(&failure)
+                    .map_err(|e| Error::Corrupt(format!("failure not encodable: {e}")))?,
+            ),
+        };
+        let rows = self
+            .query(
+                &inner.sql.finish,
+                &[
+                    &job.id.to_string(),
+                    &ms(now_ms),
+                    &code,
+                    &value,
+                    &inner.timeout_json,
+                    &inner.sql.channel,
+                ],
+            )
+            .await?;
+        self.forget(job);
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::Corrupt("finish_job returned no row".into()))?;
+        status_of(row.try_get(0).map_err(corrupt("finish reply"))?)
+    }
+
+    async fn release(&self, job: &Job) -> Result<(), Error> {
+        self.forget(job);
+        let Ok(delivery) = job.receipt.parse::<i32>() else {
+            return Ok(());
+        };
+        self.query(
+            &self.inner.sql.release,
+            &[&job.id.to_string(), &delivery, &self.inner.sql.channel],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn cancel(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+        let inner = &self.inner;
+        let rows = self
+            .query(
+                &inner.sql.cancel,
+                &[
+                    &id.to_string(),
+                    &ms(now_ms),
+                    &inner.timeout_json,
+                    &inner.cancelled_json,
+                    &inner.sql.channel,
+                ],
+            )
+            .await?;
+        rows.first().map(|row| snapshot(row, 1)).transpose()
+    }
+}
+
+/// The owner as the limits see it: hex of the first 16 bytes of its SHA-256, so the owner's text
+/// is never stored.
+fn owner_digest(owner: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(owner.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
