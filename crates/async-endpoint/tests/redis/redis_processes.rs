@@ -108,6 +108,10 @@ fn node() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30_000);
+    let takeover: u64 = std::env::var("AE_TAKEOVER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -123,6 +127,7 @@ fn node() {
         let backend = RedisBackend::builder(url)
             .prefix("e2e")
             .claim_idle(Duration::from_millis(claim_idle))
+            .takeover_after(Duration::from_millis(takeover))
             .response_timeout(Duration::from_millis(500))
             .connection_timeout(Duration::from_millis(500))
             .build()
@@ -180,6 +185,10 @@ impl Drop for Node {
 
 impl Node {
     fn spawn(role: &str, url: &str, claim_idle_ms: u64) -> Node {
+        Node::spawn_with(role, url, claim_idle_ms, 5_000)
+    }
+
+    fn spawn_with(role: &str, url: &str, claim_idle_ms: u64, takeover_ms: u64) -> Node {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new(exe)
             .args([
@@ -197,6 +206,7 @@ impl Node {
             .env("AE_REDIS_NODE", role)
             .env("AE_REDIS_URL", url)
             .env("AE_CLAIM_IDLE_MS", claim_idle_ms.to_string())
+            .env("AE_TAKEOVER_MS", takeover_ms.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -216,6 +226,13 @@ impl Node {
 
     fn worker(url: &str, claim_idle_ms: u64) -> Node {
         let node = Node::spawn("worker", url, claim_idle_ms);
+        node.lines.wait_line("READY ", PATIENCE);
+        node
+    }
+
+    /// A worker with its own takeover bound.
+    fn worker_takeover(url: &str, claim_idle_ms: u64, takeover_ms: u64) -> Node {
+        let node = Node::spawn_with("worker", url, claim_idle_ms, takeover_ms);
         node.lines.wait_line("READY ", PATIENCE);
         node
     }
@@ -359,7 +376,9 @@ async fn job_of_a_worker_killed_mid_task_is_finished_by_the_other() {
         return;
     };
     let url = server.url();
-    let claim_idle = 1_000;
+    // claim_idle (60 s) is beyond the test's patience: only the heartbeat takeover (default
+    // `takeover_after`, 5 s) can move the job to the other worker.
+    let claim_idle = 60_000;
     let w1 = Node::worker(&url, claim_idle);
     let w2 = Node::worker(&url, claim_idle);
     let (_web, port) = Node::web(&url, claim_idle);
@@ -386,6 +405,28 @@ async fn job_of_a_worker_killed_mid_task_is_finished_by_the_other() {
     assert_eq!(out.pid, survivor.pid, "the surviving worker finished it");
     assert_eq!(out.attempt, 2, "the claimed job is a second attempt");
     assert!(survivor.ran(&s.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_workers_long_job_is_never_taken_over() {
+    let Some(server) = test_support::redis::start() else {
+        return;
+    };
+    let url = server.url();
+    // Takeover after 1 s; the task runs 4 s while the other worker, idle, looks for dead
+    // workers' jobs every 50 ms. claim_idle is long, so only the heartbeat path is in play.
+    let w1 = Node::worker_takeover(&url, 60_000, 1_000);
+    let w2 = Node::worker_takeover(&url, 60_000, 1_000);
+    let (_web, port) = Node::web(&url, 60_000);
+
+    let s = start(port, 4_000, "long").await;
+    let r = until_finished(port, &s).await;
+    assert_eq!(r.status, 200, "answered {r:?}");
+    let out: Out = serde_json::from_str(&r.body).expect("output");
+    assert_eq!(out.attempt, 1, "the job ran once, never taken over");
+    assert!(out.pid == w1.pid || out.pid == w2.pid);
+    let runs = [&w1, &w2].iter().filter(|w| w.ran(&s.id)).count();
+    assert_eq!(runs, 1, "exactly one worker ran the job");
 }
 
 /// Sends SIGTERM and waits for a graceful exit (the worker prints `STOPPED` and exits 0).
@@ -426,9 +467,10 @@ async fn sigterm_mid_task_finishes_within_the_grace_period_or_hands_the_job_back
         return;
     };
     let url = server.url();
-    // claim_idle is long, so a job can only move to the other worker by being handed back.
-    let w1 = Node::worker(&url, 60_000);
-    let w2 = Node::worker(&url, 60_000);
+    // claim_idle and takeover_after are long, so a job can only move to the other worker by
+    // being handed back.
+    let w1 = Node::worker_takeover(&url, 60_000, 60_000);
+    let w2 = Node::worker_takeover(&url, 60_000, 60_000);
     let (_web, port) = Node::web(&url, 60_000);
 
     // A task shorter than the 5 s grace period: the terminated worker finishes it, then exits.
@@ -447,7 +489,7 @@ async fn sigterm_mid_task_finishes_within_the_grace_period_or_hands_the_job_back
 
     // A task longer than the grace period: handed back at once when the grace ends, and finished
     // by the other worker well before the 60 s claim timeout could have moved it.
-    let w3 = Node::worker(&url, 60_000);
+    let w3 = Node::worker_takeover(&url, 60_000, 60_000);
     let long = start(port, 8_000, "long").await;
     let (mut victim, survivor) = runner_of(other, w3, &long.id).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

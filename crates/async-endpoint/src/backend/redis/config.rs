@@ -10,7 +10,8 @@ use crate::error::Error;
 /// | setting | default | meaning |
 /// |---|---|---|
 /// | `prefix` | `"ae"` | first part of every key and of the notification channel |
-/// | `claim_idle` | 30 s | a job whose worker has not been heard of for this long is claimed by another worker |
+/// | `takeover_after` | 5 s | the running jobs of a worker process silent this long (killed, crashed, cut off) are taken over by another worker |
+/// | `claim_idle` | 30 s | a job its (live) worker stopped vouching for (dropped after an error, or running past its deadline) is claimed after this long |
 /// | `max_deliveries` | 5 | deliveries after which a request fails (internal) instead of running again |
 /// | `connection_timeout` | 2 s | bound on connecting (and reconnecting) to Redis |
 /// | `response_timeout` | 2 s | bound on one command's answer; past it the call fails with [`Error::Unavailable`] |
@@ -22,9 +23,12 @@ use crate::error::Error;
 /// rustls, no system OpenSSL; the server is verified against the system's roots or
 /// `tls_root_certificate`; `rediss://host/#insecure` skips verification and is for tests only).
 ///
-/// Running workers tell Redis they are alive every `claim_idle / 3`, so only jobs of dead or
-/// stuck workers are claimed; a claimed job runs again (at-least-once), so keep `claim_idle`
-/// well above a worker's worst pause and tasks idempotent.
+/// Each worker process keeps a heartbeat key (`{prefix}:w:<consumer>`, refreshed every
+/// `takeover_after / 5`, expiring after `takeover_after × 2/5`). Another worker takes over the
+/// jobs of a process whose key is gone and stays gone for a grace period (`takeover_after ×
+/// 2/5`), so a killed worker's jobs run again within `takeover_after`, while a live worker's jobs
+/// are never taken, however long they run: a beat delayed by a slow or paused Redis lands within
+/// the grace period. A taken-over job runs again (at-least-once), so keep tasks idempotent.
 ///
 /// ```
 /// use async_endpoint::backend::RedisBackend;
@@ -46,6 +50,7 @@ pub struct RedisBackendBuilder {
     pub(super) url: String,
     pub(super) prefix: String,
     pub(super) claim_idle: Duration,
+    pub(super) takeover_after: Duration,
     pub(super) max_deliveries: u32,
     pub(super) connection_timeout: Duration,
     pub(super) response_timeout: Duration,
@@ -62,6 +67,7 @@ impl RedisBackendBuilder {
             url: url.into(),
             prefix: "ae".to_owned(),
             claim_idle: Duration::from_secs(30),
+            takeover_after: Duration::from_secs(5),
             max_deliveries: 5,
             connection_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
@@ -81,11 +87,33 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// How long a delivered job may go without a sign of life from its worker before another
-    /// worker claims it (default 30 s; at least 100 ms). Lower means faster recovery from a
-    /// crashed worker; too low risks claiming jobs of workers that are merely slow to reach Redis.
+    /// How long a job may go unvouched for by its live worker before another worker claims it
+    /// (default 30 s; at least 100 ms). A running job is vouched for until its deadline; this
+    /// catches jobs a worker dropped (an error while starting them) or that run past their
+    /// deadline. Jobs of dead workers are taken over sooner, after
+    /// [`takeover_after`](Self::takeover_after).
     pub fn claim_idle(mut self, idle: Duration) -> Self {
         self.claim_idle = idle;
+        self
+    }
+
+    /// How soon the running jobs of a worker process that stopped (SIGKILL, crash, lost host)
+    /// are taken over by another worker (default 5 s; 500 ms to 1 hour). Liveness comes from
+    /// each process's heartbeat key, never from how long a job has run, so a live worker's jobs
+    /// are not taken however long they run. Lower means faster recovery; keep it above the
+    /// longest pause a worker process may have (a beat is sent every `takeover_after / 5`).
+    ///
+    /// ```
+    /// use async_endpoint::backend::RedisBackend;
+    /// use std::time::Duration;
+    ///
+    /// let built = RedisBackend::builder("redis://127.0.0.1/")
+    ///     .takeover_after(Duration::from_millis(100))
+    ///     .build();
+    /// assert!(matches!(built, Err(async_endpoint::Error::Config { setting: "takeover_after", .. })));
+    /// ```
+    pub fn takeover_after(mut self, after: Duration) -> Self {
+        self.takeover_after = after;
         self
     }
 
@@ -209,6 +237,11 @@ impl RedisBackendBuilder {
         }
         if self.claim_idle < Duration::from_millis(100) {
             return bad("claim_idle", "must be at least 100 ms".into());
+        }
+        if self.takeover_after < Duration::from_millis(500)
+            || self.takeover_after > Duration::from_secs(3600)
+        {
+            return bad("takeover_after", "must be between 500 ms and 1 hour".into());
         }
         if self.max_deliveries == 0 {
             return bad("max_deliveries", "must be at least 1".into());

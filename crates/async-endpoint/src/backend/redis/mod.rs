@@ -7,6 +7,8 @@
 //! | `{prefix}:r:{<id>}` | hash | one record per request, TTL re-applied on every write |
 //! | `{prefix}:r:{<id>}:<field>` | string | a record field (`p`, `g`, `o` or `f`) longer than 64 bytes, kept out of the hash with the record's TTL |
 //! | `{prefix}:q:<task>` | stream + group `workers` | the task's queue: one entry `i=<id>` per job |
+//! | `{prefix}:w:<consumer>` | string | a worker process's heartbeat, refreshed every `takeover_after / 5`, expiring after `takeover_after × 2/5` |
+//! | `{prefix}:s:<consumer>` | string | set by a worker that found that heartbeat gone; the jobs are taken over if it is still gone a grace period later |
 //! | `{prefix}:n` | pub/sub channel | the id of every request that changed |
 //! | `{prefix}:k:<digest>` | string | an idempotency key (digest of task, owner and key): `<id> <created_ms> <params digest>`, for the TTL from creation |
 //! | `{prefix}:po:<owner digest>` | sorted set | an owner's pending request ids, scored by deadline (pending limits) |
@@ -73,7 +75,7 @@ const GROUP: &str = "workers";
 /// polling answer 503 and workers back off and retry.
 ///
 /// Execution is at-least-once: a job whose worker dies is run again by another one after
-/// [`claim_idle`](RedisBackendBuilder::claim_idle), so tasks should be idempotent. Records and
+/// [`takeover_after`](RedisBackendBuilder::takeover_after) (5 s), so tasks should be idempotent. Records and
 /// queues live in Redis, so use a Redis that persists (AOF) if requests must survive its restart.
 /// Scripts touch a record and its task's stream together, so Redis Cluster is not supported; a
 /// single Redis or a Sentinel-managed primary is.
@@ -171,6 +173,16 @@ impl Keys {
 
     fn queue(&self, task: &str) -> String {
         format!("{}:q:{task}", self.prefix)
+    }
+
+    /// A worker process's heartbeat key (its consumer name), see `takeover.lua`.
+    fn alive(&self, consumer: &str) -> String {
+        format!("{}:w:{consumer}", self.prefix)
+    }
+
+    /// Set by a worker that found `alive` gone; the worker clears it when it beats.
+    fn suspect(&self, consumer: &str) -> String {
+        format!("{}:s:{consumer}", self.prefix)
     }
 
     fn idempotency(&self, scoped: &str) -> String {

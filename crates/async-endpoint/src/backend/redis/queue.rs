@@ -5,8 +5,17 @@
 //! * Entries leave the stream (`XACK` + `XDEL`) when their record reaches a terminal state, so a
 //!   stream holds only live jobs; `XADD … MINID ~` also trims entries older than the TTL (their
 //!   deadlines have passed, so nothing that could still run is ever trimmed).
-//! * A heartbeat (`XCLAIM … JUSTID` by this consumer, every `claim_idle / 3`) keeps the entries
-//!   this process is working on from looking idle; entries of dead workers go idle and are
+//! * Liveness: each worker process keeps a heartbeat key `{prefix}:w:<consumer>` (`SET … PX`
+//!   `takeover_after × 2/5`, every `takeover_after / 5`, and before its first read). Every
+//!   `takeover_after / 20` a fetching worker runs `takeover.lua` per stream: consumers with
+//!   pending entries and no heartbeat key are marked suspect, and their entries are taken over
+//!   (`XCLAIM`, bounded by `claim_batch`) once they are still silent `takeover_after × 2/5`
+//!   later, so a killed worker's jobs run again within `takeover_after`, and a live worker whose
+//!   beat was only late (Redis paused or slow) beats first. Delivery counts carry over, so
+//!   `max_deliveries` still stops poison jobs.
+//! * Entries a live worker stops vouching for (dropped after an error, or running past their
+//!   deadline) go idle: a second heartbeat (`XCLAIM … JUSTID` by this consumer, every
+//!   `claim_idle / 3`) keeps the entries this process is working on fresh, and idle ones are
 //!   claimed with `XAUTOCLAIM` (bounded by `claim_batch`) every `claim_idle / 4`, their delivery
 //!   count read from the pending list.
 //! * Groups are created with the stream by the first enqueue, or by a worker on a stream that
@@ -47,6 +56,12 @@ pub(super) struct QueueState {
     groups: HashSet<String>,
     /// When the next `XAUTOCLAIM` round is due.
     next_claim: Option<Instant>,
+    /// When the next `takeover.lua` round is due.
+    next_takeover: Option<Instant>,
+    /// When this process's heartbeat key was last written (the time the write was sent).
+    beat_at: Option<Instant>,
+    /// The heartbeat goes on until then (a fetch is reading), or while jobs are in flight.
+    beat_until: Option<Instant>,
     /// Where each task's `XAUTOCLAIM` scan continues.
     cursors: HashMap<String, String>,
     /// When the next consumer clean-up is due.
@@ -55,6 +70,27 @@ pub(super) struct QueueState {
 
 fn claim_interval(claim_idle: Duration) -> Duration {
     (claim_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(10))
+}
+
+/// How often a worker process refreshes its heartbeat key.
+fn beat_every(takeover: Duration) -> Duration {
+    takeover / 5
+}
+
+/// How long the heartbeat key lives without a refresh (two beats).
+fn beat_ttl(takeover: Duration) -> Duration {
+    takeover * 2 / 5
+}
+
+/// How long a consumer found without a heartbeat stays suspect before its jobs are taken over.
+fn takeover_grace(takeover: Duration) -> Duration {
+    takeover * 2 / 5
+}
+
+/// How often a fetching worker looks for dead workers' jobs. Expiry, a round to see it, the
+/// grace and a round to confirm: 2/5 + 1/20 + 2/5 + 1/20 = 9/10 of `takeover_after`.
+fn takeover_every(takeover: Duration) -> Duration {
+    takeover / 20
 }
 
 fn heartbeat_interval(claim_idle: Duration) -> Duration {
@@ -111,17 +147,134 @@ pub(super) async fn fetch(
         }
         tokio::time::sleep(QUEUE_RECHECK.min(until - now)).await;
     };
+    // Our heartbeat key must exist before we own any entry, or another worker could take it.
+    // (Only while there is a queue to read: an idle process leaves no key behind.)
+    beat_while(b, until).await?;
     let claimed = claim_if_due(b, &ready, max).await?;
     if !claimed.is_empty() {
         return Ok(claimed);
     }
-    read(
-        b,
-        &ready,
-        max,
-        until.saturating_duration_since(Instant::now()),
-    )
-    .await
+    // Read in slices no longer than the takeover interval, looking for dead workers' jobs
+    // between them, so an idle worker takes them over within the bound.
+    let every = takeover_every(b.inner.settings.takeover_after);
+    loop {
+        let taken = takeover_if_due(b, &ready, max).await?;
+        if !taken.is_empty() {
+            return Ok(taken);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        let jobs = read(b, &ready, max, left.min(every)).await?;
+        if !jobs.is_empty() || left <= every {
+            return Ok(jobs);
+        }
+        if RedisBackend::lock(&b.inner.queue).groups.is_empty() {
+            // The queues went away (NOGROUP): look them up again on the next fetch.
+            return Ok(jobs);
+        }
+    }
+}
+
+/// Keeps the heartbeat going until `until` (and while jobs are in flight), writing the key now
+/// if the last write is older than one beat.
+async fn beat_while(b: &RedisBackend, until: Instant) -> Result<(), Error> {
+    {
+        let mut state = RedisBackend::lock(&b.inner.queue);
+        if state.beat_until.is_none_or(|at| at < until) {
+            state.beat_until = Some(until);
+        }
+    }
+    ensure_beat(b).await
+}
+
+/// Writes this process's heartbeat key now if the last write is older than one beat.
+async fn ensure_beat(b: &RedisBackend) -> Result<(), Error> {
+    let every = beat_every(b.inner.settings.takeover_after);
+    let fresh = RedisBackend::lock(&b.inner.queue)
+        .beat_at
+        .is_some_and(|at| at.elapsed() < every);
+    if fresh {
+        return Ok(());
+    }
+    beat(b).await
+}
+
+/// Writes this process's heartbeat key (and clears a suspicion another worker raised).
+async fn beat(b: &RedisBackend) -> Result<(), Error> {
+    let sent = Instant::now();
+    let mut conn = b.conn().await?;
+    let ttl = beat_ttl(b.inner.settings.takeover_after);
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg(b.inner.keys.alive(&b.inner.consumer))
+        .arg(1)
+        .arg("PX")
+        .arg(ttl.as_millis() as u64)
+        .ignore()
+        .del(b.inner.keys.suspect(&b.inner.consumer))
+        .ignore();
+    b.bounded(pipe.query_async::<()>(&mut conn)).await?;
+    let mut state = RedisBackend::lock(&b.inner.queue);
+    if state.beat_at.is_none_or(|at| at < sent) {
+        state.beat_at = Some(sent);
+    }
+    Ok(())
+}
+
+/// Takes over the jobs of dead workers (no heartbeat key), when a round is due.
+async fn takeover_if_due(
+    b: &RedisBackend,
+    tasks: &[&'static str],
+    max: usize,
+) -> Result<Vec<Job>, Error> {
+    let settings = &b.inner.settings;
+    let now = Instant::now();
+    {
+        let mut state = RedisBackend::lock(&b.inner.queue);
+        if state.next_takeover.is_some_and(|at| at > now) {
+            return Ok(Vec::new());
+        }
+        state.next_takeover = Some(now + takeover_every(settings.takeover_after));
+    }
+    ensure_beat(b).await?;
+    let mut conn = b.conn().await?;
+    let grace = takeover_grace(settings.takeover_after).as_millis() as u64;
+    let mut jobs = Vec::new();
+    for task in tasks {
+        let left = max.saturating_sub(jobs.len()).min(settings.claim_batch);
+        if left == 0 {
+            break;
+        }
+        let mut call = b.inner.scripts.takeover.prepare_invoke();
+        call.key(b.inner.keys.queue(task))
+            .arg(&b.inner.consumer)
+            .arg(left)
+            .arg(grace);
+        let taken = match b.bounded_raw(call.invoke_async(&mut conn)).await? {
+            Ok(taken) => taken,
+            Err(e) if is_nogroup(&e) => {
+                forget_groups(b);
+                return Ok(jobs);
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        let entries: Vec<(String, String, u64)> = reply("takeover reply", taken)?;
+        for (receipt, id, deliveries) in entries {
+            let Ok(id) = id.parse::<RequestId>() else {
+                discard(b, task, &receipt).await;
+                continue;
+            };
+            let job = Job {
+                id,
+                task: (*task).to_owned(),
+                receipt,
+                deliveries: deliveries.min(u64::from(u32::MAX)) as u32,
+            };
+            tracing::warn!(request_id = %job.id, task, deliveries = job.deliveries, "took over a job whose worker stopped (no heartbeat)");
+            vouch_until(b, &job, fresh_until(b));
+            jobs.push(job);
+        }
+    }
+    Ok(jobs)
 }
 
 /// Entries of `task`'s stream not delivered to a worker: `XLEN` less the group's pending
@@ -497,29 +650,54 @@ fn ensure_heartbeat(b: &RedisBackend) {
         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
         .is_ok()
     {
-        let every = heartbeat_interval(inner.settings.claim_idle);
         tokio::spawn(heartbeat(
             std::sync::Arc::downgrade(inner),
             inner.closed.subscribe(),
-            every,
         ));
     }
 }
 
-/// Every `claim_idle / 3`, re-claims (`XCLAIM … JUSTID`, which resets the idle time without
-/// counting a delivery) the entries this process is still working on.
-async fn heartbeat(
-    inner: Weak<Inner>,
-    mut closed: tokio::sync::watch::Receiver<()>,
-    every: Duration,
-) {
+/// Every `takeover_after / 5`, refreshes this process's heartbeat key; every `claim_idle / 3`,
+/// also re-claims (`XCLAIM … JUSTID`, which resets the idle time without counting a delivery)
+/// the entries this process is still working on.
+async fn heartbeat(inner: Weak<Inner>, mut closed: tokio::sync::watch::Receiver<()>) {
+    let mut next_refresh = Instant::now();
     loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let b = RedisBackend { inner: strong };
+        let every = beat_every(b.inner.settings.takeover_after);
+        let wanted = RedisBackend::lock(&b.inner.queue)
+            .beat_until
+            .is_some_and(|at| at + every > Instant::now())
+            || {
+                let now = now_ms();
+                RedisBackend::lock(&b.inner.in_flight)
+                    .values()
+                    .any(|until| *until > now)
+            };
+        if wanted && let Err(error) = beat(&b).await {
+            tracing::debug!(
+                error = &error as &dyn std::error::Error,
+                "heartbeat failed; will try again"
+            );
+        }
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + heartbeat_interval(b.inner.settings.claim_idle);
+            refresh(&b).await;
+        }
+        drop(b);
         tokio::select! {
             _ = closed.changed() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let Some(inner) = inner.upgrade() else { return };
-        let b = RedisBackend { inner };
+    }
+}
+
+/// Re-claims the entries this process is still working on, so they never look idle.
+async fn refresh(b: &RedisBackend) {
+    {
         let now = now_ms();
         let mut by_task: HashMap<String, Vec<String>> = HashMap::new();
         {
@@ -533,10 +711,10 @@ async fn heartbeat(
             }
         }
         if by_task.is_empty() {
-            continue;
+            return;
         }
         let Ok(mut conn) = b.conn().await else {
-            continue;
+            return;
         };
         for (task, receipts) in by_task {
             for chunk in receipts.chunks(HEARTBEAT_CHUNK) {
@@ -552,7 +730,7 @@ async fn heartbeat(
                     tracing::debug!(
                         task,
                         error = &error as &dyn std::error::Error,
-                        "heartbeat failed; will try again"
+                        "entry refresh failed; will try again"
                     );
                 }
             }
