@@ -153,7 +153,6 @@ impl RedisBackendBuilder {
 
     /// Where connections go: the URL's server (with the TLS settings), or the sentinels'.
     fn connector(&self) -> Result<Connector, Error> {
-        let bad = |setting: &'static str, reason: String| Err(Error::Config { setting, reason });
         if connector::is_sentinel_url(&self.url) {
             #[cfg(feature = "redis-tls")]
             if self.tls_root.is_some() || self.tls_client.is_some() {
@@ -162,11 +161,15 @@ impl RedisBackendBuilder {
                 } else {
                     "tls_client_certificate"
                 };
-                return bad(setting, "only applies to a rediss:// URL".into());
+                return Err(Error::Config {
+                    setting,
+                    reason: "only applies to a rediss:// URL".into(),
+                });
             }
             return connector::sentinel(&self.url);
         }
-        self.client().map(Connector::Direct)
+        self.client()
+            .map(|client| Connector::Direct(Box::new(client)))
     }
 
     /// The client for a `redis://` or `rediss://` URL and the TLS settings.

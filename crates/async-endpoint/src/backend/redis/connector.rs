@@ -12,6 +12,9 @@
 
 use std::sync::Arc;
 
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
@@ -27,17 +30,21 @@ const SENTINEL_PORT: u16 = 26379;
 #[derive(Clone)]
 pub(super) enum Connector {
     /// The URL's server, always.
-    Direct(redis::Client),
+    Direct(Box<redis::Client>),
     /// The primary the sentinels name, asked anew for every connection.
     Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
 }
 
 impl Connector {
-    /// A client for the server to connect to now.
-    pub(super) async fn client(&self) -> RedisResult<redis::Client> {
+    /// A client for the server to connect to now. (Boxed: redis-rs's Sentinel futures are deep,
+    /// and every command's future would otherwise contain them.)
+    pub(super) fn client(&self) -> BoxFuture<'static, RedisResult<redis::Client>> {
         match self {
-            Connector::Direct(client) => Ok(client.clone()),
-            Connector::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+            Connector::Direct(client) => std::future::ready(Ok((**client).clone())).boxed(),
+            Connector::Sentinel(sentinel) => {
+                let sentinel = sentinel.clone();
+                async move { sentinel.lock().await.async_get_client().await }.boxed()
+            }
         }
     }
 
@@ -68,8 +75,7 @@ pub(super) fn sentinel(url: &str) -> Result<Connector, Error> {
     };
     let mut nodes = Vec::new();
     for host in hosts.split(',') {
-        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '?' || c == '#')
-        {
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '?' || c == '#') {
             return Err(bad(
                 "a Sentinel URL lists sentinels as host[:port],host[:port]… (redis+sentinel://host:26379/<master>)"
                     .into(),

@@ -49,8 +49,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{FromRedisValue, ParsingError, RedisError, Value};
 use serde::Serialize;
 
@@ -194,7 +194,8 @@ impl Keys {
 
 impl RedisBackend {
     /// Starts configuring a backend for the Redis at `url` (`redis://[user:pass@]host:port/db`,
-    /// `rediss://` for TLS is not compiled in). See [`RedisBackendBuilder`] for the settings.
+    /// `rediss://` for TLS with the `redis-tls` feature, `redis+sentinel://host:26379,…/<master>` for
+    /// Sentinel). See [`RedisBackendBuilder`] for the settings.
     ///
     /// ```
     /// use async_endpoint::backend::RedisBackend;

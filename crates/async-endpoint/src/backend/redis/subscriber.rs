@@ -40,13 +40,10 @@ pub(super) async fn run(mut s: Subscriber) {
         let connect = async {
             let pubsub = async { s.connector.client().await?.get_async_pubsub().await };
             let mut pubsub = tokio::time::timeout(s.connection_timeout, pubsub)
-                    .await
-                    .map_err(|e| {
-                        redis::RedisError::from(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            e,
-                        ))
-                    })??;
+                .await
+                .map_err(|e| {
+                    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, e))
+                })??;
             tokio::time::timeout(s.response_timeout, pubsub.subscribe(&s.channel))
                 .await
                 .map_err(|e| {
