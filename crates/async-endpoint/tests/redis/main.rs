@@ -9,6 +9,7 @@ mod conformance_redis;
 mod redis_backend;
 mod redis_faults;
 mod redis_processes;
+mod redis_sentinel;
 mod redis_stream;
 mod redis_tls;
 #[cfg(feature = "testing")]

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::RedisBackend;
+use super::connector::{self, Connector};
 use crate::error::Error;
 
 /// Configures a [`RedisBackend`]; `build()` checks every setting and names the bad one.
@@ -22,6 +23,13 @@ use crate::error::Error;
 /// URLs: `redis://[user:pass@]host:port/db`, and `rediss://…` for TLS (feature `redis-tls`:
 /// rustls, no system OpenSSL; the server is verified against the system's roots or
 /// `tls_root_certificate`; `rediss://host/#insecure` skips verification and is for tests only).
+///
+/// Redis Sentinel: `redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/<master>[/db]`
+/// lists the sentinels (port 26379 unless given) and names the monitored master; the
+/// credentials and db are the primary's (sentinels are reached without a password). Every
+/// connection, and every reconnection, asks the sentinels which server is primary now, so after
+/// a failover the backend follows the new primary; requests caught by the switch answer 503 (or
+/// their workers retry) instead of hanging. Sentinel with TLS is not supported yet.
 ///
 /// Each worker process keeps a heartbeat key (`{prefix}:w:<consumer>`, refreshed every
 /// `takeover_after / 5`, expiring after `takeover_after × 2/5`). Another worker takes over the
@@ -172,7 +180,28 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// The client for the URL and the TLS settings.
+    /// Where connections go: the URL's server (with the TLS settings), or the sentinels'.
+    fn connector(&self) -> Result<Connector, Error> {
+        if connector::is_sentinel_url(&self.url) {
+            #[cfg(feature = "redis-tls")]
+            if self.tls_root.is_some() || self.tls_client.is_some() {
+                let setting = if self.tls_root.is_some() {
+                    "tls_root_certificate"
+                } else {
+                    "tls_client_certificate"
+                };
+                return Err(Error::Config {
+                    setting,
+                    reason: "only applies to a rediss:// URL".into(),
+                });
+            }
+            return connector::sentinel(&self.url);
+        }
+        self.client()
+            .map(|client| Connector::Direct(Box::new(client)))
+    }
+
+    /// The client for a `redis://` or `rediss://` URL and the TLS settings.
     fn client(&self) -> Result<redis::Client, Error> {
         let bad = |setting: &'static str, reason: String| Err(Error::Config { setting, reason });
         let tls = self.url.starts_with("rediss://");
@@ -255,7 +284,7 @@ impl RedisBackendBuilder {
         if self.claim_batch == 0 {
             return bad("claim_batch", "must be at least 1".into());
         }
-        let client = self.client()?;
-        Ok(RedisBackend::from_parts(client, self))
+        let connector = self.connector()?;
+        Ok(RedisBackend::from_parts(connector, self))
     }
 }

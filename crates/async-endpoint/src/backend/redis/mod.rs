@@ -41,6 +41,7 @@
 //! * waiting polls: one shared subscriber connection per process feeds a [`Notifier`].
 
 mod config;
+mod connector;
 mod queue;
 mod scripts;
 mod subscriber;
@@ -50,11 +51,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use redis::AsyncConnectionConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{FromRedisValue, ParsingError, RedisError, Value};
 use serde::Serialize;
 
 pub use config::RedisBackendBuilder;
+use connector::{Conn, Connector};
 use scripts::{Admission, Skipped, Stored, Write};
 
 use super::{
@@ -127,13 +130,19 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 struct Inner {
-    client: redis::Client,
+    /// Where connections go (the URL's server, or the primary Sentinel names).
+    connector: Connector,
     settings: RedisBackendBuilder,
     keys: Keys,
     /// This process's consumer name: host, pid and random bits, so no two processes collide.
     consumer: String,
     /// Commands (scripts); multiplexed, reconnecting, made on first use.
     conn: tokio::sync::OnceCell<ConnectionManager>,
+    /// With Sentinel, commands go over this connection to the current primary instead; it is
+    /// dropped on any connection trouble or `READONLY` and re-made through Sentinel.
+    primary: Mutex<Option<MultiplexedConnection>>,
+    /// One (re)connection through Sentinel at a time.
+    connecting: tokio::sync::Mutex<()>,
     /// Blocking reads get a connection of their own, so they never hold up other commands.
     blocking: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     notifier: Notifier,
@@ -198,7 +207,8 @@ impl Keys {
 
 impl RedisBackend {
     /// Starts configuring a backend for the Redis at `url` (`redis://[user:pass@]host:port/db`,
-    /// `rediss://` for TLS is not compiled in). See [`RedisBackendBuilder`] for the settings.
+    /// `rediss://` for TLS with the `redis-tls` feature, `redis+sentinel://host:26379,…/<master>` for
+    /// Sentinel). See [`RedisBackendBuilder`] for the settings.
     ///
     /// ```
     /// use async_endpoint::backend::RedisBackend;
@@ -246,7 +256,7 @@ impl RedisBackend {
         &self.inner.consumer
     }
 
-    pub(super) fn from_parts(client: redis::Client, settings: RedisBackendBuilder) -> Self {
+    fn from_parts(connector: Connector, settings: RedisBackendBuilder) -> Self {
         let keys = Keys {
             channel: format!("{}:n", settings.prefix),
             prefix: settings.prefix.clone(),
@@ -260,10 +270,12 @@ impl RedisBackend {
             .unwrap_or_else(|_| r#"{"kind":"cancelled"}"#.to_owned());
         RedisBackend {
             inner: Arc::new(Inner {
-                client,
+                connector,
                 keys,
                 consumer: consumer_name(),
                 conn: tokio::sync::OnceCell::new(),
+                primary: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
                 blocking: tokio::sync::Mutex::new(None),
                 notifier: Notifier::default(),
                 subscriber_started: AtomicBool::new(false),
@@ -283,8 +295,14 @@ impl RedisBackend {
     }
 
     /// The shared command connection, made on first use (inside the runtime).
-    async fn conn(&self) -> Result<ConnectionManager, Error> {
+    async fn conn(&self) -> Result<Conn, Error> {
+        if self.inner.connector.is_sentinel() {
+            return self.primary().await.map(Conn::Plain);
+        }
         let settings = &self.inner.settings;
+        let Connector::Direct(client) = &self.inner.connector else {
+            unreachable!("checked above");
+        };
         self.inner
             .conn
             .get_or_try_init(|| async {
@@ -295,13 +313,66 @@ impl RedisBackend {
                     // off); the next command starts a new reconnection attempt.
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                self.inner
-                    .client
-                    .get_connection_manager_lazy(config)
-                    .map_err(map_err)
+                client.get_connection_manager_lazy(config).map_err(map_err)
             })
             .await
             .cloned()
+            .map(Conn::Managed)
+    }
+
+    /// With Sentinel: the connection to the current primary, made through Sentinel when there
+    /// is none (first use, or dropped by [`forget_primary`](Self::forget_primary)).
+    async fn primary(&self) -> Result<MultiplexedConnection, Error> {
+        if let Some(conn) = Self::lock(&self.inner.primary).clone() {
+            return Ok(conn);
+        }
+        let _one = self.inner.connecting.lock().await;
+        if let Some(conn) = Self::lock(&self.inner.primary).clone() {
+            return Ok(conn);
+        }
+        let settings = &self.inner.settings;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(settings.connection_timeout))
+            .set_response_timeout(Some(settings.response_timeout));
+        let connector = self.inner.connector.clone();
+        let conn = self
+            .bounded(async move {
+                connector
+                    .client()
+                    .await?
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+            })
+            .await?;
+        *Self::lock(&self.inner.primary) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// With Sentinel: drops the command connection after `error`, when it means the connection
+    /// is dead or no longer goes to the primary (`READONLY`: a failover made it a replica), so
+    /// the next command asks Sentinel again.
+    fn forget_primary(&self, error: Option<&RedisError>) {
+        if !self.inner.connector.is_sentinel() {
+            return;
+        }
+        let stale = error.is_none_or(|error| {
+            use redis::{ErrorKind, RetryMethod, ServerErrorKind};
+            error.is_io_error()
+                || error.is_timeout()
+                || error.is_connection_dropped()
+                || error.is_connection_refusal()
+                || matches!(
+                    error.kind(),
+                    ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+                )
+                || matches!(
+                    error.retry_method(),
+                    RetryMethod::Reconnect | RetryMethod::ReconnectFromInitialConnections
+                )
+        });
+        if stale {
+            Self::lock(&self.inner.primary).take();
+        }
     }
 
     /// Bounds a command by the connection and response timeouts together, so no call hangs.
@@ -319,9 +390,13 @@ impl RedisBackend {
     ) -> Result<Result<T, RedisError>, Error> {
         let settings = &self.inner.settings;
         let bound = settings.connection_timeout * 2 + settings.response_timeout;
-        tokio::time::timeout(bound, command)
-            .await
-            .map_err(|elapsed| Error::Unavailable(Box::new(elapsed)))
+        let answer = tokio::time::timeout(bound, command).await;
+        match &answer {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => self.forget_primary(Some(error)),
+            Err(_) => self.forget_primary(None),
+        }
+        answer.map_err(|elapsed| Error::Unavailable(Box::new(elapsed)))
     }
 
     fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -370,7 +445,7 @@ impl RedisBackend {
             .is_ok()
         {
             runtime.spawn(subscriber::run(subscriber::Subscriber {
-                client: inner.client.clone(),
+                connector: inner.connector.clone(),
                 channel: inner.keys.channel.clone(),
                 notifier: inner.notifier.clone(),
                 closed: inner.closed.subscribe(),

@@ -440,7 +440,7 @@ async fn claim_if_due(
 /// Deletes consumers left behind by exited processes (nothing pending, long idle).
 async fn reap_consumers(
     b: &RedisBackend,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut super::connector::Conn,
     tasks: &[&'static str],
 ) {
     let idle = REAP_IDLE.max(b.inner.settings.claim_idle * 10);
@@ -548,12 +548,16 @@ async fn read_group(
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(settings.connection_timeout))
                 .set_response_timeout(None);
+            // Through the connector: with Sentinel, every new connection goes to the primary.
+            let connector = b.inner.connector.clone();
             let conn = b
-                .bounded(
-                    b.inner
-                        .client
-                        .get_multiplexed_async_connection_with_config(&config),
-                )
+                .bounded(async move {
+                    connector
+                        .client()
+                        .await?
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                })
                 .await?;
             slot.insert(conn)
         }

@@ -22,7 +22,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PING_EVERY: Duration = Duration::from_secs(10);
 
 pub(super) struct Subscriber {
-    pub(super) client: redis::Client,
+    /// Asked for the server on every (re)connection, so with Sentinel it follows the primary.
+    pub(super) connector: super::connector::Connector,
     pub(super) channel: String,
     pub(super) notifier: Notifier,
     pub(super) closed: tokio::sync::watch::Receiver<()>,
@@ -37,15 +38,12 @@ pub(super) async fn run(mut s: Subscriber) {
     let mut was_connected = true;
     loop {
         let connect = async {
-            let mut pubsub =
-                tokio::time::timeout(s.connection_timeout, s.client.get_async_pubsub())
-                    .await
-                    .map_err(|e| {
-                        redis::RedisError::from(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            e,
-                        ))
-                    })??;
+            let pubsub = async { s.connector.client().await?.get_async_pubsub().await };
+            let mut pubsub = tokio::time::timeout(s.connection_timeout, pubsub)
+                .await
+                .map_err(|e| {
+                    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, e))
+                })??;
             tokio::time::timeout(s.response_timeout, pubsub.subscribe(&s.channel))
                 .await
                 .map_err(|e| {
