@@ -358,24 +358,95 @@ async fn retries_show_retrying_and_succeed() {
         ),
         ..Scripted::default()
     };
-    let endpoint = builder(task.clone()).build().unwrap();
+    // What a poll reads the moment each retry is recorded: the window between attempts is only
+    // the backoff, which a client's polls may miss on a busy machine, so the check is made where
+    // it cannot be missed.
+    let backend = SeesRetrying::default();
+    let endpoint = builder(task.clone())
+        .backend(backend.clone())
+        .build()
+        .unwrap();
     let app = router(&endpoint);
     let a = start(&app, "text=r&fail_attempts=2").await;
-    let mut seen = Vec::new();
-    let last = loop {
-        let p = poll(&app, "/job", &a.id(), &a.token(), Some(5)).await;
-        if p.status != StatusCode::ACCEPTED {
-            break p;
-        }
-        seen.push(p.json()["status"].as_str().unwrap().to_owned());
-    };
+    let last = until_final(&app, "/job", &a.id(), &a.token()).await;
     assert_eq!(last.status, StatusCode::OK);
     assert_eq!(last.json()["attempt"], 3);
-    assert!(
-        seen.iter().any(|s| s == "retrying"),
-        "statuses seen: {seen:?}"
+    assert_eq!(
+        backend.seen(),
+        ["retrying", "retrying"],
+        "after each failed attempt a poll reads `retrying`"
     );
     assert_eq!(task.runs().len(), 3);
+}
+
+/// The memory backend, recording what a poll reads right after each `Update::Retrying`.
+#[derive(Clone, Default)]
+struct SeesRetrying {
+    inner: async_endpoint::backend::MemoryBackend,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SeesRetrying {
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+mod sees_retrying {
+    use super::SeesRetrying;
+    use async_endpoint::backend::{
+        Backend, Begin, Created, Job, NewRequest, Outcome, Snapshot, Update, Watch,
+    };
+    use async_endpoint::{Error, RequestId, Status};
+    use std::time::Duration;
+
+    impl Backend for SeesRetrying {
+        async fn create(&self, request: NewRequest) -> Result<Created, Error> {
+            self.inner.create(request).await
+        }
+        async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+            self.inner.poll(id, now_ms).await
+        }
+        fn watch(&self, id: RequestId) -> Watch {
+            self.inner.watch(id)
+        }
+        async fn fetch(
+            &self,
+            tasks: &[&'static str],
+            max: usize,
+            block: Duration,
+        ) -> Result<Vec<Job>, Error> {
+            self.inner.fetch(tasks, max, block).await
+        }
+        async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
+            self.inner.begin(job, now_ms).await
+        }
+        async fn update(&self, id: RequestId, update: Update) -> Result<(), Error> {
+            let retrying = update == Update::Retrying;
+            self.inner.update(id, update).await?;
+            if retrying {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let status = self
+                    .inner
+                    .poll(id, now)
+                    .await?
+                    .map_or("gone", |s| s.status.as_str());
+                self.seen.lock().unwrap().push(status.to_owned());
+            }
+            Ok(())
+        }
+        async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
+            self.inner.finish(job, outcome, now_ms).await
+        }
+        async fn release(&self, job: &Job) -> Result<(), Error> {
+            self.inner.release(job).await
+        }
+        async fn cancel(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+            self.inner.cancel(id, now_ms).await
+        }
+    }
 }
 
 #[tokio::test]

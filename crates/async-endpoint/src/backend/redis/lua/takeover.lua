@@ -4,8 +4,12 @@
 -- period later, so a live worker whose beat was late (Redis paused or slow for a moment, the key
 -- expired on its wall clock) beats again first and keeps its jobs. At most COUNT entries.
 -- KEYS: queue stream.  ARGV: this consumer, count, grace ms.
--- Returns {{entry id, request id, deliveries}...}. A missing stream or group is answered with
--- XINFO's own NOGROUP error, returned as it came.
+-- Returns {{entry id, request id, deliveries}...}. A missing group is answered with XINFO's own
+-- NOGROUP error, returned as it came; a missing stream (expired meanwhile: XINFO would say only
+-- "no such key") with a NOGROUP error too, so the worker looks its queues up again either way.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOGROUP the queue stream is gone')
+end
 local info = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], GROUP)
 if info.err then
   return info
