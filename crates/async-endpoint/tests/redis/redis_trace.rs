@@ -152,6 +152,16 @@ async fn the_workers_span_is_the_http_spans_child_over_redis() {
     })
     .await;
     assert!(ran.is_ok(), "the worker never got the job");
+    // A span is recorded when it closes: when the last task holding it (the attempt, the
+    // cancellation watch) has been dropped, which the runtime may do after `drain` returns.
+    let closed = |name: &str| tracer.0.lock().unwrap().iter().any(|(n, _)| n == name);
+    let recorded = tokio::time::timeout(Duration::from_secs(30), async {
+        while !closed("async_request") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(recorded.is_ok(), "the worker's span never closed");
     let spans = tracer.0.lock().unwrap().clone();
     let find = |name: &str| {
         spans
