@@ -12,5 +12,3 @@ mod redis_processes;
 mod redis_sentinel;
 mod redis_stream;
 mod redis_tls;
-#[cfg(feature = "testing")]
-mod redis_trace;

@@ -5,6 +5,11 @@
 //! trace id), wired through the two `trace_context` hooks exactly as an app wires
 //! `tracing-opentelemetry` (`Span::context()` + a propagator in `capture`, `set_parent` in
 //! `link`).
+//!
+//! A binary of its own: its subscriber is the process's global one, so no other test's
+//! subscriber (another thread's default, a global one with a level filter) can change which
+//! spans are enabled here (tracing caches a callsite's interest across all dispatchers).
+#![cfg(all(feature = "redis", feature = "testing"))]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -105,9 +110,10 @@ async fn the_workers_span_is_the_http_spans_child_over_redis() {
         return;
     };
     let tracer = Tracer::default();
-    // This thread's subscriber: the current-thread runtime polls the web side and the worker
-    // (`task_threads(0)`) here.
-    let _guard = tracing::subscriber::set_default(Registry::default().with(tracer.clone()));
+    // The process's subscriber (this binary's only test): the current-thread runtime polls the
+    // web side and the worker (`task_threads(0)`) here.
+    tracing::subscriber::set_global_default(Registry::default().with(tracer.clone()))
+        .expect("the only subscriber of this test binary");
     let secret = "trace test secret: thirty-two bytes or more, not an example";
     let web = AsyncEndpoint::builder()
         .task(Traced)
