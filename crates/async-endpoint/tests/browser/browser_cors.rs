@@ -108,6 +108,7 @@ fn cors(page_origin: &str) -> CorsLayer {
         .expose_headers([
             header::RETRY_AFTER,
             HeaderName::from_static("preference-applied"),
+            header::LINK,
         ])
         .max_age(Duration::from_secs(600))
 }
@@ -152,6 +153,8 @@ fn the_js_client_works_across_two_origins_with_the_readme_cors() {
         .enable_all()
         .build()
         .expect("runtime");
+    let streams = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let streams_seen = streams.clone();
     let (page, api, _endpoint) = rt.block_on(async move {
         let page_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -179,7 +182,21 @@ fn the_js_client_works_across_two_origins_with_the_readme_cors() {
             .layer(endpoint.layer())
             // Outside the endpoint's layer, so preflights and the layer's own answers (cancels)
             // get the CORS headers too.
-            .layer(cors(&page));
+            .layer(cors(&page))
+            // Counts the page's requests for the shared event stream (found through `Link`).
+            .layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let streams = streams_seen.clone();
+                    async move {
+                        if request.method() == Method::POST
+                            && request.uri().path() == "/async-endpoint/stream"
+                        {
+                            streams.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        next.run(request).await
+                    }
+                },
+            ));
         let html = PAGE.replace("API_ORIGIN", &api);
         let page_app = Router::new()
             .route("/", get(move || async move { Html(html) }))
@@ -196,6 +213,7 @@ fn the_js_client_works_across_two_origins_with_the_readme_cors() {
     });
 
     let browser = Browser::launch().expect("launch headless chromium");
+    let streams_opened = || streams.load(std::sync::atomic::Ordering::SeqCst);
     browser.goto(&format!("{page}/")).expect("open page");
     browser
         .wait_for(
@@ -226,6 +244,10 @@ fn the_js_client_works_across_two_origins_with_the_readme_cors() {
     drop(browser);
     rt.shutdown_timeout(Duration::from_secs(2));
 
+    assert!(
+        streams_opened() > 0,
+        "the page never opened the shared event stream across origins (is `Link` exposed?)"
+    );
     let r = &results["es-success"];
     assert_eq!(r["ok"], true, "es-success: {r}");
     assert_eq!(r["status"], 200, "es-success: {r}");
