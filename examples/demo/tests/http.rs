@@ -296,10 +296,18 @@ async fn metrics_are_served_in_prometheus_text() {
     let (endpoint, app) = app(None).await;
     let (done, _) = start_and_poll(&app, "/api/lookup?q=tea&delay_ms=0&fail_rate=0").await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
-    // The queue depth is sampled by the worker about once a second: wait for its first sample
-    // since the recorder was installed (other tests of this binary share the process's recorder).
+    // The queue depth is sampled by the worker about once a second, and a job is counted as
+    // finished by its worker just after its outcome is stored (which a poll may see first): wait
+    // until every line is there (other tests of this binary share the process's recorder).
+    let lines = [
+        "# TYPE async_endpoint_requests_started_total counter",
+        "async_endpoint_requests_started_total{task=\"demo_lookup\"}",
+        "async_endpoint_requests_finished_total{task=\"demo_lookup\",outcome=\"done\"}",
+        "# TYPE async_endpoint_queue_wait_seconds summary",
+        "async_endpoint_queue_depth{task=\"demo_lookup\"}",
+    ];
     let give_up = std::time::Instant::now() + LONG;
-    let text = loop {
+    loop {
         let metrics = get(&app, "/metrics", &[]).await;
         assert_eq!(metrics.status, StatusCode::OK);
         assert!(
@@ -310,22 +318,20 @@ async fn metrics_are_served_in_prometheus_text() {
             "{:?}",
             metrics.headers
         );
-        if metrics
-            .body
-            .contains("async_endpoint_queue_depth{task=\"demo_lookup\"}")
-        {
-            break metrics.body;
+        let missing: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|line| !metrics.body.contains(line))
+            .collect();
+        if missing.is_empty() {
+            break;
         }
-        assert!(std::time::Instant::now() < give_up, "{}", metrics.body);
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no {missing:?} in:\n{}",
+            metrics.body
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    for line in [
-        "# TYPE async_endpoint_requests_started_total counter",
-        "async_endpoint_requests_started_total{task=\"demo_lookup\"}",
-        "async_endpoint_requests_finished_total{task=\"demo_lookup\",outcome=\"done\"}",
-        "# TYPE async_endpoint_queue_wait_seconds summary",
-    ] {
-        assert!(text.contains(line), "no {line} in:\n{text}");
     }
     endpoint.shutdown().await;
 }
