@@ -10,6 +10,7 @@
 
 use crate::engine::bad;
 use crate::error::Error;
+use crate::protocol::random_bytes;
 use crate::protocol::token::{Keyring, MIN_SECRET_LEN};
 
 /// Every secret this project's docs, examples and demo have ever printed. Never valid.
@@ -86,10 +87,7 @@ fn is_documented(secret: &[u8]) -> bool {
 
 /// A fresh random key for this process only.
 fn random() -> Keyring {
-    let mut key = [0u8; MIN_SECRET_LEN];
-    // The OS random source failing is not something a start-up can recover from.
-    #[allow(clippy::expect_used)]
-    getrandom::fill(&mut key).expect("the operating system's random source failed");
+    let key: [u8; MIN_SECRET_LEN] = random_bytes();
     tracing::info!(
         "no `secret` set: tokens are signed with a random key of this process (fine for the \
          in-memory backend, whose requests live and die with the process)"

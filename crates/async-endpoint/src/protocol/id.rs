@@ -21,14 +21,20 @@ pub struct RequestId([u8; 16]);
 #[error("malformed request id")]
 pub struct ParseIdError;
 
+/// `N` bytes from the operating system's CSPRNG (ids here, the per-process token key in
+/// `keys.rs`).
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // The OS random source failing is not something a request can cause or recover from.
+    #[allow(clippy::expect_used)]
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    bytes
+}
+
 impl RequestId {
     /// A fresh random id.
     pub fn random() -> Self {
-        let mut bytes = [0u8; 16];
-        // The OS random source failing is not something a request can cause or recover from.
-        #[allow(clippy::expect_used)]
-        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-        RequestId(bytes)
+        RequestId(random_bytes())
     }
 
     /// The id's raw bytes.

@@ -14,6 +14,7 @@ pub(crate) mod token;
 
 pub(crate) use credentials::Call;
 pub use credentials::{ID_HEADER, ID_PARAM, TOKEN_HEADER, TOKEN_PARAM};
+pub(crate) use id::random_bytes;
 pub use id::{ParseIdError, RequestId};
 pub(crate) use problem::{PROBLEM_JSON, Problem};
 pub(crate) use status::StatusBody;
