@@ -6,11 +6,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument as _;
 
-use crate::backend::{Backend, Begin, Job, Outcome, StoredFailure, Update};
+use crate::backend::{Backend, Begin, Job, Outcome, StoredFailure, Update, Watch};
 use crate::clock::now_ms;
 use crate::engine::{Engine, RunError, is_cancelled};
 use crate::protocol::{RequestId, Status};
@@ -23,6 +23,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Times an outcome is written before giving up (then the job is redelivered or times out).
 const FINISH_TRIES: u32 = 8;
+/// Most outcomes written in one [`Backend::finish_many`] call (every write stays bounded).
+const FINISH_BATCH: usize = 256;
 
 /// Jobs being run by this worker, so a shutdown can hand back the unfinished ones.
 type InFlight = Arc<Mutex<HashMap<(RequestId, String), Job>>>;
@@ -35,6 +37,7 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
     let in_flight: InFlight = Arc::default();
     let mut running = JoinSet::new();
     let mut backoff = BACKOFF_MIN;
+    let (finisher, writer) = Finisher::spawn(engine.clone());
     tracing::info!(tasks = ?engine.task_names, concurrency = engine.config.concurrency, "worker started");
     let sampler = crate::metrics::sample_queue_depth(&engine);
     loop {
@@ -75,6 +78,7 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
             }
         };
         let mut first = Some(permit);
+        let mut taken = Vec::with_capacity(jobs.len());
         for job in jobs {
             let permit = match first.take() {
                 Some(p) => p,
@@ -87,12 +91,43 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
                     }
                 },
             };
+            lock(&in_flight).insert((job.id, job.receipt.clone()), job.clone());
+            taken.push((job, permit));
+        }
+        // Watch each job before it begins, so a cancel from then on is heard without a poll.
+        let watches: Vec<Watch> = taken
+            .iter()
+            .map(|(job, _)| engine.backend.watch(job.id))
+            .collect();
+        let jobs: Vec<Job> = taken.iter().map(|(job, _)| job.clone()).collect();
+        let begun = match engine.backend.begin_many(&jobs, now_ms()).await {
+            Ok(begun) if begun.len() == jobs.len() => begun,
+            Ok(begun) => {
+                tracing::error!(
+                    jobs = jobs.len(),
+                    answers = begun.len(),
+                    "the backend answered begin_many with the wrong number of answers: handing the jobs back"
+                );
+                hand_back(&engine, &in_flight, &jobs).await;
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    jobs = jobs.len(),
+                    "could not start the jobs: handing them back"
+                );
+                hand_back(&engine, &in_flight, &jobs).await;
+                continue;
+            }
+        };
+        for (((job, permit), watch), begin) in taken.into_iter().zip(watches).zip(begun) {
             let key = (job.id, job.receipt.clone());
-            lock(&in_flight).insert(key.clone(), job.clone());
             let engine = engine.clone();
             let in_flight = in_flight.clone();
+            let finisher = finisher.clone();
             running.spawn(async move {
-                run_job(&engine, &job).await;
+                run_begun(&engine, &job, begin, watch, &finisher).await;
                 lock(&in_flight).remove(&key);
                 drop(permit);
             });
@@ -119,12 +154,25 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
             release(&engine, job).await;
         }
     }
+    // Every job is over: the writer writes the outcomes still waiting and stops.
+    drop(finisher);
+    if writer.await.is_err() {
+        tracing::error!("the outcome writer stopped abnormally");
+    }
     tracing::info!("worker stopped");
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Critical sections are single map operations; a poisoned lock still holds a valid map.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Hands back jobs that were taken but could not begin, so they are delivered again soon.
+async fn hand_back(engine: &Engine, in_flight: &InFlight, jobs: &[Job]) {
+    for job in jobs {
+        lock(in_flight).remove(&(job.id, job.receipt.clone()));
+        release(engine, job).await;
+    }
 }
 
 async fn release(engine: &Engine, job: &Job) {
@@ -143,32 +191,65 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Runs one job through its attempts and records the outcome.
+/// Runs one job through its attempts and records the outcome (one job at a time: the test
+/// helpers' `drain`).
 pub(crate) async fn run_job(engine: &Engine, job: &Job) {
-    let span = tracing::info_span!("async_request", request_id = %job.id, task = %job.task, deliveries = job.deliveries, traceparent = tracing::field::Empty);
-    run_attempts(engine, job).instrument(span).await;
+    let watch = engine.backend.watch(job.id);
+    let begin = match engine.backend.begin(job, now_ms()).await {
+        Ok(begin) => begin,
+        Err(error) => {
+            tracing::warn!(request_id = %job.id, error = &error as &dyn std::error::Error, "could not start the job; it will be redelivered");
+            return;
+        }
+    };
+    run_begun(engine, job, begin, watch, &Finisher::Direct).await;
 }
 
-async fn run_attempts(engine: &Engine, job: &Job) {
+/// Runs a job whose first attempt began (`begin`, after `watch` was registered) through its
+/// attempts, and records the outcome through `finisher`.
+async fn run_begun(engine: &Engine, job: &Job, begin: Begin, watch: Watch, finisher: &Finisher) {
+    let span = tracing::info_span!("async_request", request_id = %job.id, task = %job.task, deliveries = job.deliveries, traceparent = tracing::field::Empty);
+    run_attempts(engine, job, begin, watch, finisher)
+        .instrument(span)
+        .await;
+}
+
+async fn run_attempts(
+    engine: &Engine,
+    job: &Job,
+    begin: Begin,
+    mut watch: Watch,
+    finisher: &Finisher,
+) {
     let config = &engine.config;
     let Some(task) = engine.tasks.get(job.task.as_str()).cloned() else {
         tracing::error!("no task of this name is registered in this process: failing the request");
-        finish(engine, job, Outcome::Failed(StoredFailure::internal())).await;
+        finish(
+            engine,
+            finisher,
+            job,
+            Outcome::Failed(StoredFailure::internal()),
+        )
+        .await;
         return;
     };
     let policy = task.retry_policy();
     let mut linked = false;
     let mut redelivery_counted = false;
+    let mut first = Some(begin);
     loop {
-        let begin = match engine.backend.begin(job, now_ms()).await {
-            Ok(begin) => begin,
-            Err(error) => {
-                tracing::warn!(
-                    error = &error as &dyn std::error::Error,
-                    "could not start the job; it will be redelivered"
-                );
-                return;
-            }
+        let begin = match first.take() {
+            Some(begin) => begin,
+            None => match engine.backend.begin(job, now_ms()).await {
+                Ok(begin) => begin,
+                Err(error) => {
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "could not start the job; it will be redelivered"
+                    );
+                    return;
+                }
+            },
         };
         let Begin::Run {
             params,
@@ -219,11 +300,11 @@ async fn run_attempts(engine: &Engine, job: &Job) {
             AbortOnDrop(engine.task_runtime.spawn(task.clone().run(params, ctx)));
         let ran = tokio::select! {
             ran = tokio::time::timeout_at(deadline, &mut attempt_handle.0) => ran,
-            () = cancelled(engine, job.id) => {
+            () = cancelled(engine, job.id, &mut watch) => {
                 stop(attempt_handle, &cancellation, deadline).await;
                 crate::metrics::ran(&job.task, attempt_began.elapsed(), "cancelled");
                 // The request stands cancelled; this only hands the delivery back as done.
-                finish(engine, job, Outcome::Failed(StoredFailure::cancelled())).await;
+                finish(engine, finisher, job, Outcome::Failed(StoredFailure::cancelled())).await;
                 return;
             }
         };
@@ -237,11 +318,17 @@ async fn run_attempts(engine: &Engine, job: &Job) {
         let (failure, permanent) = match ran {
             Err(_) => {
                 tracing::warn!(attempt, "deadline passed while the task ran: cancelled");
-                finish(engine, job, Outcome::Failed(StoredFailure::timeout())).await;
+                finish(
+                    engine,
+                    finisher,
+                    job,
+                    Outcome::Failed(StoredFailure::timeout()),
+                )
+                .await;
                 return;
             }
             Ok(Ok(Ok(output))) => {
-                finish(engine, job, Outcome::Done(output)).await;
+                finish(engine, finisher, job, Outcome::Done(output)).await;
                 return;
             }
             Ok(Ok(Err(RunError::Failed(failure)))) => {
@@ -266,7 +353,7 @@ async fn run_attempts(engine: &Engine, job: &Job) {
         let delay = policy.delay_after(attempt);
         let out_of_time = now_ms().saturating_add(delay.as_millis() as u64) >= deadline_ms;
         if permanent || attempt >= policy.max_attempts() || out_of_time {
-            finish(engine, job, Outcome::Failed(failure)).await;
+            finish(engine, finisher, job, Outcome::Failed(failure)).await;
             return;
         }
         tracing::info!(attempt, delay_ms = delay.as_millis() as u64, "retrying");
@@ -280,9 +367,9 @@ async fn run_attempts(engine: &Engine, job: &Job) {
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             // Cancelled between attempts: no point sleeping on (the next `begin` would skip).
-            () = cancelled(engine, job.id) => {
+            () = cancelled(engine, job.id, &mut watch) => {
                 tracing::info!("request cancelled while waiting to retry");
-                finish(engine, job, Outcome::Failed(StoredFailure::cancelled())).await;
+                finish(engine, finisher, job, Outcome::Failed(StoredFailure::cancelled())).await;
                 return;
             }
         }
@@ -290,12 +377,12 @@ async fn run_attempts(engine: &Engine, job: &Job) {
 }
 
 /// Completes once request `id` stands cancelled, whichever process cancelled it: it reads the
-/// record after every change the backend announces for it (its own writes, progress included,
-/// and other processes' over the backend's notification channel). Never completes otherwise.
-async fn cancelled(engine: &Engine, id: RequestId) {
-    // Register before the first read, so a cancel between the read and the wait is not missed.
-    let mut watch = engine.backend.watch(id);
+/// record after every change the backend announces for it through `watch` (registered before
+/// the job began, so nothing since is missed; a cancel is always announced, see
+/// [`Backend::watch`]). Never completes otherwise.
+async fn cancelled(engine: &Engine, id: RequestId, watch: &mut Watch) {
     let mut backoff = BACKOFF_MIN;
+    watch.changed().await;
     loop {
         match engine.backend.poll(id, now_ms()).await {
             Ok(Some(snapshot)) if is_cancelled(&snapshot) => return,
@@ -343,34 +430,115 @@ async fn stop<T>(
     }
 }
 
-async fn finish(engine: &Engine, job: &Job, outcome: Outcome) {
+/// Writes outcomes: at once (`Direct`), or through the worker's outcome writer (`Batched`),
+/// which writes the outcomes of every job that ended while its last write was under way with one
+/// [`Backend::finish_many`] call. At idle a batch is one job, so batching adds no delay; under
+/// load it saves a round trip per job.
+#[derive(Clone)]
+enum Finisher {
+    Direct,
+    Batched(mpsc::UnboundedSender<Finished>),
+}
+
+/// An outcome waiting for the writer, and where to say what stands (`None`: not recorded).
+struct Finished {
+    job: Job,
+    outcome: Outcome,
+    reply: oneshot::Sender<Option<Status>>,
+}
+
+impl Finisher {
+    /// A batched finisher and its writer task, which ends once every clone is dropped and the
+    /// outcomes sent before are written.
+    fn spawn(engine: Arc<Engine>) -> (Finisher, JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(FINISH_BATCH);
+            while rx.recv_many(&mut batch, FINISH_BATCH).await > 0 {
+                let (items, replies): (Vec<(Job, Outcome)>, Vec<_>) = batch
+                    .drain(..)
+                    .map(|f: Finished| ((f.job, f.outcome), f.reply))
+                    .unzip();
+                let stands = write_outcomes(&engine, &items).await;
+                for (at, reply) in replies.into_iter().enumerate() {
+                    // The job may be gone (aborted at shutdown): nobody to tell.
+                    let _ = reply.send(stands.as_ref().map(|s| s[at]));
+                }
+            }
+        });
+        (Finisher::Batched(tx), writer)
+    }
+
+    /// Writes one outcome; the status that stands, or `None` if it could not be recorded.
+    async fn finish(&self, engine: &Engine, job: &Job, outcome: Outcome) -> Option<Status> {
+        match self {
+            Finisher::Direct => write_outcomes(engine, &[(job.clone(), outcome)])
+                .await
+                .map(|s| s[0]),
+            Finisher::Batched(tx) => {
+                let (reply, stands) = oneshot::channel();
+                let finished = Finished {
+                    job: job.clone(),
+                    outcome,
+                    reply,
+                };
+                if tx.send(finished).is_err() {
+                    return None;
+                }
+                stands.await.ok().flatten()
+            }
+        }
+    }
+}
+
+/// Writes `items` with [`Backend::finish_many`], trying again with backoff; `None` when every
+/// try failed (the jobs are then redelivered or fail at their deadline). The statuses that
+/// stand, one per item.
+async fn write_outcomes(engine: &Engine, items: &[(Job, Outcome)]) -> Option<Vec<Status>> {
     let mut backoff = BACKOFF_MIN;
     for _ in 0..FINISH_TRIES {
-        match engine.backend.finish(job, outcome.clone(), now_ms()).await {
-            Ok(status) => {
-                tracing::info!(status = status.as_str(), "request finished");
-                count_finished(engine, job, &outcome, status).await;
-                return;
+        match engine.backend.finish_many(items, now_ms()).await {
+            Ok(stands) if stands.len() == items.len() => return Some(stands),
+            Ok(stands) => {
+                tracing::error!(
+                    outcomes = items.len(),
+                    answers = stands.len(),
+                    "the backend answered finish_many with the wrong number of answers"
+                );
+                return None;
             }
             Err(error) => {
                 tracing::warn!(
                     error = &error as &dyn std::error::Error,
-                    "could not record the outcome; trying again"
+                    outcomes = items.len(),
+                    "could not record outcomes; trying again"
                 );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
-    tracing::error!("outcome not recorded; the job will be redelivered or fail at its deadline");
+    None
+}
+
+async fn finish(engine: &Engine, finisher: &Finisher, job: &Job, outcome: Outcome) {
+    let counted = cfg!(feature = "metrics").then(|| outcome.clone());
+    match finisher.finish(engine, job, outcome).await {
+        Some(status) => {
+            tracing::info!(status = status.as_str(), "request finished");
+            if let Some(outcome) = counted {
+                count_finished(engine, job, &outcome, status).await;
+            }
+        }
+        None => tracing::error!(
+            "outcome not recorded; the job will be redelivered or fail at its deadline"
+        ),
+    }
 }
 
 /// Counts how a request this worker finished ended: what stands, which is the outcome written
 /// unless the request had already ended otherwise (then one read says how).
 async fn count_finished(engine: &Engine, job: &Job, outcome: &Outcome, status: Status) {
-    if !cfg!(feature = "metrics") {
-        return;
-    }
     let kind = match (outcome, status) {
         (_, Status::Done) => None,
         (Outcome::Failed(failure), _) => Some(failure.kind),

@@ -396,6 +396,12 @@ pub trait Backend: Send + Sync {
 
     /// Registers interest in changes of `id`: the returned [`Watch`] fires after any later write
     /// to it (status or progress). Register before reading, so no change is missed.
+    ///
+    /// A networked backend may announce a write only when someone watches: it may count on a
+    /// watcher [`poll`](Self::poll)ing the request after registering (the engine's waiting polls
+    /// and event streams always do), and announce only writes to requests so polled. A
+    /// [`cancel`](Self::cancel) is always announced, so a worker that watched a job before its
+    /// [`begin`](Self::begin) hears of it without polling.
     fn watch(&self, id: RequestId) -> Watch;
 
     /// Waits up to `block` for jobs of the given tasks and returns at most `max` of them.
@@ -410,6 +416,27 @@ pub trait Backend: Send + Sync {
     /// `running` with its attempt count raised. Terminal or missing records, and those past their
     /// deadline (turned into `timeout` failures), give [`Begin::Skip`] and acknowledge the job.
     fn begin(&self, job: &Job, now_ms: u64) -> impl Future<Output = Result<Begin, Error>> + Send;
+
+    /// Starts attempts of several fetched jobs at once: the same as calling
+    /// [`begin`](Self::begin) for each job in order, in as few round trips as the backend can
+    /// make it (one, for the networked backends). Returns one [`Begin`] per job, in the jobs'
+    /// order. An `Err` means none is known to have begun: each job is redelivered as after a
+    /// failed `begin`. Workers call this with every batch they fetch.
+    ///
+    /// The default calls `begin` once per job.
+    fn begin_many(
+        &self,
+        jobs: &[Job],
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Begin>, Error>> + Send {
+        async move {
+            let mut begun = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                begun.push(self.begin(job, now_ms).await?);
+            }
+            Ok(begun)
+        }
+    }
 
     /// Applies `update` to an unfinished request (see [`Update`]); ignored once terminal.
     fn update(
@@ -427,6 +454,28 @@ pub trait Backend: Send + Sync {
         outcome: Outcome,
         now_ms: u64,
     ) -> impl Future<Output = Result<Status, Error>> + Send;
+
+    /// Writes several outcomes at once: the same as calling [`finish`](Self::finish) for each
+    /// `(job, outcome)` in order, in as few round trips as the backend can make it. Returns the
+    /// status that stands for each, in order. An `Err` means none is known to be written; since
+    /// `finish` is idempotent (the first terminal state wins), the worker writes them again.
+    /// Workers gather the outcomes of jobs that end while a write is under way and write them
+    /// with one call, so at idle a batch is a single job and adds no delay.
+    ///
+    /// The default calls `finish` once per job.
+    fn finish_many(
+        &self,
+        finished: &[(Job, Outcome)],
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Status>, Error>> + Send {
+        async move {
+            let mut statuses = Vec::with_capacity(finished.len());
+            for (job, outcome) in finished {
+                statuses.push(self.finish(job, outcome.clone(), now_ms).await?);
+            }
+            Ok(statuses)
+        }
+    }
 
     /// Hands an unfinished job back (graceful shutdown) so another worker can take it.
     fn release(&self, job: &Job) -> impl Future<Output = Result<(), Error>> + Send;

@@ -63,6 +63,24 @@ impl Notifier {
         }
     }
 
+    /// Whether anyone in this process watches `id` now: a networked backend's poll asks, and
+    /// when so marks the record so that later writes to it are announced (see
+    /// [`Backend::watch`](crate::backend::Backend::watch)).
+    ///
+    /// ```
+    /// use async_endpoint::{RequestId, backend::Notifier};
+    ///
+    /// let notifier = Notifier::default();
+    /// let id = RequestId::random();
+    /// let watch = notifier.watch(id);
+    /// assert!(notifier.is_watched(id));
+    /// drop(watch);
+    /// assert!(!notifier.is_watched(id));
+    /// ```
+    pub fn is_watched(&self, id: RequestId) -> bool {
+        self.lock().contains_key(&id)
+    }
+
     /// How many request ids are being watched.
     pub fn watched(&self) -> usize {
         self.lock().len()

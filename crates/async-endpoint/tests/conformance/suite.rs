@@ -26,6 +26,9 @@ use async_endpoint::{FailureKind, Progress, RequestId, Status};
 #[path = "idempotency.rs"]
 mod idempotency;
 pub use idempotency::*;
+#[path = "batch.rs"]
+mod batch;
+pub use batch::*;
 
 /// Generates one `#[tokio::test]` per behaviour for the backend made by `$make` (an expression
 /// whose value is awaited to give the backend).
@@ -85,6 +88,10 @@ macro_rules! suite {
             traceparent_travels_with_the_job,
             // Queue depth (the `async_endpoint_queue_depth` gauge).
             queue_depth_counts_the_jobs_waiting,
+            // Batched transitions (`batch.rs`).
+            begin_many_is_one_begin_per_job_in_order,
+            finish_many_is_one_finish_per_job_in_order,
+            cancel_wakes_a_watch_taken_before_begin,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

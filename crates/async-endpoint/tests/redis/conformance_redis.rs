@@ -68,4 +68,14 @@ impl Backend for Served {
     async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, Error> {
         self.backend.queue_depth(task).await
     }
+    async fn begin_many(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<Begin>, Error> {
+        self.backend.begin_many(jobs, now_ms).await
+    }
+    async fn finish_many(
+        &self,
+        finished: &[(Job, Outcome)],
+        now_ms: u64,
+    ) -> Result<Vec<Status>, Error> {
+        self.backend.finish_many(finished, now_ms).await
+    }
 }
