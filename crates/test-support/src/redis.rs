@@ -220,6 +220,20 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server with SIGKILL (no shutdown, no AOF flush: a crash) and waits for it to
+    /// exit. Its directory stays until drop.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still ours to talk to (not stopped or killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Starts the server again on the same port and directory.
     pub fn restart(&mut self) {
         for _ in 0..50 {
