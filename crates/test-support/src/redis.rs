@@ -99,6 +99,13 @@ impl RedisServer {
         }
     }
 
+    /// Like [`start_with`](Self::start_with), without the skip rule: `NotFound` when
+    /// redis-server is not installed, another error when it does not come up with these
+    /// arguments (e.g. `--tls-port` on a server built without TLS).
+    pub fn try_start_with_args(extra: &[String]) -> std::io::Result<RedisServer> {
+        RedisServer::try_start_with(false, extra)
+    }
+
     fn try_start_with(persistent: bool, extra: &[String]) -> std::io::Result<RedisServer> {
         for _ in 0..5 {
             // A directory per attempt: a failed attempt's drop removes its own.

@@ -7,6 +7,7 @@
 mod conformance;
 mod conformance_redis;
 mod redis_backend;
+mod redis_cluster;
 mod redis_faults;
 mod redis_processes;
 mod redis_sentinel;

@@ -29,6 +29,67 @@
 //! their deadline are dropped when a start counts them, so a set holds only pending requests.
 //! The owner's text never reaches a key: its digest (SHA-256, first 16 bytes, hex) does.
 //!
+//! # Redis Cluster (feature `redis-cluster`)
+//!
+//! (Being built: the connection layer and the placement of ids exist; the scripts still use the
+//! one-server layout, which a cluster refuses with `CROSSSLOT`. What follows is the design.)
+//!
+//! A cluster runs a script only if every key it touches hashes to one slot, and the layout
+//! above puts a record (`{<id>}`) and its queue (no tag) in different slots. So on a cluster
+//! ([`RedisBackend::cluster_builder`]) keys are placed in **shards**: `shards` (16 by default,
+//! at most 256) hash tags `T`, each chosen so that its slot lies in a window of its own and the
+//! shards spread evenly over the masters (`layout.rs`). Everything one script touches is in one
+//! shard:
+//!
+//! | key (cluster) | what |
+//! |---|---|
+//! | `{prefix}:r:{T}:<id>` (+ `:<field>`) | the record, in its shard; the **first byte of the id names the shard** |
+//! | `{prefix}:q:{T}:<task>` | the task's queue in shard `T`: one stream (and group) per task and shard |
+//! | `{prefix}:k:{T}:<digest>` | an idempotency key, in the shard of the request it names |
+//! | `{prefix}:po:{T}:<owner digest>` | an owner's pending set, in the owner's shard |
+//! | `{prefix}:pt:{T}:<task>` | a task's pending set, in the task's shard |
+//! | `{prefix}:w:{T}:<consumer>`, `{prefix}:s:{T}:<consumer>` | a worker's heartbeat and suspicion, one per shard (`takeover.lua` reads them with the shard's queue) |
+//! | `{prefix}:n:{T}` | sharded pub/sub channel (`SPUBLISH`): changes of the shard's requests |
+//! | `{prefix}:j:{T}`, `{prefix}:z:{T}` | sharded channel and key: new jobs in the shard, announced only while a worker sleeps |
+//!
+//! * **Placement.** The shard is chosen when a request starts ([`Backend::place`], before its
+//!   token is signed) and written into the id's first byte, so every process finds the record
+//!   from the id alone and a poll stays one `HMGET`: from the owner's digest when the start
+//!   carries a per-owner pending limit (the owner's pending set lives with all of the owner's
+//!   requests, so the limit stays exact and atomic); else from the task name when it carries a
+//!   per-task limit (the task lives in one shard: exact and atomic, and that task's throughput
+//!   is one master's); else from the idempotency key's digest (a repeat, same task, owner and
+//!   key, lands where the first start put the key); else at random. A start carrying both
+//!   limits cannot be kept atomic on a cluster and is refused with
+//!   [`Error::Config`] naming `max_pending_per_task` (set one of the two to `None`). The id
+//!   keeps 120 random bits besides the shard byte; on one server ids are untouched.
+//! * **Scripts** get every key they touch in `KEYS` (none are built from `PREFIX` on a
+//!   cluster), all in one shard; batched transitions (`begin_many`, `finish_many`) send one
+//!   pipeline per shard, concurrently, since a cluster pipeline is one slot.
+//! * **Workers read every shard without blocking connections.** A fetch runs one small script
+//!   per shard (concurrently over the one multiplexed cluster connection): it marks the shard
+//!   "a worker sleeps" (`{prefix}:z:{T}`, expiring after the read slice) and reads the
+//!   shard's streams of every task with one non-blocking `XREADGROUP`. A start that finds the
+//!   mark announces its job on the shard's channel `{prefix}:j:{T}`; the process's one shared
+//!   subscriber hears it and wakes the fetch, which reads that shard again. Marking and reading
+//!   are one script, so a job is either read or announced, never missed; with busy workers
+//!   there is no mark and no announcement. A worker process holds no blocking connection at
+//!   all; a missed announcement (subscriber reconnecting) costs at most one read slice
+//!   (`takeover_after / 20`).
+//! * **Pub/sub** uses sharded channels (Redis 7 `SPUBLISH`/`SSUBSCRIBE`): a message travels only
+//!   within its shard's master and replicas, where a plain `PUBLISH` on a cluster is copied to
+//!   every node. The shared subscriber is one RESP3 cluster connection (one socket per master)
+//!   subscribed to the shards' channels; redis-rs subscribes again after a failover or slot
+//!   move, and the subscriber then wakes every waiter, who re-reads (messages sent meanwhile are
+//!   lost, as on one server after a reconnect).
+//! * **Failover and redirections** (`MOVED`, `ASK`, `TRYAGAIN`) are redis-rs's cluster
+//!   client's, bounded by the timeouts: a command caught by a failover fails with
+//!   [`Error::Unavailable`] (a 503 with `Retry-After`, or a worker backing off). A write that
+//!   the dead master acknowledged but had not replicated is lost with it, as with Sentinel.
+//! * **One server is unchanged**: same keys, same ids, `shards` refused. Nothing migrates in
+//!   place (a cluster is a new key space): switch every process over at once, and requests
+//!   pending at the switch answer 404.
+//!
 //! # Round trips
 //!
 //! * start: one `EVALSHA` (store the record, `XADD` the job, trim the stream, re-apply its TTL);
@@ -42,6 +103,7 @@
 
 mod config;
 mod connector;
+mod layout;
 mod queue;
 mod scripts;
 mod subscriber;
@@ -69,6 +131,9 @@ use crate::protocol::{Progress, RequestId, Status};
 
 /// The consumer group every worker of every process joins, one per task stream.
 const GROUP: &str = "workers";
+
+/// Shards on a Redis Cluster unless `shards` says otherwise.
+const DEFAULT_SHARDS: u16 = 16;
 
 /// Storage and queue in Redis: records in hashes, jobs in one stream per task with a consumer
 /// group, wake-ups over pub/sub. Use it for several web and worker processes.
@@ -138,6 +203,10 @@ struct Inner {
     consumer: String,
     /// Commands (scripts); multiplexed, reconnecting, made on first use.
     conn: tokio::sync::OnceCell<ConnectionManager>,
+    /// On a Redis Cluster, commands go over this connection instead (made on first use; it
+    /// follows slots and failovers by itself).
+    #[cfg(feature = "redis-cluster")]
+    cluster: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
     /// With Sentinel, commands go over this connection to the current primary instead; it is
     /// dropped on any connection trouble or `READONLY` and re-made through Sentinel.
     primary: Mutex<Option<MultiplexedConnection>>,
@@ -172,6 +241,9 @@ struct Inner {
 struct Keys {
     prefix: String,
     channel: String,
+    /// On a Redis Cluster, the shards keys are placed in (see `layout.rs`); `None` on one
+    /// server, whose key names stay as they always were.
+    shards: Option<layout::Shards>,
 }
 
 impl Keys {
@@ -235,6 +307,36 @@ impl RedisBackend {
         Ok(backend)
     }
 
+    /// Starts configuring a backend for the Redis Cluster (or Valkey cluster) whose seed nodes
+    /// are `urls` (`redis://[user:pass@]host:port/` each; a few masters are enough, the rest of
+    /// the cluster is found from them). Feature `redis-cluster`. Requests are spread over
+    /// [`shards`](RedisBackendBuilder::shards), each in a hash slot of its own, so every script
+    /// touches one slot; `MOVED`/`ASK` redirections and failovers are followed by redis-rs's
+    /// cluster client. See the module docs for the layout and the README ("Scaling out").
+    ///
+    /// ```
+    /// use async_endpoint::backend::RedisBackend;
+    ///
+    /// // Nothing connects yet: the first command does.
+    /// let redis = RedisBackend::cluster_builder([
+    ///     "redis://10.0.0.1:6379/",
+    ///     "redis://10.0.0.2:6379/",
+    ///     "redis://10.0.0.3:6379/",
+    /// ])
+    /// .shards(32)
+    /// .build()?;
+    /// # Ok::<(), async_endpoint::Error>(())
+    /// ```
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub fn cluster_builder<I>(urls: I) -> RedisBackendBuilder
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        RedisBackendBuilder::new_cluster(urls)
+    }
+
     /// Checks that Redis answers (for health checks).
     ///
     /// ```no_run
@@ -260,6 +362,9 @@ impl RedisBackend {
         let keys = Keys {
             channel: format!("{}:n", settings.prefix),
             prefix: settings.prefix.clone(),
+            shards: connector
+                .is_cluster()
+                .then(|| layout::Shards::new(settings.shards.unwrap_or(DEFAULT_SHARDS))),
         };
         // A kind alone always serializes; the fallbacks are the same JSON by hand.
         let poison_json = failure_json(&StoredFailure::internal())
@@ -274,6 +379,8 @@ impl RedisBackend {
                 keys,
                 consumer: consumer_name(),
                 conn: tokio::sync::OnceCell::new(),
+                #[cfg(feature = "redis-cluster")]
+                cluster: tokio::sync::OnceCell::new(),
                 primary: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 blocking: tokio::sync::Mutex::new(None),
@@ -296,12 +403,24 @@ impl RedisBackend {
 
     /// The shared command connection, made on first use (inside the runtime).
     async fn conn(&self) -> Result<Conn, Error> {
-        if self.inner.connector.is_sentinel() {
-            return self.primary().await.map(Conn::Plain);
-        }
         let settings = &self.inner.settings;
-        let Connector::Direct(client) = &self.inner.connector else {
-            unreachable!("checked above");
+        let client = match &self.inner.connector {
+            Connector::Direct(client) => client,
+            Connector::Sentinel(_) => return self.primary().await.map(Conn::Plain),
+            #[cfg(feature = "redis-cluster")]
+            Connector::Cluster(clients) => {
+                return self
+                    .inner
+                    .cluster
+                    .get_or_try_init(|| {
+                        // Connects to the seeds and reads the slot map; a failure leaves the
+                        // cell empty, so the next command tries again.
+                        self.bounded(clients.commands.get_async_connection())
+                    })
+                    .await
+                    .cloned()
+                    .map(Conn::Cluster);
+            }
         };
         self.inner
             .conn
@@ -707,7 +826,46 @@ fn decode<T: serde::de::DeserializeOwned>(
         })
 }
 
+/// Where a start must live on a cluster so that its script touches one slot: the text its
+/// shard is chosen from, or `None` when any shard will do.
+fn anchor(request: &NewRequest) -> Result<Option<String>, Error> {
+    let owner = request
+        .owner
+        .as_deref()
+        .filter(|_| request.limits.per_owner.is_some());
+    match (owner, request.limits.per_task) {
+        (Some(_), Some(_)) => Err(Error::Config {
+            setting: "max_pending_per_task",
+            reason: "on a Redis Cluster a per-task pending limit cannot be kept atomic together \
+                     with a per-owner limit (the owner's requests live in the owner's shard, the \
+                     task's in the task's): set one of max_pending_per_task and \
+                     max_pending_per_owner to None"
+                .into(),
+        }),
+        // The owner's pending set lives in the owner's shard, with all of the owner's requests.
+        (Some(owner), None) => Ok(Some(owner_digest(owner))),
+        // The task's pending set lives in the task's shard, with all of the task's requests.
+        (None, Some(_)) => Ok(Some(format!("task:{}", request.task))),
+        // An idempotency key lives with the request it names; a repeat (same task, owner and
+        // key) finds it in the same shard.
+        (None, None) => Ok(request.idempotency.as_ref().map(|key| key.scoped.clone())),
+    }
+}
+
 impl Backend for RedisBackend {
+    fn place(&self, request: &mut NewRequest) {
+        let Some(shards) = &self.inner.keys.shards else {
+            return;
+        };
+        let shard = match anchor(request) {
+            Ok(Some(anchor)) => shards.anchored(&anchor),
+            Ok(None) => shards.spread(&request.id),
+            // `create` refuses the start with the error; any id will do until then.
+            Err(_) => return,
+        };
+        request.id = layout::Shards::placed(request.id, shard);
+    }
+
     async fn create(&self, request: NewRequest) -> Result<Created, Error> {
         let keys = &self.inner.keys;
         let ttl_ms = request.ttl.as_millis().max(1) as u64;
