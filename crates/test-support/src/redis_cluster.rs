@@ -196,7 +196,9 @@ impl RedisCluster {
             .expect("CLUSTER KEYSLOT");
         self.nodes()
             .into_iter()
-            .find(|n| n.master && !n.failed && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .find(|n| {
+                n.master && !n.failed && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+            })
             .map(|n| n.port)
             .expect("a master serves the slot")
     }
@@ -215,7 +217,10 @@ impl RedisCluster {
             .filter(|n| n.master_id.as_deref() == Some(dead.id.as_str()))
             .map(|n| n.port)
             .collect();
-        assert!(!replicas.is_empty(), "master {port} has no replica to promote");
+        assert!(
+            !replicas.is_empty(),
+            "master {port} has no replica to promote"
+        );
         self.nodes
             .iter_mut()
             .find(|node| node.port == port)
@@ -386,6 +391,9 @@ e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
         );
         let dirs: Vec<_> = cluster.nodes.iter().map(|n| n.dir().to_owned()).collect();
         drop(cluster);
-        assert!(dirs.iter().all(|d| !d.exists()), "directories removed on drop");
+        assert!(
+            dirs.iter().all(|d| !d.exists()),
+            "directories removed on drop"
+        );
     }
 }
