@@ -5,6 +5,7 @@
 
 #[path = "../conformance/suite.rs"]
 mod conformance;
+mod conformance_cluster;
 mod conformance_redis;
 mod redis_backend;
 mod redis_cluster;

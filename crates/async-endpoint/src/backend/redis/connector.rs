@@ -44,8 +44,6 @@ pub(super) enum Connector {
 /// messages go to the sender given when it is built).
 #[cfg(feature = "redis-cluster")]
 #[derive(Clone)]
-// The subscriber's half is for the cluster subscriber, which comes with the cluster scripts.
-#[allow(dead_code)]
 pub(super) struct ClusterClients {
     /// The seed nodes' URLs.
     pub(super) urls: Vec<String>,
@@ -54,7 +52,6 @@ pub(super) struct ClusterClients {
 }
 
 #[cfg(feature = "redis-cluster")]
-#[allow(dead_code)]
 impl ClusterClients {
     /// A client for the same seeds speaking RESP3, whose pushes (sharded pub/sub messages and
     /// subscription confirmations) go to `pushes`.

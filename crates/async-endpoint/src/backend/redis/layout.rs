@@ -45,7 +45,7 @@ pub(super) fn crc16(data: &[u8]) -> u16 {
 
 /// The cluster slot of `key`, with the hash-tag rule: when the key has a `{` followed later by
 /// a `}` with something between them, only that part is hashed.
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 pub(super) fn key_slot(key: &str) -> u16 {
     let bytes = key.as_bytes();
     let hashed = bytes
@@ -75,8 +75,6 @@ fn tag_for(shard: u16) -> String {
 
 /// The shards of a cluster layout and their tags.
 #[derive(Debug)]
-// `tags` and `count` name keys once the scripts use the cluster layout.
-#[allow(dead_code)]
 pub(super) struct Shards {
     /// How many shards new requests are spread over (and workers read).
     count: u16,
@@ -84,7 +82,6 @@ pub(super) struct Shards {
     tags: Vec<String>,
 }
 
-#[allow(dead_code)]
 impl Shards {
     /// A layout of `count` shards (1 to [`MAX_SHARDS`], checked by the builder).
     pub(super) fn new(count: u16) -> Self {

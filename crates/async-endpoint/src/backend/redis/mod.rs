@@ -31,9 +31,6 @@
 //!
 //! # Redis Cluster (feature `redis-cluster`)
 //!
-//! (Being built: the connection layer and the placement of ids exist; the scripts still use the
-//! one-server layout, which a cluster refuses with `CROSSSLOT`. What follows is the design.)
-//!
 //! A cluster runs a script only if every key it touches hashes to one slot, and the layout
 //! above puts a record (`{<id>}`) and its queue (no tag) in different slots. So on a cluster
 //! ([`RedisBackend::cluster_builder`]) keys are placed in **shards**: `shards` (16 by default,
@@ -63,9 +60,10 @@
 //!   limits cannot be kept atomic on a cluster and is refused with
 //!   [`Error::Config`] naming `max_pending_per_task` (set one of the two to `None`). The id
 //!   keeps 120 random bits besides the shard byte; on one server ids are untouched.
-//! * **Scripts** get every key they touch in `KEYS` (none are built from `PREFIX` on a
-//!   cluster), all in one shard; batched transitions (`begin_many`, `finish_many`) send one
-//!   pipeline per shard, concurrently, since a cluster pipeline is one slot.
+//! * **Scripts** touch keys of their first key's shard only: the keys they are given, and the
+//!   names they build (pending sets, heartbeats, the sleep mark and job channel) from `PREFIX`
+//!   and the hash tag of `KEYS[1]` (`shard_key` in the generated prelude). Pipelines go per
+//!   shard, since a cluster pipeline is one slot.
 //! * **Workers read every shard without blocking connections.** A fetch runs one small script
 //!   per shard (concurrently over the one multiplexed cluster connection): it marks the shard
 //!   "a worker sleeps" (`{prefix}:z:{T}`, expiring after the read slice) and reads the
@@ -145,8 +143,8 @@ const DEFAULT_SHARDS: u16 = 16;
 /// Execution is at-least-once: a job whose worker dies is run again by another one after
 /// [`takeover_after`](RedisBackendBuilder::takeover_after) (5 s), so tasks should be idempotent. Records and
 /// queues live in Redis, so use a Redis that persists (AOF) if requests must survive its restart.
-/// Scripts touch a record and its task's stream together, so Redis Cluster is not supported; a
-/// single Redis or a Sentinel-managed primary is.
+/// One Redis, a Sentinel-managed primary, or (feature `redis-cluster`,
+/// [`cluster_builder`](Self::cluster_builder)) a Redis Cluster or Valkey cluster.
 ///
 /// ```no_run
 /// use async_endpoint::{AsyncEndpoint, backend::RedisBackend};
@@ -221,8 +219,10 @@ struct Inner {
     /// An operation stopped waiting for the first subscription: wake everyone once it is active.
     missed: Arc<AtomicBool>,
     heartbeat_started: AtomicBool,
+    /// On a cluster: rung by the subscriber when a start announces a job while workers sleep.
+    doorbell: Arc<tokio::sync::Notify>,
     queue: Mutex<queue::QueueState>,
-    /// Entries delivered to this process and not yet terminal: (task, entry id) → heartbeat
+    /// Entries delivered to this process and not yet terminal: (stream, entry id) → heartbeat
     /// until (unix ms). A heartbeat keeps them from being claimed by other workers.
     in_flight: Mutex<HashMap<(String, String), u64>>,
     /// The failure written when a job was delivered more than `max_deliveries` times: its kind
@@ -247,33 +247,85 @@ struct Keys {
 }
 
 impl Keys {
+    /// `{prefix}:<kind>:` on one server, `{prefix}:<kind>:{T}:` in shard `shard` of a cluster.
+    fn base(&self, kind: &str, shard: u16) -> String {
+        match &self.shards {
+            None => format!("{}:{kind}:", self.prefix),
+            Some(shards) => format!("{}:{kind}:{{{}}}:", self.prefix, shards.tag(shard)),
+        }
+    }
+
     fn record(&self, id: &RequestId) -> String {
-        // The id is the hash tag, so everything about one request maps to one slot.
-        format!("{}:r:{{{id}}}", self.prefix)
+        match &self.shards {
+            // The id is the hash tag, so everything about one request maps to one slot.
+            None => format!("{}:r:{{{id}}}", self.prefix),
+            Some(_) => format!("{}{id}", self.base("r", layout::Shards::of(id))),
+        }
     }
 
-    fn queue(&self, task: &str) -> String {
-        format!("{}:q:{task}", self.prefix)
+    /// The queue stream of `task` that request `id`'s job is in.
+    fn queue(&self, task: &str, id: &RequestId) -> String {
+        self.queue_in(task, layout::Shards::of(id))
     }
 
-    /// A worker process's heartbeat key (its consumer name), see `takeover.lua`.
-    fn alive(&self, consumer: &str) -> String {
-        format!("{}:w:{consumer}", self.prefix)
+    /// The queue stream of `task` in `shard` (the only one on one server).
+    fn queue_in(&self, task: &str, shard: u16) -> String {
+        format!("{}{task}", self.base("q", shard))
+    }
+
+    /// Every queue stream of `task`: one per shard on a cluster, one on one server.
+    fn queues(&self, task: &str) -> Vec<String> {
+        self.shard_list()
+            .map(|shard| self.queue_in(task, shard))
+            .collect()
+    }
+
+    /// The shards workers read: `0..shards` on a cluster, just `0` on one server.
+    fn shard_list(&self) -> std::ops::Range<u16> {
+        0..self.shards.as_ref().map_or(1, layout::Shards::count)
+    }
+
+    /// The channel request `id`'s changes are announced on: `{prefix}:n`, or its shard's
+    /// sharded channel `{prefix}:n:{T}` on a cluster.
+    fn channel(&self, id: &RequestId) -> String {
+        self.channel_in(layout::Shards::of(id))
+    }
+
+    fn channel_in(&self, shard: u16) -> String {
+        match &self.shards {
+            None => self.channel.clone(),
+            Some(shards) => format!("{}:{{{}}}", self.channel, shards.tag(shard)),
+        }
+    }
+
+    /// A worker process's heartbeat key (its consumer name) in `shard`, see `takeover.lua`.
+    fn alive(&self, consumer: &str, shard: u16) -> String {
+        format!("{}{consumer}", self.base("w", shard))
     }
 
     /// Set by a worker that found `alive` gone; the worker clears it when it beats.
-    fn suspect(&self, consumer: &str) -> String {
-        format!("{}:s:{consumer}", self.prefix)
+    fn suspect(&self, consumer: &str, shard: u16) -> String {
+        format!("{}{consumer}", self.base("s", shard))
     }
 
-    fn idempotency(&self, scoped: &str) -> String {
-        format!("{}:k:{scoped}", self.prefix)
+    /// The idempotency key `scoped`, in the shard of the request `id` it names.
+    fn idempotency(&self, scoped: &str, id: &RequestId) -> String {
+        format!("{}{scoped}", self.base("k", layout::Shards::of(id)))
     }
 
+    /// The task a queue stream belongs to.
     fn task_of<'a>(&self, queue: &'a str) -> Option<&'a str> {
-        queue
+        let rest = queue
             .strip_prefix(self.prefix.as_str())
-            .and_then(|rest| rest.strip_prefix(":q:"))
+            .and_then(|rest| rest.strip_prefix(":q:"))?;
+        match &self.shards {
+            None => Some(rest),
+            // `{T}:<task>`
+            Some(_) => rest
+                .strip_prefix('{')
+                .and_then(|rest| rest.split_once("}:"))
+                .map(|(_, task)| task),
+        }
     }
 }
 
@@ -366,6 +418,7 @@ impl RedisBackend {
                 .is_cluster()
                 .then(|| layout::Shards::new(settings.shards.unwrap_or(DEFAULT_SHARDS))),
         };
+        let cluster = keys.shards.is_some();
         // A kind alone always serializes; the fallbacks are the same JSON by hand.
         let poison_json = failure_json(&StoredFailure::internal())
             .unwrap_or_else(|_| r#"{"kind":"internal"}"#.to_owned());
@@ -389,12 +442,13 @@ impl RedisBackend {
                 subscribed: Arc::new(tokio::sync::watch::channel(false).0),
                 missed: Arc::new(AtomicBool::new(false)),
                 heartbeat_started: AtomicBool::new(false),
+                doorbell: Arc::new(tokio::sync::Notify::new()),
                 queue: Mutex::new(queue::QueueState::default()),
                 in_flight: Mutex::new(HashMap::new()),
                 poison_json,
                 timeout_json,
                 cancelled_json,
-                scripts: scripts::Scripts::new(GROUP, &settings.prefix),
+                scripts: scripts::Scripts::new(GROUP, &settings.prefix, cluster),
                 closed: tokio::sync::watch::channel(()).0,
                 settings,
             }),
@@ -563,6 +617,26 @@ impl RedisBackend {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            #[cfg(feature = "redis-cluster")]
+            if let Connector::Cluster(clients) = &inner.connector {
+                let keys = &inner.keys;
+                runtime.spawn(subscriber::run_cluster(subscriber::ClusterSubscriber {
+                    clients: (**clients).clone(),
+                    changes: keys.shard_list().map(|s| keys.channel_in(s)).collect(),
+                    jobs: keys
+                        .shard_list()
+                        .map(|s| format!("{}jobs", keys.base("j", s)))
+                        .collect(),
+                    notifier: inner.notifier.clone(),
+                    doorbell: inner.doorbell.clone(),
+                    closed: inner.closed.subscribe(),
+                    subscribed: inner.subscribed.clone(),
+                    missed: inner.missed.clone(),
+                    connection_timeout: inner.settings.connection_timeout,
+                    response_timeout: inner.settings.response_timeout,
+                }));
+                return;
+            }
             runtime.spawn(subscriber::run(subscriber::Subscriber {
                 connector: inner.connector.clone(),
                 channel: inner.keys.channel.clone(),
@@ -868,12 +942,28 @@ impl Backend for RedisBackend {
 
     async fn create(&self, request: NewRequest) -> Result<Created, Error> {
         let keys = &self.inner.keys;
+        if let Some(shards) = &keys.shards {
+            // Everything the start touches must be in the id's shard (see `place`).
+            let needed = anchor(&request)?.map(|anchor| shards.anchored(&anchor));
+            let shard = layout::Shards::of(&request.id);
+            if needed.is_some_and(|needed| needed != shard) || shard >= shards.count() {
+                return Err(Error::Config {
+                    setting: "shards",
+                    reason: format!(
+                        "request {} is not placed for this cluster layout (call Backend::place \
+                         before create, as the engine does, and give every process the same \
+                         `shards`)",
+                        request.id
+                    ),
+                });
+            }
+        }
         let ttl_ms = request.ttl.as_millis().max(1) as u64;
         let mut conn = self.conn().await?;
         let id = request.id.to_string();
         let mut call = self.inner.scripts.create.prepare_invoke();
         call.key(keys.record(&request.id))
-            .key(keys.queue(request.task))
+            .key(keys.queue(request.task, &request.id))
             .arg(request.task)
             .arg(&request.params)
             .arg(request.deadline_ms)
@@ -890,7 +980,7 @@ impl Backend for RedisBackend {
             .arg(owner.map(owner_digest).unwrap_or_default())
             .arg(limit_arg(limits.per_task));
         if let Some(key) = &request.idempotency {
-            call.key(keys.idempotency(&key.scoped));
+            call.key(keys.idempotency(&key.scoped, &request.id));
         }
         // ARGV[10] is read only with an idempotency key; ARGV[11] is the traceparent or ''.
         call.arg(
@@ -937,7 +1027,7 @@ impl Backend for RedisBackend {
         call.key(&key)
             .arg(now_ms)
             .arg(&self.inner.timeout_json)
-            .arg(&keys.channel)
+            .arg(keys.channel(&id))
             .arg(id.to_string());
         let polled: Option<(Fields, Write)> = reply(
             "poll reply",
@@ -978,10 +1068,10 @@ impl Backend for RedisBackend {
             let mut conn = self.conn().await?;
             let mut call = inner.scripts.begin.prepare_invoke();
             call.key(keys.record(&job.id))
-                .key(keys.queue(&job.task))
+                .key(keys.queue(&job.task, &job.id))
                 .arg(now_ms)
                 .arg(&inner.timeout_json)
-                .arg(&keys.channel)
+                .arg(keys.channel(&job.id))
                 .arg(job.id.to_string())
                 .arg(GROUP)
                 .arg(&job.receipt)
@@ -1051,10 +1141,10 @@ impl Backend for RedisBackend {
         let mut conn = self.conn().await?;
         let mut call = self.inner.scripts.finish.prepare_invoke();
         call.key(keys.record(&job.id))
-            .key(keys.queue(&job.task))
+            .key(keys.queue(&job.task, &job.id))
             .arg(now_ms)
             .arg(&self.inner.timeout_json)
-            .arg(&keys.channel)
+            .arg(keys.channel(&job.id))
             .arg(job.id.to_string())
             .arg(GROUP)
             .arg(&job.receipt)
@@ -1079,7 +1169,7 @@ impl Backend for RedisBackend {
             .arg(now_ms)
             .arg(&inner.timeout_json)
             .arg(&inner.cancelled_json)
-            .arg(&keys.channel)
+            .arg(keys.channel(&id))
             .arg(id.to_string());
         let cancelled: Option<(Fields, Write)> = reply(
             "cancel reply",
@@ -1107,7 +1197,7 @@ impl RedisBackend {
         let mut call = self.inner.scripts.progress.prepare_invoke();
         call.key(keys.record(&id))
             .arg(json)
-            .arg(&keys.channel)
+            .arg(keys.channel(&id))
             .arg(id.to_string());
         self.bounded(call.invoke_async::<()>(&mut conn)).await
     }
@@ -1119,7 +1209,7 @@ impl RedisBackend {
         let mut conn = self.conn().await?;
         let mut call = self.inner.scripts.retrying.prepare_invoke();
         call.key(keys.record(&id))
-            .arg(&keys.channel)
+            .arg(keys.channel(&id))
             .arg(id.to_string());
         self.bounded(call.invoke_async::<()>(&mut conn)).await
     }

@@ -24,5 +24,5 @@ end
 local attempt = tonumber(h[2] or '0') + 1
 redis.call('HSET', KEYS[1], 's', RUNNING, 'a', attempt)
 touch(x, h[5])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call(PUBLISH, ARGV[3], ARGV[4])
 return {attempt, h[3] or '', h[4], h[6] or ''}

@@ -13,12 +13,13 @@
 -- Pending sets, for the pending limits: sorted sets of the ids of pending requests scored by
 -- their deadlines, one per owner (PREFIX:po:<owner digest>) and one per task (PREFIX:pt:<task>).
 -- Only starts that carry a limit join its set; ids past their deadline are dropped when counted.
+-- On a cluster both are in the record's shard (the start was placed there, see layout.rs).
 local function owner_set(digest)
-  return PREFIX .. ':po:' .. digest
+  return shard_key('po', digest)
 end
 
 local function task_set(task)
-  return PREFIX .. ':pt:' .. task
+  return shard_key('pt', task)
 end
 
 -- Whether the pending set `key` holds fewer than `limit` requests pending at `now_ms`.
@@ -143,7 +144,7 @@ local function fail(x, failure, ttl, channel, id)
   x = put(x, 'f', failure, ttl, 's', FAILED)
   x = drop(x, 'p')
   touch(x, ttl)
-  redis.call('PUBLISH', channel, id)
+  redis.call(PUBLISH, channel, id)
 end
 
 -- Acknowledges and deletes a stream entry (KEYS[2]) whose record reached a terminal state.

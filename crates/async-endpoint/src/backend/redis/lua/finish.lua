@@ -22,7 +22,7 @@ if ARGV[7] == DONE then
   x = put(x, 'o', ARGV[8], h[3], 's', DONE)
   x = drop(x, 'p')
   touch(x, h[3])
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  redis.call(PUBLISH, ARGV[3], ARGV[4])
   return DONE
 end
 fail(x, ARGV[8], h[3], ARGV[3], ARGV[4])

@@ -3,7 +3,7 @@
 local h = redis.call('HMGET', KEYS[1], 's', 'l', 'x')
 if h[1] == RUNNING or h[1] == RETRYING then
   touch(put(h[3] or '', 'g', ARGV[1], h[2]), h[2])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  redis.call(PUBLISH, ARGV[2], ARGV[3])
   return APPLIED
 end
 return UNCHANGED
