@@ -113,7 +113,9 @@ use std::time::Duration;
 
 use redis::AsyncConnectionConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{FromRedisValue, ParsingError, RedisError, Value};
+use redis::{
+    FromRedisValue, ParsingError, RedisError, Script, ScriptInvocation, ServerErrorKind, Value,
+};
 use serde::Serialize;
 
 pub use config::RedisBackendBuilder;
@@ -734,8 +736,8 @@ fn has_code(error: &RedisError, codes: &[&str]) -> bool {
 }
 
 /// The record fields a poll reads, in the order of [`Fields`], then `x` (the letters of the
-/// fields kept out of line, see `common.lua`).
-const SNAPSHOT_FIELDS: [&str; 8] = ["t", "s", "a", "g", "o", "f", "d", "x"];
+/// fields kept out of line) and `n` (set once a watching process polled it), see `common.lua`.
+const SNAPSHOT_FIELDS: [&str; 9] = ["t", "s", "a", "g", "o", "f", "d", "x", "n"];
 
 /// A record's [`SNAPSHOT_FIELDS`] as `HMGET` (or `poll.lua`) returns them; `None` where a field
 /// is missing (no task: no record).
@@ -1011,16 +1013,24 @@ impl Backend for RedisBackend {
         // re-checks and writes the timeout atomically (a second round trip, once per request).
         // A record with a value kept out of line (longer than 64 bytes, see `common.lua`) is read
         // by the script too, which reads those values atomically with the hash.
+        //
+        // A process that watches the request (a waiting poll, an event stream, a worker's cancel
+        // watch: each registers its watch before it polls) has the script mark an unfinished
+        // record (`n`) once, so that later writes to it are announced; writes to records nobody
+        // watches are not (see `common.lua`).
+        let watched = self.inner.notifier.is_watched(id);
         let read = redis::Cmd::hmget(&key, &SNAPSHOT_FIELDS);
-        let (fields, outside): (Fields, bool) =
+        let (fields, outside, marked): (Fields, bool, bool) =
             match self.bounded(read.query_async(&mut conn)).await? {
                 Value::Array(mut values) if values.len() == SNAPSHOT_FIELDS.len() => {
+                    let marked = !matches!(values.pop(), Some(Value::Nil));
                     let outside = !matches!(values.pop(), Some(Value::Nil));
-                    (reply("HMGET reply", Value::Array(values))?, outside)
+                    (reply("HMGET reply", Value::Array(values))?, outside, marked)
                 }
                 other => return Err(Error::Corrupt(format!("HMGET reply: {other:?}"))),
             };
-        if fields.task.is_none() || (!outside && !fields.overdue(now_ms)) {
+        let mark = watched && !marked && fields.status.is_some_and(Stored::unfinished);
+        if fields.task.is_none() || (!outside && !mark && !fields.overdue(now_ms)) {
             return fields.snapshot();
         }
         let mut call = self.inner.scripts.poll.prepare_invoke();
@@ -1028,7 +1038,8 @@ impl Backend for RedisBackend {
             .arg(now_ms)
             .arg(&self.inner.timeout_json)
             .arg(keys.channel(&id))
-            .arg(id.to_string());
+            .arg(id.to_string())
+            .arg(if mark { "1" } else { "" });
         let polled: Option<(Fields, Write)> = reply(
             "poll reply",
             self.bounded(call.invoke_async(&mut conn)).await?,
@@ -1061,67 +1072,65 @@ impl Backend for RedisBackend {
     }
 
     async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
+        let mut begun = self.begin_many(std::slice::from_ref(job), now_ms).await?;
+        begun
+            .pop()
+            .ok_or_else(|| Error::Corrupt("begin: no reply".to_owned()))
+    }
+
+    async fn begin_many(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<Begin>, Error> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
         self.await_subscriber().await;
         let inner = &self.inner;
         let keys = &inner.keys;
-        let begun = async {
-            let mut conn = self.conn().await?;
-            let mut call = inner.scripts.begin.prepare_invoke();
-            call.key(keys.record(&job.id))
-                .key(keys.queue(&job.task, &job.id))
-                .arg(now_ms)
-                .arg(&inner.timeout_json)
-                .arg(keys.channel(&job.id))
-                .arg(job.id.to_string())
-                .arg(GROUP)
-                .arg(&job.receipt)
-                .arg(job.deliveries)
-                .arg(inner.settings.max_deliveries)
-                .arg(&inner.poison_json);
-            reply::<Began>(
-                "begin reply",
-                self.bounded(call.invoke_async(&mut conn)).await?,
-            )
-        }
-        .await;
-        let began = match begun {
+        let script = &inner.scripts.begin;
+        let calls: Vec<ScriptInvocation<'_>> = jobs
+            .iter()
+            .map(|job| {
+                let mut call = script.prepare_invoke();
+                call.key(keys.record(&job.id))
+                    .key(keys.queue(&job.task, &job.id))
+                    .arg(now_ms)
+                    .arg(&inner.timeout_json)
+                    .arg(keys.channel(&job.id))
+                    .arg(job.id.to_string())
+                    .arg(GROUP)
+                    .arg(&job.receipt)
+                    .arg(job.deliveries)
+                    .arg(inner.settings.max_deliveries)
+                    .arg(&inner.poison_json);
+                call
+            })
+            .collect();
+        let ids: Vec<RequestId> = jobs.iter().map(|job| job.id).collect();
+        let began = self
+            .invoke_all(script, &calls, &ids)
+            .await
+            .and_then(|replies| {
+                replies
+                    .into_iter()
+                    .map(|began| reply::<Began>("begin reply", began))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+        let began = match began {
             Ok(began) => began,
             Err(error) => {
-                // The worker drops the job; stop vouching for it so it is claimed after the
-                // idle bound instead of kept alive by our heartbeat.
-                queue::forget(self, job);
+                // The worker hands the jobs back; stop vouching for them so one that is not
+                // handed back is claimed after the idle bound instead of kept alive by our
+                // heartbeat.
+                for job in jobs {
+                    queue::forget(self, job);
+                }
                 return Err(error);
             }
         };
-        match began {
-            Began::Run {
-                attempt,
-                params,
-                deadline_ms,
-                traceparent,
-            } => {
-                queue::vouch_until(self, job, deadline_ms.saturating_add(1000));
-                Ok(Begin::Run {
-                    params,
-                    attempt: attempt.min(u64::from(u32::MAX)) as u32,
-                    deadline_ms,
-                    traceparent: Some(traceparent).filter(|t| !t.is_empty()),
-                })
-            }
-            Began::Skipped(why) => {
-                queue::forget(self, job);
-                match why {
-                    Skipped::TimedOut => {
-                        tracing::warn!(request_id = %job.id, "deadline passed before the job started: request failed with a timeout");
-                    }
-                    Skipped::Poisoned => {
-                        tracing::error!(request_id = %job.id, deliveries = job.deliveries, max_deliveries = inner.settings.max_deliveries, "job delivered too often (its workers keep dying): request failed");
-                    }
-                    Skipped::Gone => {}
-                }
-                Ok(Begin::Skip)
-            }
-        }
+        Ok(jobs
+            .iter()
+            .zip(began)
+            .map(|(job, began)| self.began(job, began))
+            .collect())
     }
 
     async fn update(&self, id: RequestId, update: Update) -> Result<(), Error> {
@@ -1132,27 +1141,52 @@ impl Backend for RedisBackend {
     }
 
     async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
+        let mut stands = self.finish_many(&[(job.clone(), outcome)], now_ms).await?;
+        stands
+            .pop()
+            .ok_or_else(|| Error::Corrupt("finish: no reply".to_owned()))
+    }
+
+    async fn finish_many(
+        &self,
+        finished: &[(Job, Outcome)],
+        now_ms: u64,
+    ) -> Result<Vec<Status>, Error> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
         self.await_subscriber().await;
-        let keys = &self.inner.keys;
-        let (kind, value) = match outcome {
-            Outcome::Done(output) => (Stored::Done, output),
-            Outcome::Failed(failure) => (Stored::Failed, failure_json(&failure)?),
-        };
-        let mut conn = self.conn().await?;
-        let mut call = self.inner.scripts.finish.prepare_invoke();
-        call.key(keys.record(&job.id))
-            .key(keys.queue(&job.task, &job.id))
-            .arg(now_ms)
-            .arg(&self.inner.timeout_json)
-            .arg(keys.channel(&job.id))
-            .arg(job.id.to_string())
-            .arg(GROUP)
-            .arg(&job.receipt)
-            .arg(kind.code())
-            .arg(value);
-        let stands = self.bounded(call.invoke_async(&mut conn)).await?;
-        queue::forget(self, job);
-        reply::<Stored>("finish reply", stands).map(Stored::status)
+        let inner = &self.inner;
+        let keys = &inner.keys;
+        let script = &inner.scripts.finish;
+        let mut calls: Vec<ScriptInvocation<'_>> = Vec::with_capacity(finished.len());
+        for (job, outcome) in finished {
+            let mut call = script.prepare_invoke();
+            call.key(keys.record(&job.id))
+                .key(keys.queue(&job.task, &job.id))
+                .arg(now_ms)
+                .arg(&inner.timeout_json)
+                .arg(keys.channel(&job.id))
+                .arg(job.id.to_string())
+                .arg(GROUP)
+                .arg(&job.receipt);
+            match outcome {
+                Outcome::Done(output) => call.arg(Stored::Done.code()).arg(output),
+                Outcome::Failed(failure) => {
+                    call.arg(Stored::Failed.code()).arg(failure_json(failure)?)
+                }
+            };
+            calls.push(call);
+        }
+        let ids: Vec<RequestId> = finished.iter().map(|(job, _)| job.id).collect();
+        let stands = self.invoke_all(script, &calls, &ids).await?;
+        for (job, _) in finished {
+            queue::forget(self, job);
+        }
+        stands
+            .into_iter()
+            .map(|stands| reply::<Stored>("finish reply", stands).map(Stored::status))
+            .collect()
     }
 
     async fn release(&self, job: &Job) -> Result<(), Error> {
@@ -1183,6 +1217,137 @@ impl Backend for RedisBackend {
 }
 
 impl RedisBackend {
+    /// What a worker does with `job` after `begin.lua` answered `began`; keeps vouching for a
+    /// job that runs until its deadline, stops for one that does not.
+    fn began(&self, job: &Job, began: Began) -> Begin {
+        match began {
+            Began::Run {
+                attempt,
+                params,
+                deadline_ms,
+                traceparent,
+            } => {
+                queue::vouch_until(self, job, deadline_ms.saturating_add(1000));
+                Begin::Run {
+                    params,
+                    attempt: attempt.min(u64::from(u32::MAX)) as u32,
+                    deadline_ms,
+                    traceparent: Some(traceparent).filter(|t| !t.is_empty()),
+                }
+            }
+            Began::Skipped(why) => {
+                queue::forget(self, job);
+                match why {
+                    Skipped::TimedOut => {
+                        tracing::warn!(request_id = %job.id, "deadline passed before the job started: request failed with a timeout");
+                    }
+                    Skipped::Poisoned => {
+                        tracing::error!(request_id = %job.id, deliveries = job.deliveries, max_deliveries = self.inner.settings.max_deliveries, "job delivered too often (its workers keep dying): request failed");
+                    }
+                    Skipped::Gone => {}
+                }
+                Begin::Skip
+            }
+        }
+    }
+
+    /// Runs `calls` of `script` in one pipeline (one round trip) and returns their replies in
+    /// order. Each call touches one record (and its task's stream) only, so the batch stays
+    /// bounded by its length and each script stays within one record's keys. Calls answered
+    /// `NOSCRIPT` (Redis lost its script cache: a restart, `SCRIPT FLUSH`, a failover) are run
+    /// again after loading the script, in a second pipeline; those did not run, so nothing runs
+    /// twice. Any other error of any call is the error of the whole batch.
+    ///
+    /// On a cluster a pipeline must stay in one slot: `ids` names each call's request, and the
+    /// calls go in one pipeline per shard, all at once.
+    async fn invoke_all(
+        &self,
+        script: &Script,
+        calls: &[ScriptInvocation<'_>],
+        ids: &[RequestId],
+    ) -> Result<Vec<Value>, Error> {
+        if self.inner.keys.shards.is_none() || calls.len() < 2 {
+            let calls: Vec<&ScriptInvocation<'_>> = calls.iter().collect();
+            return self.invoke_in_slot(script, &calls).await;
+        }
+        let mut groups: HashMap<u16, Vec<usize>> = HashMap::new();
+        for (at, id) in ids.iter().enumerate().take(calls.len()) {
+            groups.entry(layout::Shards::of(id)).or_default().push(at);
+        }
+        let groups: Vec<Vec<usize>> = groups.into_values().collect();
+        let runs = groups.iter().map(|group| {
+            let calls: Vec<&ScriptInvocation<'_>> = group.iter().map(|&at| &calls[at]).collect();
+            async move { self.invoke_in_slot(script, &calls).await }
+        });
+        let answered = futures_util::future::try_join_all(runs).await?;
+        let mut replies = vec![Value::Nil; calls.len()];
+        for (group, values) in groups.iter().zip(answered) {
+            for (&at, value) in group.iter().zip(values) {
+                replies[at] = value;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// [`invoke_all`](Self::invoke_all) for calls whose keys are all in one slot.
+    async fn invoke_in_slot(
+        &self,
+        script: &Script,
+        calls: &[&ScriptInvocation<'_>],
+    ) -> Result<Vec<Value>, Error> {
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        // Replies per call, errors included, so NOSCRIPT can be told from other errors.
+        pipe.ignore_errors();
+        for call in calls {
+            pipe.invoke_script(call);
+        }
+        let mut replies: Vec<Value> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let unknown: Vec<usize> = replies
+            .iter()
+            .enumerate()
+            .filter(|(_, reply)| {
+                matches!(reply, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript))
+            })
+            .map(|(at, _)| at)
+            .collect();
+        if !unknown.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            // A failed load shows as NOSCRIPT again below.
+            pipe.load_script(script).ignore();
+            for &at in &unknown {
+                pipe.invoke_script(calls[at]);
+            }
+            let again: Vec<Value> = self.bounded(pipe.query_async(&mut conn)).await?;
+            if again.len() != unknown.len() {
+                return Err(Error::Corrupt(format!(
+                    "pipeline: {} replies to {} calls",
+                    again.len(),
+                    unknown.len()
+                )));
+            }
+            for (at, reply) in unknown.into_iter().zip(again) {
+                replies[at] = reply;
+            }
+        }
+        if replies.len() != calls.len() {
+            return Err(Error::Corrupt(format!(
+                "pipeline: {} replies to {} calls",
+                replies.len(),
+                calls.len()
+            )));
+        }
+        for reply in &replies {
+            if let Value::ServerError(error) = reply {
+                let error = RedisError::from(error.clone());
+                self.forget_primary(Some(&error));
+                return Err(map_err(error));
+            }
+        }
+        Ok(replies)
+    }
+
     /// Saves progress of a running or retrying request.
     async fn save_progress(&self, id: RequestId, progress: &Progress) -> Result<(), Error> {
         self.await_subscriber().await;

@@ -22,8 +22,9 @@
 //!   lacks one, and looked up again after `NOGROUP`.
 //! * Streams expire like records: every enqueue re-applies the request TTL, and only an enqueue
 //!   creates a stream (with its group), never a worker, so no key of the library outlives its
-//!   use. A worker with no queue to read looks for one every 250 ms, so the first job after an
-//!   idle period longer than the TTL may wait that long; every other job starts at once.
+//!   use. A worker looks for a task's missing queue every 250 ms (not on every fetch), so the
+//!   first job after an idle period longer than the TTL may wait that long; every other job
+//!   starts at once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Weak;
@@ -54,6 +55,9 @@ const HEARTBEAT_CHUNK: usize = 256;
 pub(super) struct QueueState {
     /// Tasks whose group is known to exist.
     groups: HashSet<String>,
+    /// Tasks found without a stream, and when to look again (every `QUEUE_RECHECK`, not on
+    /// every fetch: a worker busy with one queue would otherwise ask about the others each time).
+    absent: HashMap<String, Instant>,
     /// When the next `XAUTOCLAIM` round is due.
     next_claim: Option<Instant>,
     /// When the next `takeover.lua` round is due.
@@ -471,10 +475,12 @@ async fn ensure_groups(
 ) -> Result<Vec<&'static str>, Error> {
     let missing: Vec<&'static str> = {
         let state = RedisBackend::lock(&b.inner.queue);
+        let now = Instant::now();
         tasks
             .iter()
             .copied()
             .filter(|t| !state.groups.contains(*t))
+            .filter(|t| state.absent.get(*t).is_none_or(|at| *at <= now))
             .collect()
     };
     if !missing.is_empty() {
@@ -486,13 +492,18 @@ async fn ensure_groups(
                 "group reply",
                 b.bounded(call.invoke_async(&mut conn)).await?,
             )? {
-                Group::NoStream => continue,
+                Group::NoStream => {
+                    RedisBackend::lock(&b.inner.queue)
+                        .absent
+                        .insert(task.to_owned(), Instant::now() + QUEUE_RECHECK);
+                    continue;
+                }
                 Group::Created => tracing::debug!(task, "consumer group created"),
                 Group::Existed => {}
             }
-            RedisBackend::lock(&b.inner.queue)
-                .groups
-                .insert(task.to_owned());
+            let mut state = RedisBackend::lock(&b.inner.queue);
+            state.absent.remove(task);
+            state.groups.insert(task.to_owned());
         }
     }
     let state = RedisBackend::lock(&b.inner.queue);
