@@ -6,6 +6,7 @@ pub(crate) mod cross;
 pub(crate) mod flood;
 mod growth;
 
+mod drain;
 mod footprint;
 mod isolation;
 mod js_delay;
@@ -25,7 +26,7 @@ use crate::runner::Run;
 pub(crate) type Item = fn(&mut Run) -> Result<(), BoxError>;
 
 /// The items in the order of results.md, each with its number for `--only`.
-pub(crate) const ALL: [(&str, Item); 10] = [
+pub(crate) const ALL: [(&str, Item); 11] = [
     ("1", poll_cost::measure),
     ("2", throughput::measure),
     ("3", isolation::measure),
@@ -34,6 +35,7 @@ pub(crate) const ALL: [(&str, Item); 10] = [
     ("6", cross::measure),
     ("flood", flood::measure),
     ("growth", growth::measure),
+    ("drain", drain::measure),
     ("postgres", postgres::measure),
     ("cluster", cluster::measure),
 ];

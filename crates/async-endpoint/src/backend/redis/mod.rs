@@ -4,19 +4,20 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `{prefix}:r:{<id>}` | hash | one record per request, TTL re-applied on every write |
+//! | `{prefix}:r:{<id>}` | hash | one record per request, TTL re-applied on every write but `begin` (the TTL from its creation outlives its deadline, and so any begin) |
 //! | `{prefix}:r:{<id>}:<field>` | string | a record field (`p`, `g`, `o` or `f`) longer than 64 bytes, kept out of the hash with the record's TTL |
 //! | `{prefix}:q:<task>` | stream + group `workers` | the task's queue: one entry `i=<id>` per job |
 //! | `{prefix}:w:<consumer>` | string | a worker process's heartbeat, refreshed every `takeover_after / 5`, expiring after `takeover_after × 2/5` |
 //! | `{prefix}:s:<consumer>` | string | set by a worker that found that heartbeat gone; the jobs are taken over if it is still gone a grace period later |
-//! | `{prefix}:n` | pub/sub channel | the id of every request that changed |
+//! | `{prefix}:n` | pub/sub channel | the id of every request that changed and is watched (see below) |
 //! | `{prefix}:k:<digest>` | string | an idempotency key (digest of task, owner and key): `<id> <created_ms> <params digest>`, for the TTL from creation |
 //! | `{prefix}:po:<owner digest>` | sorted set | an owner's pending request ids, scored by deadline (pending limits) |
 //! | `{prefix}:pt:<task>` | sorted set | a task's pending request ids, scored by deadline (pending limits) |
 //!
 //! Record fields are one letter (`t` task, `s` status, `a` attempts, `p` params, `g` progress,
 //! `o` output, `f` failure, `d` deadline, `l` TTL; `w` owner digest and `k` while it is in a
-//! pending set; `c` the start's W3C `traceparent`, when it has one) and params are dropped once the request is terminal, so a record costs little
+//! pending set; `c` the start's W3C `traceparent`, when it has one; `n` once a watching process
+//! polled it) and params are dropped once the request is terminal, so a record costs little
 //! beyond its params and output. A value longer than 64 bytes (Redis's default
 //! `hash-max-listpack-value`) would turn the whole hash from its compact listpack encoding into a
 //! hashtable (~600 bytes more), so it is kept in a string key of its own instead, named after the
@@ -94,10 +95,27 @@
 //! * cancel: one `EVALSHA` (the record only; the job's stream entry goes when a worker skips or
 //!   finishes it);
 //! * poll: one `HMGET`, no script; only an unfinished request found past its deadline takes a
-//!   second round trip, the `EVALSHA` that turns it into a timeout atomically;
-//! * worker: `XREADGROUP BLOCK` on a connection of its own, then one `EVALSHA` to begin, one per
-//!   progress update, one to finish (which also `XACK`s and `XDEL`s the entry);
+//!   second round trip, the `EVALSHA` that turns it into a timeout atomically (and the first
+//!   poll of a request by a process that watches it, which marks it: see Announcements);
+//! * worker: `XREADGROUP BLOCK` on a connection of its own for a batch of jobs, then ONE round
+//!   trip to begin the whole batch (`begin_many`: a pipeline of `begin.lua` calls, one per job),
+//!   one `EVALSHA` per progress update (throttled by the endpoint's `progress_interval`), and one
+//!   round trip per gathered set of outcomes (`finish_many`: a pipeline of `finish.lua` calls,
+//!   which also `XACK` and `XDEL` the entries). Each script touches one record (and its task's
+//!   stream), never several, so a batch is as bounded as its length and each call stays within
+//!   one record's keys; a pipeline answered `NOSCRIPT` (Redis lost its scripts) loads the script
+//!   and re-runs the calls it refused;
 //! * waiting polls: one shared subscriber connection per process feeds a [`Notifier`].
+//!
+//! # Announcements
+//!
+//! Writes are `PUBLISH`ed only for requests somebody watches. A process that watches a request
+//! (a waiting poll, an event stream, a worker watching its job for a cancel) registers the watch
+//! and then polls; that poll, seeing the process watches it, has `poll.lua` mark the unfinished
+//! record (`n`, once: later polls see the mark with their `HMGET`). From then on `begin`,
+//! `progress`, `retrying`, `finish` and timeouts publish its id. A request nobody watches costs
+//! no `PUBLISH` at all. A cancel always publishes, so a worker that watched its job before
+//! beginning it (and never polled it) hears of the cancel.
 
 mod config;
 mod connector;
