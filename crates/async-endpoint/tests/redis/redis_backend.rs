@@ -687,7 +687,10 @@ async fn no_key_outlives_the_ttl() {
 
 /// PUBLISH calls Redis has served so far (`INFO commandstats`).
 fn publishes(server: &test_support::redis::RedisServer) -> u64 {
-    let stats = server.bulk("INFO commandstats").unwrap().unwrap_or_default();
+    let stats = server
+        .bulk("INFO commandstats")
+        .unwrap()
+        .unwrap_or_default();
     stats
         .lines()
         .find_map(|l| l.strip_prefix("cmdstat_publish:"))
@@ -726,7 +729,10 @@ async fn writes_are_announced_only_to_watchers_and_cancels_always() {
     let before = publishes(&server);
     assert_eq!(server.command("SCRIPT FLUSH").unwrap(), "+OK");
     let begun = b.begin_many(&jobs, now()).await.unwrap();
-    assert!(begun.iter().all(|b| matches!(b, Begin::Run { .. })), "{begun:?}");
+    assert!(
+        begun.iter().all(|b| matches!(b, Begin::Run { .. })),
+        "{begun:?}"
+    );
     b.update(
         jobs[0].id,
         Update::Progress(async_endpoint::Progress::new(1, Some(2), "half")),
@@ -740,12 +746,20 @@ async fn writes_are_announced_only_to_watchers_and_cancels_always() {
         .collect();
     let stands = b.finish_many(&outcomes, now()).await.unwrap();
     assert_eq!(stands, vec![Status::Done; 3]);
-    assert_eq!(publishes(&server), before, "nobody watched: nothing announced");
+    assert_eq!(
+        publishes(&server),
+        before,
+        "nobody watched: nothing announced"
+    );
 
     // A worker's watch, never polled: the cancel is announced all the same, and wakes it.
     let mut watch = b.watch(jobs[3].id);
     b.cancel(jobs[3].id, now()).await.unwrap();
-    assert_eq!(publishes(&server), before + 1, "a cancel is always announced");
+    assert_eq!(
+        publishes(&server),
+        before + 1,
+        "a cancel is always announced"
+    );
     tokio::time::timeout(Duration::from_secs(10), watch.changed())
         .await
         .expect("the cancel wakes the watch");
@@ -754,10 +768,15 @@ async fn writes_are_announced_only_to_watchers_and_cancels_always() {
     let r = request("5");
     b.create(r.clone()).await.unwrap();
     let mut watch = b.watch(r.id);
-    assert_eq!(b.poll(r.id, now()).await.unwrap().unwrap().status, Status::Queued);
+    assert_eq!(
+        b.poll(r.id, now()).await.unwrap().unwrap().status,
+        Status::Queued
+    );
     let job = deliveries(&b, &[r.id]).await.remove(0);
     let before = publishes(&server);
-    b.begin_many(std::slice::from_ref(&job), now()).await.unwrap();
+    b.begin_many(std::slice::from_ref(&job), now())
+        .await
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(10), watch.changed())
         .await
         .expect("begin wakes the watcher");

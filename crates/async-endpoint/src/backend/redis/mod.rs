@@ -842,9 +842,7 @@ impl Backend for RedisBackend {
     }
 
     async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
-        let mut begun = self
-            .begin_many(std::slice::from_ref(job), now_ms)
-            .await?;
+        let mut begun = self.begin_many(std::slice::from_ref(job), now_ms).await?;
         begun
             .pop()
             .ok_or_else(|| Error::Corrupt("begin: no reply".to_owned()))
@@ -876,15 +874,12 @@ impl Backend for RedisBackend {
                 call
             })
             .collect();
-        let began = self
-            .invoke_all(script, &calls)
-            .await
-            .and_then(|replies| {
-                replies
-                    .into_iter()
-                    .map(|began| reply::<Began>("begin reply", began))
-                    .collect::<Result<Vec<_>, _>>()
-            });
+        let began = self.invoke_all(script, &calls).await.and_then(|replies| {
+            replies
+                .into_iter()
+                .map(|began| reply::<Began>("begin reply", began))
+                .collect::<Result<Vec<_>, _>>()
+        });
         let began = match began {
             Ok(began) => began,
             Err(error) => {
@@ -943,9 +938,9 @@ impl Backend for RedisBackend {
                 .arg(&job.receipt);
             match outcome {
                 Outcome::Done(output) => call.arg(Stored::Done.code()).arg(output),
-                Outcome::Failed(failure) => call
-                    .arg(Stored::Failed.code())
-                    .arg(failure_json(failure)?),
+                Outcome::Failed(failure) => {
+                    call.arg(Stored::Failed.code()).arg(failure_json(failure)?)
+                }
             };
             calls.push(call);
         }
