@@ -83,6 +83,18 @@ pub(crate) fn rss(pid: u32) -> Result<u64, BoxError> {
     Ok(kb * 1024)
 }
 
+/// CPU time a process has used so far (`utime + stime` of `/proc/<pid>/stat`), clock ticks.
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64, BoxError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').ok_or("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; the first after the name is field 3.
+    let tick =
+        |i: usize| -> Result<u64, BoxError> { Ok(fields.get(i).ok_or("short stat")?.parse()?) };
+    Ok(tick(11)? + tick(12)?)
+}
+
 /// A private redis-server.
 pub(crate) struct Redis {
     _server: test_support::redis::RedisServer,

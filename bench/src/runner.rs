@@ -144,6 +144,21 @@ impl Run {
         )
     }
 
+    /// The log file of the process spawned last.
+    pub(crate) fn last_log(&self) -> PathBuf {
+        std::fs::read_dir(&self.tmp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{}-", self.logs.get())))
+            })
+            .unwrap_or_default()
+    }
+
     /// Starts `bench serve <args>` and waits for its `READY <port>`; returns it and its address.
     pub(crate) fn serve(&self, args: &[&str]) -> Result<(Proc, String), BoxError> {
         let mut cmd = Command::new(&self.exe);

@@ -202,6 +202,64 @@ impl AsyncTask for Timed {
     }
 }
 
+/// The drain item's task: ships an order (its params are a realistic ~100 bytes).
+struct Ship;
+impl AsyncTask for Ship {
+    const NAME: &'static str = SHIP_TASK;
+    type Params = Order;
+    type Output = Shipped;
+    async fn execute_task(&self, order: Order, _ctx: TaskContext) -> Result<Shipped, Failure> {
+        Ok(shipped(&order))
+    }
+}
+
+/// The name of [`Ship`].
+pub(crate) const SHIP_TASK: &str = "ship";
+
+/// [`Ship`]'s params.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Order {
+    order: u64,
+    customer: String,
+    sku: String,
+    quantity: u32,
+    note: String,
+}
+
+/// [`Ship`]'s output.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Shipped {
+    order: u64,
+    total_cents: u64,
+}
+
+fn order(i: u64) -> Order {
+    Order {
+        order: 1_000_000 + i,
+        customer: format!("c{:07}@example.com", i % 9_999_991),
+        sku: format!("SKU-{:06}", i % 100_003),
+        quantity: (i % 5 + 1) as u32,
+        note: "Leave at the door".to_owned(),
+    }
+}
+
+fn shipped(order: &Order) -> Shipped {
+    Shipped {
+        order: order.order,
+        total_cents: u64::from(order.quantity) * 1299,
+    }
+}
+
+/// Request `i`'s params as JSON.
+pub(crate) fn ship_params(i: u64) -> String {
+    serde_json::to_string(&order(i)).unwrap_or_default()
+}
+
+/// The output [`Ship`] computes for request `i`, as JSON (as the worker stores it).
+pub(crate) fn ship_output(i: u64) -> String {
+    serde_json::to_string(&shipped(&order(i))).unwrap_or_default()
+}
+
 /// Calls the slow upstream, awaiting it.
 struct Upstream {
     addr: String,
@@ -261,6 +319,12 @@ fn builder(opts: &Opts) -> AsyncEndpointBuilder {
     // read the same streams as before.
     let builder = if opts.get("echo").is_some() {
         builder.task(Echo)
+    } else {
+        builder
+    };
+    // Likewise only the drain item's worker knows `ship`.
+    let builder = if opts.get("ship").is_some() {
+        builder.task(Ship)
     } else {
         builder
     };
@@ -358,6 +422,14 @@ async fn ae(opts: &Opts) -> Result<(), BoxError> {
 }
 
 async fn worker(opts: &Opts) -> Result<(), BoxError> {
+    if opts.get("log") == Some("warn") {
+        // Warnings and errors to stderr (the process's log file), where the runner counts them.
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let endpoint = with_backend(opts, builder(opts).in_process_workers(false))?.build()?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut out = std::io::stdout().lock();

@@ -1,10 +1,12 @@
 //! The measured items of the issue, one module each, and what they share: requests the runner
 //! makes itself, and small statistics.
 
+mod cluster;
 pub(crate) mod cross;
 pub(crate) mod flood;
 mod growth;
 
+mod drain;
 mod footprint;
 mod isolation;
 mod js_delay;
@@ -24,7 +26,7 @@ use crate::runner::Run;
 pub(crate) type Item = fn(&mut Run) -> Result<(), BoxError>;
 
 /// The items in the order of results.md, each with its number for `--only`.
-pub(crate) const ALL: [(&str, Item); 9] = [
+pub(crate) const ALL: [(&str, Item); 11] = [
     ("1", poll_cost::measure),
     ("2", throughput::measure),
     ("3", isolation::measure),
@@ -33,7 +35,9 @@ pub(crate) const ALL: [(&str, Item); 9] = [
     ("6", cross::measure),
     ("flood", flood::measure),
     ("growth", growth::measure),
+    ("drain", drain::measure),
     ("postgres", postgres::measure),
+    ("cluster", cluster::measure),
 ];
 
 /// A request's `(async_request_id, async_request_token)`.

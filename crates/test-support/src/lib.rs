@@ -5,6 +5,9 @@
 //! - [`free_port`]: a loopback port nothing listens on right now.
 //! - [`redis::RedisServer`]: a private `redis-server` per test, on a free port in a temporary
 //!   directory, killed and removed on drop.
+//! - [`redis_cluster::RedisCluster`]: a private Redis Cluster (3 masters, 3 replicas by default)
+//!   of such servers, joined by `redis-cli --cluster create`; a master can be killed and its
+//!   replica's promotion awaited.
 //! - [`postgres::PostgresServer`]: a private PostgreSQL 15 cluster per test (`initdb` + `pg_ctl`,
 //!   as the `postgres` user when run as root), on a free port in a temporary directory, stopped
 //!   and removed on drop.
@@ -24,6 +27,7 @@ pub mod http;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod redis_cluster;
 
 /// Whether this is a CI run: `CI` is set to anything but empty, `false` (any case) or `0`.
 pub fn in_ci() -> bool {

@@ -99,6 +99,13 @@ impl RedisServer {
         }
     }
 
+    /// Like [`start_with`](Self::start_with), without the skip rule: `NotFound` when
+    /// redis-server is not installed, another error when it does not come up with these
+    /// arguments (e.g. `--tls-port` on a server built without TLS).
+    pub fn try_start_with_args(extra: &[String]) -> std::io::Result<RedisServer> {
+        RedisServer::try_start_with(false, extra)
+    }
+
     fn try_start_with(persistent: bool, extra: &[String]) -> std::io::Result<RedisServer> {
         for _ in 0..5 {
             // A directory per attempt: a failed attempt's drop removes its own.
@@ -218,6 +225,20 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no AOF flush: a crash) and waits for it to
+    /// exit. Its directory stays until drop.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still ours to talk to (not stopped or killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Starts the server again on the same port and directory.

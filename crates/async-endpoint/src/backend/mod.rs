@@ -385,6 +385,27 @@ pub trait Backend: Send + Sync {
     /// request.
     fn create(&self, request: NewRequest) -> impl Future<Output = Result<Created, Error>> + Send;
 
+    /// Chooses where a new request goes, before its token is made and [`create`](Self::create)
+    /// stores it: a backend that places requests by their id may replace `request.id` with
+    /// another random id that names the place (Redis Cluster: the first byte names the shard,
+    /// chosen from the owner, the idempotency key or at random, so that every key the start
+    /// touches is in one hash slot). The engine calls it once per start, and signs the token for
+    /// the id it leaves. The default leaves the id as it is.
+    ///
+    /// ```
+    /// use async_endpoint::backend::{Backend, MemoryBackend, NewRequest};
+    /// use async_endpoint::RequestId;
+    /// use std::time::Duration;
+    ///
+    /// let id = RequestId::random();
+    /// let mut request = NewRequest::new(id, "task", "{}", 0, 60_000, Duration::from_secs(3600));
+    /// MemoryBackend::new().place(&mut request);
+    /// assert_eq!(request.id, id);
+    /// ```
+    fn place(&self, request: &mut NewRequest) {
+        let _ = request;
+    }
+
     /// Reads a request in one round trip. If it is unfinished and `now_ms` is past its deadline,
     /// it is turned into a timeout failure first (atomically), and that is what is returned.
     /// `None` when unknown or expired.

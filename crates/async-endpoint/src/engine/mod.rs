@@ -226,9 +226,7 @@ impl Engine {
             .get(T::NAME)
             .and_then(|task| task.deadline())
             .unwrap_or(config.deadline);
-        let id = RequestId::random();
         let now = now_ms();
-        let token = self.token::<T>(id, owner, now);
         let idempotency = key.map(|key| {
             IdempotencyKey::new(
                 idempotency::scoped(T::NAME, owner, key),
@@ -236,7 +234,7 @@ impl Engine {
             )
         });
         let mut request = NewRequest::new(
-            id,
+            RequestId::random(),
             T::NAME,
             params,
             now,
@@ -247,6 +245,11 @@ impl Engine {
         request.idempotency = idempotency;
         request.limits = config.pending_limits();
         request.traceparent = self.trace.capture();
+        // The backend may choose another id that names where the request lives (Redis Cluster);
+        // the token is signed for the id it keeps.
+        self.backend.place(&mut request);
+        let id = request.id;
+        let token = self.token::<T>(id, owner, now);
         let created = self.backend.create(request).await;
         match created {
             Ok(Created::New) => {}

@@ -365,9 +365,13 @@ pub async fn retrying_then_next_attempt<B: Backend + 'static>(b: Arc<B>) {
     assert_eq!(status(&*b, r.id).await, Status::Running);
 }
 
+/// A watcher registers its watch, then polls (as waiting polls and event streams do): from then
+/// on every write wakes it. (Writes to a request nobody watches may go unannounced, see
+/// [`Backend::watch`].)
 pub async fn watch_wakes_on_every_change<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let mut watch = b.watch(r.id);
+    assert_eq!(status(&*b, r.id).await, Status::Queued);
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
     tokio::time::timeout(LONG, watch.changed())
@@ -400,6 +404,8 @@ pub async fn many_watches_each_wake_on_their_own_finish<B: Backend + 'static>(b:
     for _ in 0..10 {
         let r = create(&*b, 60_000).await;
         followed.push((r.id, b.watch(r.id)));
+        // Watched, then polled: what a stream does for each request it follows.
+        assert_eq!(status(&*b, r.id).await, Status::Queued);
     }
     // Every job, delivered once each (a fetch may bring several).
     let mut jobs = Vec::new();

@@ -5,8 +5,10 @@
 
 #[path = "../conformance/suite.rs"]
 mod conformance;
+mod conformance_cluster;
 mod conformance_redis;
 mod redis_backend;
+mod redis_cluster;
 mod redis_faults;
 mod redis_processes;
 mod redis_sentinel;

@@ -684,3 +684,118 @@ async fn no_key_outlives_the_ttl() {
         .unwrap();
     assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![r.id]);
 }
+
+/// PUBLISH calls Redis has served so far (`INFO commandstats`).
+fn publishes(server: &test_support::redis::RedisServer) -> u64 {
+    let stats = server
+        .bulk("INFO commandstats")
+        .unwrap()
+        .unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("calls=")))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Fetches the jobs of `ids`, however many fetches that takes.
+async fn deliveries(b: &RedisBackend, ids: &[RequestId]) -> Vec<Job> {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let mut jobs: Vec<Job> = Vec::new();
+    while jobs.len() < ids.len() {
+        assert!(std::time::Instant::now() < until, "not every job delivered");
+        let fetched = b.fetch(&[TASK], 100, Duration::from_millis(200)).await;
+        jobs.extend(fetched.unwrap().into_iter().filter(|j| ids.contains(&j.id)));
+    }
+    jobs
+}
+
+/// No PUBLISH for writes nobody watches: jobs begun, updated and finished in batches announce
+/// nothing; a cancel is announced although nobody polled; once a process that watches a request
+/// has polled it, its writes are announced (and wake the watch). The batches run as pipelines,
+/// which survive Redis losing its script cache (`SCRIPT FLUSH`, as after a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_announced_only_to_watchers_and_cancels_always() {
+    let Some(server) = test_support::redis::start() else {
+        return;
+    };
+    let b = RedisBackend::builder(server.url()).build().unwrap();
+    let requests: Vec<NewRequest> = (0..4).map(|i| request(&format!("{i}"))).collect();
+    for r in &requests {
+        b.create(r.clone()).await.unwrap();
+    }
+    let ids: Vec<RequestId> = requests.iter().map(|r| r.id).collect();
+    let jobs = deliveries(&b, &ids).await;
+    let before = publishes(&server);
+    assert_eq!(server.command("SCRIPT FLUSH").unwrap(), "+OK");
+    let begun = b.begin_many(&jobs, now()).await.unwrap();
+    assert!(
+        begun.iter().all(|b| matches!(b, Begin::Run { .. })),
+        "{begun:?}"
+    );
+    b.update(
+        jobs[0].id,
+        Update::Progress(async_endpoint::Progress::new(1, Some(2), "half")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.command("SCRIPT FLUSH").unwrap(), "+OK");
+    let outcomes: Vec<(Job, Outcome)> = jobs[..3]
+        .iter()
+        .map(|j| (j.clone(), Outcome::Done("1".into())))
+        .collect();
+    let stands = b.finish_many(&outcomes, now()).await.unwrap();
+    assert_eq!(stands, vec![Status::Done; 3]);
+    assert_eq!(
+        publishes(&server),
+        before,
+        "nobody watched: nothing announced"
+    );
+
+    // A worker's watch, never polled: the cancel is announced all the same, and wakes it.
+    let mut watch = b.watch(jobs[3].id);
+    b.cancel(jobs[3].id, now()).await.unwrap();
+    assert_eq!(
+        publishes(&server),
+        before + 1,
+        "a cancel is always announced"
+    );
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("the cancel wakes the watch");
+
+    // Watched, then polled: every write is announced from then on.
+    let r = request("5");
+    b.create(r.clone()).await.unwrap();
+    let mut watch = b.watch(r.id);
+    assert_eq!(
+        b.poll(r.id, now()).await.unwrap().unwrap().status,
+        Status::Queued
+    );
+    let job = deliveries(&b, &[r.id]).await.remove(0);
+    let before = publishes(&server);
+    b.begin_many(std::slice::from_ref(&job), now())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("begin wakes the watcher");
+    b.update(
+        r.id,
+        Update::Progress(async_endpoint::Progress::new(1, Some(2), "half")),
+    )
+    .await
+    .unwrap();
+    b.finish_many(&[(job, Outcome::Done("2".into()))], now())
+        .await
+        .unwrap();
+    assert_eq!(publishes(&server), before + 3, "begin, progress, finish");
+    // The mark costs the record a few bytes only: `n` is one of its short fields.
+    assert_eq!(
+        server
+            .bulk(&format!("HGET ae:r:{{{}}} n", r.id))
+            .unwrap()
+            .as_deref(),
+        Some("1")
+    );
+}

@@ -17,6 +17,7 @@ use crate::error::Error;
 /// | `connection_timeout` | 2 s | bound on connecting (and reconnecting) to Redis |
 /// | `response_timeout` | 2 s | bound on one command's answer; past it the call fails with [`Error::Unavailable`] |
 /// | `claim_batch` | 100 | most entries claimed from one stream in one go |
+/// | `shards` | 16 | Redis Cluster only: how many shards (hash tags) requests are spread over |
 /// | `tls_root_certificate` | the system's roots | CA (PEM) that signs the server's certificate, for `rediss://` (feature `redis-tls`) |
 /// | `tls_client_certificate` | none | certificate and key (PEM) for servers that require client certificates (feature `redis-tls`) |
 ///
@@ -63,6 +64,10 @@ pub struct RedisBackendBuilder {
     pub(super) connection_timeout: Duration,
     pub(super) response_timeout: Duration,
     pub(super) claim_batch: usize,
+    /// The seed nodes of a Redis Cluster (`cluster_builder`); `None` for one server or Sentinel.
+    pub(super) cluster: Option<Vec<String>>,
+    /// Shards on a cluster; `None` until set (16 on a cluster).
+    pub(super) shards: Option<u16>,
     #[cfg(feature = "redis-tls")]
     pub(super) tls_root: Option<Vec<u8>>,
     #[cfg(feature = "redis-tls")]
@@ -80,11 +85,46 @@ impl RedisBackendBuilder {
             connection_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             claim_batch: 100,
+            cluster: None,
+            shards: None,
             #[cfg(feature = "redis-tls")]
             tls_root: None,
             #[cfg(feature = "redis-tls")]
             tls_client: None,
         }
+    }
+
+    /// A builder for the Redis Cluster whose seed nodes are `urls` (feature `redis-cluster`).
+    #[cfg(feature = "redis-cluster")]
+    pub(super) fn new_cluster<I>(urls: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
+        let mut builder = Self::new(urls.first().cloned().unwrap_or_default());
+        builder.cluster = Some(urls);
+        builder
+    }
+
+    /// On a Redis Cluster: how many shards requests are spread over (default 16; 1 to 256).
+    /// Each shard has a hash tag of its own, placed so that the shards spread evenly over the
+    /// masters; a request's record, its job's entry in its task's queue and its idempotency key
+    /// live in its shard's slot, and workers read every shard. More shards than masters keeps
+    /// the load even (16 on 3 masters: 6, 5 and 5); more than a few per master only adds reads
+    /// for idle workers. Raise it when adding masters; never lower it while requests are
+    /// pending (jobs in the dropped shards would wait until their deadline). Every process of
+    /// an app must use the same value. Only for a cluster: a one-server backend refuses it.
+    ///
+    /// ```
+    /// use async_endpoint::backend::RedisBackend;
+    ///
+    /// let built = RedisBackend::builder("redis://127.0.0.1/").shards(8).build();
+    /// assert!(matches!(built, Err(async_endpoint::Error::Config { setting: "shards", .. })));
+    /// ```
+    pub fn shards(mut self, shards: u16) -> Self {
+        self.shards = Some(shards);
+        self
     }
 
     /// First part of every key (`{prefix}:r:{<id>}`, `{prefix}:q:<task>`) and of the
@@ -180,8 +220,20 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// Where connections go: the URL's server (with the TLS settings), or the sentinels'.
+    /// Where connections go: the URL's server (with the TLS settings), the sentinels', or the
+    /// cluster's nodes.
     fn connector(&self) -> Result<Connector, Error> {
+        #[cfg(feature = "redis-cluster")]
+        if let Some(urls) = &self.cluster {
+            #[cfg(feature = "redis-tls")]
+            if self.tls_root.is_some() || self.tls_client.is_some() {
+                return Err(Error::Config {
+                    setting: "tls_root_certificate",
+                    reason: "TLS to a Redis Cluster is not supported yet".into(),
+                });
+            }
+            return connector::cluster(urls, self.connection_timeout, self.response_timeout);
+        }
         if connector::is_sentinel_url(&self.url) {
             #[cfg(feature = "redis-tls")]
             if self.tls_root.is_some() || self.tls_client.is_some() {
@@ -283,6 +335,21 @@ impl RedisBackendBuilder {
         }
         if self.claim_batch == 0 {
             return bad("claim_batch", "must be at least 1".into());
+        }
+        match (self.cluster.is_some(), self.shards) {
+            (false, Some(_)) => {
+                return bad(
+                    "shards",
+                    "only applies to a Redis Cluster (RedisBackend::cluster_builder)".into(),
+                );
+            }
+            (true, Some(n)) if n == 0 || n > super::layout::MAX_SHARDS => {
+                return bad(
+                    "shards",
+                    format!("must be 1 to {}", super::layout::MAX_SHARDS),
+                );
+            }
+            _ => {}
         }
         let connector = self.connector()?;
         Ok(RedisBackend::from_parts(connector, self))

@@ -1,5 +1,6 @@
-//! Where connections go: the URL's one server, or (Redis Sentinel) whichever server the
-//! sentinels name primary at the moment a connection is made.
+//! Where connections go: the URL's one server, (Redis Sentinel) whichever server the sentinels
+//! name primary at the moment a connection is made, or (Redis Cluster, feature `redis-cluster`)
+//! the master serving each command's slot.
 //!
 //! With Sentinel, every connection and every reconnection asks the sentinels again (through
 //! redis-rs's [`SentinelClient`], which also checks that the named server calls itself primary),
@@ -33,6 +34,86 @@ pub(super) enum Connector {
     Direct(Box<redis::Client>),
     /// The primary the sentinels name, asked anew for every connection.
     Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
+    /// A Redis Cluster, found from its seed nodes (redis-rs follows slots, `MOVED`/`ASK` and
+    /// failovers).
+    #[cfg(feature = "redis-cluster")]
+    Cluster(Box<ClusterClients>),
+}
+
+/// The clients of a cluster: one for commands, one for the shared subscriber (RESP3, whose push
+/// messages go to the sender given when it is built).
+#[cfg(feature = "redis-cluster")]
+#[derive(Clone)]
+pub(super) struct ClusterClients {
+    /// The seed nodes' URLs.
+    pub(super) urls: Vec<String>,
+    /// For commands.
+    pub(super) commands: redis::cluster::ClusterClient,
+}
+
+#[cfg(feature = "redis-cluster")]
+impl ClusterClients {
+    /// A client for the same seeds speaking RESP3, whose pushes (sharded pub/sub messages and
+    /// subscription confirmations) go to `pushes`.
+    pub(super) fn subscriber(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+        connection_timeout: std::time::Duration,
+        response_timeout: std::time::Duration,
+    ) -> RedisResult<redis::cluster::ClusterClient> {
+        redis::cluster::ClusterClientBuilder::new(self.urls.iter().map(String::as_str))
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .connection_timeout(connection_timeout)
+            .response_timeout(response_timeout)
+            .push_sender(pushes)
+            .build()
+    }
+}
+
+/// The client of a Redis Cluster seeded by `urls` (`redis://host:port/` each), with every
+/// command bounded by the timeouts. Nothing connects yet.
+#[cfg(feature = "redis-cluster")]
+pub(super) fn cluster(
+    urls: &[String],
+    connection_timeout: std::time::Duration,
+    response_timeout: std::time::Duration,
+) -> Result<Connector, Error> {
+    let bad = |reason: String| Error::Config {
+        setting: "url",
+        reason,
+    };
+    if urls.is_empty() {
+        return Err(bad(
+            "a Redis Cluster needs at least one seed node URL".into()
+        ));
+    }
+    for url in urls {
+        if is_sentinel_url(url) {
+            return Err(bad(format!(
+                "{url}: a cluster is found from its nodes' redis:// URLs, not through Sentinel"
+            )));
+        }
+        if url.starts_with("rediss://") {
+            return Err(bad(format!(
+                "{url}: TLS to a Redis Cluster is not supported yet"
+            )));
+        }
+        if let Err(error) = redis::Client::open(url.as_str()) {
+            return Err(bad(format!("{url}: not a usable Redis URL: {error}")));
+        }
+    }
+    let commands = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+        .connection_timeout(connection_timeout)
+        .response_timeout(response_timeout)
+        // `MOVED`, `ASK`, `TRYAGAIN` and a failover's refusals are retried within this bound;
+        // past it the command fails (a 503 for clients, a back-off for workers).
+        .overall_response_timeout(Some(connection_timeout + response_timeout * 2))
+        .build()
+        .map_err(|error| bad(format!("not a usable Redis Cluster seed list: {error}")))?;
+    Ok(Connector::Cluster(Box::new(ClusterClients {
+        urls: urls.to_vec(),
+        commands,
+    })))
 }
 
 impl Connector {
@@ -45,7 +126,24 @@ impl Connector {
                 let sentinel = sentinel.clone();
                 async move { sentinel.lock().await.async_get_client().await }.boxed()
             }
+            // Connections to one node are not made through here on a cluster: the cluster
+            // connection routes every command by its keys.
+            #[cfg(feature = "redis-cluster")]
+            Connector::Cluster(_) => std::future::ready(Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a single-node connection was asked of a Redis Cluster",
+            ))))
+            .boxed(),
         }
+    }
+
+    /// Whether this is a Redis Cluster (keys placed in shards, see `layout.rs`).
+    pub(super) fn is_cluster(&self) -> bool {
+        #[cfg(feature = "redis-cluster")]
+        if let Connector::Cluster(_) = self {
+            return true;
+        }
+        false
     }
 
     /// Whether connections must be re-made (through Sentinel) rather than re-established to the
@@ -160,6 +258,9 @@ fn decode(text: &str) -> Option<String> {
 pub(super) enum Conn {
     Managed(ConnectionManager),
     Plain(MultiplexedConnection),
+    /// Routes each command (a script: by its first key) to the master serving its slot.
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl ConnectionLike for Conn {
@@ -167,6 +268,8 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Managed(conn) => conn.req_packed_command(cmd),
             Conn::Plain(conn) => conn.req_packed_command(cmd),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
 
@@ -179,6 +282,8 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Managed(conn) => conn.req_packed_commands(cmd, offset, count),
             Conn::Plain(conn) => conn.req_packed_commands(cmd, offset, count),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -186,6 +291,8 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Managed(conn) => conn.get_db(),
             Conn::Plain(conn) => conn.get_db(),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(conn) => conn.get_db(),
         }
     }
 }

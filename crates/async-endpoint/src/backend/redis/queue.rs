@@ -22,8 +22,9 @@
 //!   lacks one, and looked up again after `NOGROUP`.
 //! * Streams expire like records: every enqueue re-applies the request TTL, and only an enqueue
 //!   creates a stream (with its group), never a worker, so no key of the library outlives its
-//!   use. A worker with no queue to read looks for one every 250 ms, so the first job after an
-//!   idle period longer than the TTL may wait that long; every other job starts at once.
+//!   use. A worker looks for a task's missing queue every 250 ms (not on every fetch), so the
+//!   first job after an idle period longer than the TTL may wait that long; every other job
+//!   starts at once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Weak;
@@ -54,6 +55,9 @@ const HEARTBEAT_CHUNK: usize = 256;
 pub(super) struct QueueState {
     /// Tasks whose group is known to exist.
     groups: HashSet<String>,
+    /// Tasks found without a stream, and when to look again (every `QUEUE_RECHECK`, not on
+    /// every fetch: a worker busy with one queue would otherwise ask about the others each time).
+    absent: HashMap<String, Instant>,
     /// When the next `XAUTOCLAIM` round is due.
     next_claim: Option<Instant>,
     /// When the next `takeover.lua` round is due.
@@ -107,14 +111,17 @@ fn is_nogroup(error: &RedisError) -> bool {
 /// Records that this process works on `job` and keeps it alive until `until_ms`.
 pub(super) fn vouch_until(b: &RedisBackend, job: &Job, until_ms: u64) {
     if !job.receipt.is_empty() {
-        RedisBackend::lock(&b.inner.in_flight)
-            .insert((job.task.clone(), job.receipt.clone()), until_ms);
+        RedisBackend::lock(&b.inner.in_flight).insert(
+            (b.inner.keys.queue(&job.task, &job.id), job.receipt.clone()),
+            until_ms,
+        );
     }
 }
 
 /// Stops keeping `job` alive (it is terminal, handed back, or dropped by the worker).
 pub(super) fn forget(b: &RedisBackend, job: &Job) {
-    RedisBackend::lock(&b.inner.in_flight).remove(&(job.task.clone(), job.receipt.clone()));
+    RedisBackend::lock(&b.inner.in_flight)
+        .remove(&(b.inner.keys.queue(&job.task, &job.id), job.receipt.clone()));
 }
 
 /// Time a fetched job is vouched for before `begin` extends it to its deadline.
@@ -133,6 +140,9 @@ pub(super) async fn fetch(
         return Ok(Vec::new());
     }
     ensure_heartbeat(b);
+    if b.inner.keys.shards.is_some() {
+        return fetch_shards(b, tasks, max, block).await;
+    }
     // Only queues that exist can be read; a task nothing was enqueued for (within the TTL) has
     // none, so look again every QUEUE_RECHECK until one appears or the block time is over.
     let until = Instant::now() + block;
@@ -174,6 +184,136 @@ pub(super) async fn fetch(
     }
 }
 
+/// Every (task, stream) pair to look at for `tasks`: one stream per task, or one per task and
+/// shard on a cluster.
+fn queue_keys(b: &RedisBackend, tasks: &[&'static str]) -> Vec<(&'static str, String)> {
+    tasks
+        .iter()
+        .flat_map(|task| {
+            b.inner
+                .keys
+                .queues(task)
+                .into_iter()
+                .map(move |queue| (*task, queue))
+        })
+        .collect()
+}
+
+/// [`fetch`] on a cluster: reads every shard without blocking (`sweep.lua`, all shards at once
+/// over the multiplexed cluster connection), and while none has a job, waits for a start to
+/// announce one (the doorbell, rung by the subscriber) or for the read slice to pass.
+async fn fetch_shards(
+    b: &RedisBackend,
+    tasks: &[&'static str],
+    max: usize,
+    block: Duration,
+) -> Result<Vec<Job>, Error> {
+    b.ensure_subscriber();
+    let until = Instant::now() + block;
+    beat_while(b, until).await?;
+    let claimed = claim_if_due(b, tasks, max).await?;
+    if !claimed.is_empty() {
+        return Ok(claimed);
+    }
+    let every = takeover_every(b.inner.settings.takeover_after);
+    let doorbell = b.inner.doorbell.clone();
+    loop {
+        let taken = takeover_if_due(b, tasks, max).await?;
+        if !taken.is_empty() {
+            return Ok(taken);
+        }
+        // Listen before reading: a job announced after the read wakes us.
+        let rung = doorbell.notified();
+        tokio::pin!(rung);
+        rung.as_mut().enable();
+        let left = until.saturating_duration_since(Instant::now());
+        let jobs = sweep(b, tasks, max, every).await?;
+        if !jobs.is_empty() || left.is_zero() {
+            return Ok(jobs);
+        }
+        tokio::select! {
+            () = rung => {}
+            () = tokio::time::sleep(left.min(every)) => {}
+        }
+        if Instant::now() >= until {
+            return Ok(Vec::new());
+        }
+    }
+}
+
+/// One `sweep.lua` per shard, all at once: the new jobs of every task, at most `max` (extras
+/// are handed back). Shards that fail are skipped unless all do.
+async fn sweep(
+    b: &RedisBackend,
+    tasks: &[&'static str],
+    max: usize,
+    slice: Duration,
+) -> Result<Vec<Job>, Error> {
+    let keys = &b.inner.keys;
+    let shards: Vec<u16> = keys.shard_list().collect();
+    let count = max.div_ceil(shards.len() * tasks.len()).max(1);
+    let conn = b.conn().await?;
+    let mark_ms = (slice * 2).as_millis().max(1) as u64;
+    let reads = shards.iter().map(|shard| {
+        let mut conn = conn.clone();
+        let mut call = b.inner.scripts.sweep.prepare_invoke();
+        call.key(format!("{}idle", keys.base("z", *shard)));
+        for task in tasks {
+            call.key(keys.queue_in(task, *shard));
+        }
+        call.arg(GROUP)
+            .arg(&b.inner.consumer)
+            .arg(count)
+            .arg(mark_ms);
+        async move { b.bounded(call.invoke_async::<Value>(&mut conn)).await }
+    });
+    let results = futures_util::future::join_all(reads).await;
+    let mut per_shard = Vec::new();
+    let mut failure = None;
+    for (shard, result) in shards.iter().zip(results) {
+        match result
+            .and_then(|read| reply::<Vec<(usize, String, String, u64)>>("sweep reply", read))
+        {
+            Ok(entries) => per_shard.push((*shard, entries)),
+            Err(error) => failure = Some(error),
+        }
+    }
+    if per_shard.is_empty() {
+        if let Some(error) = failure {
+            return Err(error);
+        }
+    }
+    let mut jobs = Vec::new();
+    for (shard, entries) in per_shard {
+        for (index, receipt, id, prior) in entries {
+            let Some(task) = index.checked_sub(1).and_then(|i| tasks.get(i)) else {
+                continue;
+            };
+            let Ok(id) = id.parse::<RequestId>() else {
+                discard(b, &keys.queue_in(task, shard), &receipt).await;
+                continue;
+            };
+            let job = Job {
+                id,
+                task: (*task).to_owned(),
+                receipt,
+                deliveries: prior.saturating_add(1).min(u64::from(u32::MAX)) as u32,
+            };
+            vouch_until(b, &job, fresh_until(b));
+            jobs.push(job);
+        }
+    }
+    // Round-robin would need per-task queues; shards are read evenly, so hand back the tail.
+    if jobs.len() > max {
+        for job in jobs.split_off(max) {
+            if let Err(error) = release(b, &job).await {
+                tracing::warn!(request_id = %job.id, error = &error as &dyn std::error::Error, "could not hand back an extra job; it will be claimed after the idle bound");
+            }
+        }
+    }
+    Ok(jobs)
+}
+
 /// Keeps the heartbeat going until `until` (and while jobs are in flight), writing the key now
 /// if the last write is older than one beat.
 async fn beat_while(b: &RedisBackend, until: Instant) -> Result<(), Error> {
@@ -201,18 +341,24 @@ async fn ensure_beat(b: &RedisBackend) -> Result<(), Error> {
 /// Writes this process's heartbeat key (and clears a suspicion another worker raised).
 async fn beat(b: &RedisBackend) -> Result<(), Error> {
     let sent = Instant::now();
-    let mut conn = b.conn().await?;
+    let conn = b.conn().await?;
     let ttl = beat_ttl(b.inner.settings.takeover_after);
-    let mut pipe = redis::pipe();
-    pipe.cmd("SET")
-        .arg(b.inner.keys.alive(&b.inner.consumer))
-        .arg(1)
-        .arg("PX")
-        .arg(ttl.as_millis() as u64)
-        .ignore()
-        .del(b.inner.keys.suspect(&b.inner.consumer))
-        .ignore();
-    b.bounded(pipe.query_async::<()>(&mut conn)).await?;
+    // One key per shard on a cluster (takeover.lua reads it with the shard's stream), each
+    // pipeline in one slot; the shards' pipelines go out together.
+    let beats = b.inner.keys.shard_list().map(|shard| {
+        let mut conn = conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(b.inner.keys.alive(&b.inner.consumer, shard))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .ignore()
+            .del(b.inner.keys.suspect(&b.inner.consumer, shard))
+            .ignore();
+        async move { b.bounded(pipe.query_async::<()>(&mut conn)).await }
+    });
+    futures_util::future::try_join_all(beats).await?;
     let mut state = RedisBackend::lock(&b.inner.queue);
     if state.beat_at.is_none_or(|at| at < sent) {
         state.beat_at = Some(sent);
@@ -239,16 +385,13 @@ async fn takeover_if_due(
     let mut conn = b.conn().await?;
     let grace = takeover_grace(settings.takeover_after).as_millis() as u64;
     let mut jobs = Vec::new();
-    for task in tasks {
+    for (task, queue) in queue_keys(b, tasks) {
         let left = max.saturating_sub(jobs.len()).min(settings.claim_batch);
         if left == 0 {
             break;
         }
         let mut call = b.inner.scripts.takeover.prepare_invoke();
-        call.key(b.inner.keys.queue(task))
-            .arg(&b.inner.consumer)
-            .arg(left)
-            .arg(grace);
+        call.key(&queue).arg(&b.inner.consumer).arg(left).arg(grace);
         let taken = match b.bounded_raw(call.invoke_async(&mut conn)).await? {
             Ok(taken) => taken,
             Err(e) if is_nogroup(&e) => {
@@ -260,12 +403,12 @@ async fn takeover_if_due(
         let entries: Vec<(String, String, u64)> = reply("takeover reply", taken)?;
         for (receipt, id, deliveries) in entries {
             let Ok(id) = id.parse::<RequestId>() else {
-                discard(b, task, &receipt).await;
+                discard(b, &queue, &receipt).await;
                 continue;
             };
             let job = Job {
                 id,
-                task: (*task).to_owned(),
+                task: task.to_owned(),
                 receipt,
                 deliveries: deliveries.min(u64::from(u32::MAX)) as u32,
             };
@@ -280,12 +423,21 @@ async fn takeover_if_due(
 /// Entries of `task`'s stream not delivered to a worker: `XLEN` less the group's pending
 /// (delivered, unacknowledged) count, in one round trip; 0 when the stream does not exist.
 pub(super) async fn depth(b: &RedisBackend, task: &'static str) -> Result<u64, Error> {
-    let key = b.inner.keys.queue(task);
+    // One stream per shard on a cluster: their depths add up.
+    let mut depth = 0;
+    for key in b.inner.keys.queues(task) {
+        depth += depth_of(b, &key).await?;
+    }
+    Ok(depth)
+}
+
+/// [`depth`] of one stream.
+async fn depth_of(b: &RedisBackend, key: &str) -> Result<u64, Error> {
     let mut conn = b.conn().await?;
     // Two commands, not a pipeline: a pipeline reports XPENDING's NOGROUP (no stream or no
     // group yet) wrapped, without its code. Sampled about once a second per worker process.
     let len: u64 = b
-        .bounded_raw(redis::cmd("XLEN").arg(&key).query_async(&mut conn))
+        .bounded_raw(redis::cmd("XLEN").arg(key).query_async(&mut conn))
         .await?
         .map_err(map_err)?;
     if len == 0 {
@@ -294,7 +446,7 @@ pub(super) async fn depth(b: &RedisBackend, task: &'static str) -> Result<u64, E
     let pending = b
         .bounded_raw(
             redis::cmd("XPENDING")
-                .arg(&key)
+                .arg(key)
                 .arg(GROUP)
                 .query_async::<Value>(&mut conn),
         )
@@ -323,28 +475,35 @@ async fn ensure_groups(
 ) -> Result<Vec<&'static str>, Error> {
     let missing: Vec<&'static str> = {
         let state = RedisBackend::lock(&b.inner.queue);
+        let now = Instant::now();
         tasks
             .iter()
             .copied()
             .filter(|t| !state.groups.contains(*t))
+            .filter(|t| state.absent.get(*t).is_none_or(|at| *at <= now))
             .collect()
     };
     if !missing.is_empty() {
         let mut conn = b.conn().await?;
         for task in missing {
             let mut call = b.inner.scripts.group.prepare_invoke();
-            call.key(b.inner.keys.queue(task)).arg(GROUP);
+            call.key(b.inner.keys.queue_in(task, 0)).arg(GROUP);
             match reply(
                 "group reply",
                 b.bounded(call.invoke_async(&mut conn)).await?,
             )? {
-                Group::NoStream => continue,
+                Group::NoStream => {
+                    RedisBackend::lock(&b.inner.queue)
+                        .absent
+                        .insert(task.to_owned(), Instant::now() + QUEUE_RECHECK);
+                    continue;
+                }
                 Group::Created => tracing::debug!(task, "consumer group created"),
                 Group::Existed => {}
             }
-            RedisBackend::lock(&b.inner.queue)
-                .groups
-                .insert(task.to_owned());
+            let mut state = RedisBackend::lock(&b.inner.queue);
+            state.absent.remove(task);
+            state.groups.insert(task.to_owned());
         }
     }
     let state = RedisBackend::lock(&b.inner.queue);
@@ -386,18 +545,18 @@ async fn claim_if_due(
         reap_consumers(b, &mut conn, tasks).await;
     }
     let mut jobs = Vec::new();
-    for task in tasks {
+    for (task, queue) in queue_keys(b, tasks) {
         let left = max.saturating_sub(jobs.len()).min(settings.claim_batch);
         if left == 0 {
             break;
         }
         let start = RedisBackend::lock(&b.inner.queue)
             .cursors
-            .get(*task)
+            .get(&queue)
             .cloned()
             .unwrap_or_else(|| "0-0".to_owned());
         let mut call = b.inner.scripts.claim.prepare_invoke();
-        call.key(b.inner.keys.queue(task))
+        call.key(&queue)
             .arg(GROUP)
             .arg(&b.inner.consumer)
             .arg(settings.claim_idle.as_millis() as u64)
@@ -415,17 +574,17 @@ async fn claim_if_due(
         let (next, entries): (String, Vec<(String, String, u64)>) = reply("claim reply", claimed)?;
         RedisBackend::lock(&b.inner.queue)
             .cursors
-            .insert((*task).to_owned(), next);
+            .insert(queue.clone(), next);
         for (receipt, id, deliveries) in entries {
             let job = Job {
                 id: match id.parse::<RequestId>() {
                     Ok(id) => id,
                     Err(_) => {
-                        discard(b, task, &receipt).await;
+                        discard(b, &queue, &receipt).await;
                         continue;
                     }
                 },
-                task: (*task).to_owned(),
+                task: task.to_owned(),
                 receipt,
                 deliveries: deliveries.min(u64::from(u32::MAX)) as u32,
             };
@@ -444,11 +603,9 @@ async fn reap_consumers(
     tasks: &[&'static str],
 ) {
     let idle = REAP_IDLE.max(b.inner.settings.claim_idle * 10);
-    for task in tasks {
+    for (task, queue) in queue_keys(b, tasks) {
         let mut call = b.inner.scripts.reap.prepare_invoke();
-        call.key(b.inner.keys.queue(task))
-            .arg(GROUP)
-            .arg(idle.as_millis() as u64);
+        call.key(&queue).arg(GROUP).arg(idle.as_millis() as u64);
         let deleted = b
             .bounded(call.invoke_async(conn))
             .await
@@ -469,18 +626,17 @@ async fn reap_consumers(
     }
 }
 
-/// Acknowledges and deletes an entry that cannot be a job of ours (malformed id).
-async fn discard(b: &RedisBackend, task: &str, receipt: &str) {
+/// Acknowledges and deletes an entry of stream `queue` that cannot be a job of ours (malformed
+/// id).
+async fn discard(b: &RedisBackend, queue: &str, receipt: &str) {
     tracing::error!(
-        task,
+        queue,
         receipt,
         "stream entry without a valid request id: deleted"
     );
     let Ok(mut conn) = b.conn().await else { return };
-    let queue = b.inner.keys.queue(task);
     let mut pipe = redis::pipe();
-    pipe.xack(&queue, GROUP, &[receipt])
-        .xdel(&queue, &[receipt]);
+    pipe.xack(queue, GROUP, &[receipt]).xdel(queue, &[receipt]);
     let _ = b.bounded(pipe.query_async::<()>(&mut conn)).await;
 }
 
@@ -569,7 +725,10 @@ async fn read_group(
     if !block.is_zero() {
         options = options.block(block.as_millis().max(1) as usize);
     }
-    let queues: Vec<String> = tasks.iter().map(|task| b.inner.keys.queue(task)).collect();
+    let queues: Vec<String> = tasks
+        .iter()
+        .map(|task| b.inner.keys.queue_in(task, 0))
+        .collect();
     // `>`: entries never delivered to this group.
     let cmd = Cmd::xread_options(&queues, &vec![">"; tasks.len()], &options);
     let bound = block + settings.response_timeout;
@@ -611,7 +770,7 @@ async fn read_group(
                 .get::<String>("i")
                 .and_then(|s| s.parse::<RequestId>().ok());
             let Some(id) = id else {
-                discard(b, &task, &entry.id).await;
+                discard(b, &key.key, &entry.id).await;
                 continue;
             };
             let prior = entry.get::<u64>("n").unwrap_or(0);
@@ -637,7 +796,7 @@ pub(super) async fn release(b: &RedisBackend, job: &Job) -> Result<(), Error> {
     }
     let mut conn = b.conn().await?;
     let mut call = b.inner.scripts.release.prepare_invoke();
-    call.key(b.inner.keys.queue(&job.task))
+    call.key(b.inner.keys.queue(&job.task, &job.id))
         .arg(GROUP)
         .arg(&job.receipt)
         .arg(job.id.to_string())
@@ -703,27 +862,27 @@ async fn heartbeat(inner: Weak<Inner>, mut closed: tokio::sync::watch::Receiver<
 async fn refresh(b: &RedisBackend) {
     {
         let now = now_ms();
-        let mut by_task: HashMap<String, Vec<String>> = HashMap::new();
+        let mut by_queue: HashMap<String, Vec<String>> = HashMap::new();
         {
             let mut in_flight = RedisBackend::lock(&b.inner.in_flight);
             in_flight.retain(|_, until| *until > now);
-            for (task, receipt) in in_flight.keys() {
-                by_task
-                    .entry(task.clone())
+            for (queue, receipt) in in_flight.keys() {
+                by_queue
+                    .entry(queue.clone())
                     .or_default()
                     .push(receipt.clone());
             }
         }
-        if by_task.is_empty() {
+        if by_queue.is_empty() {
             return;
         }
         let Ok(mut conn) = b.conn().await else {
             return;
         };
-        for (task, receipts) in by_task {
+        for (queue, receipts) in by_queue {
             for chunk in receipts.chunks(HEARTBEAT_CHUNK) {
                 let cmd = Cmd::xclaim_options(
-                    b.inner.keys.queue(&task),
+                    &queue,
                     GROUP,
                     &b.inner.consumer,
                     0,
@@ -732,7 +891,7 @@ async fn refresh(b: &RedisBackend) {
                 );
                 if let Err(error) = b.bounded(cmd.query_async::<()>(&mut conn)).await {
                     tracing::debug!(
-                        task,
+                        queue,
                         error = &error as &dyn std::error::Error,
                         "entry refresh failed; will try again"
                     );

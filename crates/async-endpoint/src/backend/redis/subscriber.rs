@@ -113,3 +113,160 @@ pub(super) async fn run(mut s: Subscriber) {
         was_connected = false;
     }
 }
+
+/// The shared subscriber of a process on a Redis Cluster: one RESP3 cluster connection (a
+/// socket per master) subscribed with `SSUBSCRIBE` to every shard's channels: changes of its
+/// requests (`{prefix}:n:{T}`, a request id each) and new jobs while workers sleep
+/// (`{prefix}:j:{T}:jobs`, which ring the doorbell).
+#[cfg(feature = "redis-cluster")]
+pub(super) struct ClusterSubscriber {
+    pub(super) clients: super::connector::ClusterClients,
+    /// Channels of request changes, one per shard.
+    pub(super) changes: Vec<String>,
+    /// Channels of new jobs, one per shard.
+    pub(super) jobs: Vec<String>,
+    pub(super) notifier: Notifier,
+    pub(super) doorbell: Arc<tokio::sync::Notify>,
+    pub(super) closed: tokio::sync::watch::Receiver<()>,
+    pub(super) connection_timeout: Duration,
+    pub(super) response_timeout: Duration,
+    pub(super) subscribed: Arc<tokio::sync::watch::Sender<bool>>,
+    pub(super) missed: Arc<AtomicBool>,
+}
+
+/// How often the cluster subscriber checks that every subscription still stands (after a
+/// failover, the new master of a shard must be subscribed to).
+#[cfg(feature = "redis-cluster")]
+const CLUSTER_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+#[cfg(feature = "redis-cluster")]
+pub(super) async fn run_cluster(mut s: ClusterSubscriber) {
+    use redis::PushKind;
+    let (pushes, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let client = match s
+        .clients
+        .subscriber(pushes, s.connection_timeout, s.response_timeout)
+    {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "wake-up subscriber cannot be made; waiting polls fall back to their bound"
+            );
+            s.missed.store(true, Ordering::Release);
+            return;
+        }
+    };
+    let channels: Vec<String> = s.changes.iter().chain(&s.jobs).cloned().collect();
+    let mut conn: Option<redis::cluster_async::ClusterConnection> = None;
+    // Whether every channel is known to be subscribed; false at first and after any sign of
+    // trouble (a dropped connection, a channel unsubscribed by a slot move, a failed check).
+    let mut whole = false;
+    let mut backoff = BACKOFF_MIN;
+    let mut check = tokio::time::interval(CLUSTER_CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if !whole {
+            let attempt = async {
+                let mut c = match conn.take() {
+                    Some(c) => c,
+                    None => client
+                        .get_async_connection()
+                        .await
+                        .map_err(|error| (None, error))?,
+                };
+                // One channel per command: a cluster refuses channels of several slots in one.
+                let subscribed = async {
+                    for channel in &channels {
+                        c.ssubscribe(channel).await?;
+                    }
+                    Ok::<_, redis::RedisError>(())
+                }
+                .await;
+                match subscribed {
+                    Ok(()) => Ok(c),
+                    Err(error) => Err((Some(c), error)),
+                }
+            };
+            let bound = s.connection_timeout * 2 + s.response_timeout * 4;
+            let outcome = tokio::select! {
+                _ = s.closed.changed() => return,
+                outcome = tokio::time::timeout(bound, attempt) => outcome,
+            };
+            match outcome {
+                Ok(Ok(c)) => {
+                    conn = Some(c);
+                    whole = true;
+                    backoff = BACKOFF_MIN;
+                    if *s.subscribed.borrow() || s.missed.swap(false, Ordering::AcqRel) {
+                        // Anything published while a subscription was gone is lost.
+                        s.notifier.notify_all();
+                        s.doorbell.notify_waiters();
+                        tracing::info!("wake-up subscriber subscribed again");
+                    }
+                    s.subscribed.send_replace(true);
+                }
+                Ok(Err((c, error))) => {
+                    conn = c;
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "wake-up subscriber cannot subscribe every shard; retrying with backoff"
+                    );
+                }
+                Err(_) => {
+                    conn = None;
+                    tracing::warn!("wake-up subscriber timed out subscribing; retrying");
+                }
+            }
+            if !whole {
+                tokio::select! {
+                    _ = s.closed.changed() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = s.closed.changed() => return,
+            push = received.recv() => match push {
+                None => return,
+                Some(push) => match push.kind {
+                    PushKind::SMessage | PushKind::Message => {
+                        let channel = push.data.first().and_then(|c| match c {
+                            redis::Value::BulkString(bytes) => Some(bytes.as_slice()),
+                            _ => None,
+                        });
+                        if channel.is_some_and(|c| c.ends_with(b":jobs")) {
+                            s.doorbell.notify_waiters();
+                        } else if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
+                            let id = std::str::from_utf8(payload)
+                                .ok()
+                                .and_then(|text| text.parse::<RequestId>().ok());
+                            if let Some(id) = id {
+                                s.notifier.notify(id);
+                            }
+                        }
+                    }
+                    // A dropped node connection or a slot that moved: subscribe again.
+                    PushKind::Disconnection | PushKind::SUnsubscribe => whole = false,
+                    _ => {}
+                },
+            },
+            _ = check.tick() => {
+                // A command on every master: fails (and makes redis-rs refresh its slot map)
+                // when one is gone, so a failover is noticed even with no message flowing.
+                if let Some(c) = conn.as_mut() {
+                    let ping = tokio::time::timeout(
+                        s.response_timeout,
+                        redis::cmd("PING").query_async::<redis::Value>(c),
+                    )
+                    .await;
+                    if !matches!(ping, Ok(Ok(_))) {
+                        whole = false;
+                    }
+                }
+            }
+        }
+    }
+}

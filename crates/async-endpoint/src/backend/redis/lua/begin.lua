@@ -3,26 +3,28 @@
 -- ARGV: now_ms, timeout failure JSON, channel, id, group, receipt, deliveries, max deliveries,
 --       poison failure JSON.
 -- Returns {attempt, params, deadline, traceparent ('' none)} to run, or SKIP_GONE (gone or
--- terminal), SKIP_TIMED_OUT
--- (deadline passed), SKIP_POISONED (delivered too often).
-local h, x = read('s', 'a', 'p', 'd', 'l', 'c')
+-- terminal), SKIP_TIMED_OUT (deadline passed), SKIP_POISONED (delivered too often).
+-- The TTL is not re-applied: the record lives at least until its creation plus the TTL, which
+-- is past its deadline (the endpoint checks deadline < TTL) and so past any begin, and its
+-- token expires then too; terminal writes re-apply it.
+local h, x = read('s', 'a', 'p', 'd', 'c', unpack(terminal_fields))
 h = h or {}
 if not unfinished(h[1]) then
   drop_entry(ARGV[5], ARGV[6])
   return SKIP_GONE
 end
+local r = record(h, 6, x)
 if tonumber(ARGV[1]) > tonumber(h[4] or 0) then
-  fail(x, ARGV[2], h[5], ARGV[3], ARGV[4])
+  fail(r, ARGV[2], ARGV[3], ARGV[4])
   drop_entry(ARGV[5], ARGV[6])
   return SKIP_TIMED_OUT
 end
 if tonumber(ARGV[7]) > tonumber(ARGV[8]) then
-  fail(x, ARGV[9], h[5], ARGV[3], ARGV[4])
+  fail(r, ARGV[9], ARGV[3], ARGV[4])
   drop_entry(ARGV[5], ARGV[6])
   return SKIP_POISONED
 end
 local attempt = tonumber(h[2] or '0') + 1
 redis.call('HSET', KEYS[1], 's', RUNNING, 'a', attempt)
-touch(x, h[5])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return {attempt, h[3] or '', h[4], h[6] or ''}
+announce(r, ARGV[3], ARGV[4])
+return {attempt, h[3] or '', h[4], h[5] or ''}

@@ -4,6 +4,9 @@
 --   p params (dropped once terminal)   g progress JSON   o output JSON   f failure JSON
 --   d deadline, unix ms   l TTL, ms (re-applied with PEXPIRE on every write)
 --   w owner digest, k '1': the pending sets the request is in (see unpend); absent otherwise
+--   c the start's W3C traceparent, when it has one
+--   n '1' once a process watches the request (a poll by a process with a watch on it sets it):
+--     only then do begin, progress, retrying, finish and timeouts PUBLISH; a cancel always does
 --   x the letters of the fields (p, g, o, f) whose values are longer than INLINE_MAX: each is
 --     kept in a string key of its own, KEYS[1] .. ':' .. letter (same hash tag, so the same
 --     Cluster slot), with the record's TTL; absent when every value is in the hash
@@ -13,12 +16,13 @@
 -- Pending sets, for the pending limits: sorted sets of the ids of pending requests scored by
 -- their deadlines, one per owner (PREFIX:po:<owner digest>) and one per task (PREFIX:pt:<task>).
 -- Only starts that carry a limit join its set; ids past their deadline are dropped when counted.
+-- On a cluster both are in the record's shard (the start was placed there, see layout.rs).
 local function owner_set(digest)
-  return PREFIX .. ':po:' .. digest
+  return shard_key('po', digest)
 end
 
 local function task_set(task)
-  return PREFIX .. ':pt:' .. task
+  return shard_key('pt', task)
 end
 
 -- Whether the pending set `key` holds fewer than `limit` requests pending at `now_ms`.
@@ -34,16 +38,16 @@ local function join_pending(key, deadline, id, ttl)
 end
 
 -- The request in KEYS[1] (`id`) no longer counts as pending: removes it from its pending sets.
--- Call it on every terminal transition (done, failed, timed out, cancelled).
-local function unpend(id)
-  local h = redis.call('HMGET', KEYS[1], 'w', 'k', 't')
-  if h[1] then
-    redis.call('ZREM', owner_set(h[1]), id)
+-- Call it on every terminal transition (done, failed, timed out, cancelled). `r` is what the
+-- script read of the record: its fields w, k and t (see `record`).
+local function unpend(id, r)
+  if r.w then
+    redis.call('ZREM', owner_set(r.w), id)
   end
-  if h[2] and h[3] then
-    redis.call('ZREM', task_set(h[3]), id)
+  if r.k and r.t then
+    redis.call('ZREM', task_set(r.t), id)
   end
-  if h[1] or h[2] then
+  if r.w or r.k then
     redis.call('HDEL', KEYS[1], 'w', 'k')
   end
 end
@@ -137,13 +141,39 @@ local function read(...)
   return values, x
 end
 
--- Turns the record in KEYS[1] (out-of-line letters `x`) into a failure and tells the waiters.
-local function fail(x, failure, ttl, channel, id)
-  unpend(id)
-  x = put(x, 'f', failure, ttl, 's', FAILED)
+-- The fields every terminal transition needs, after the ones a script reads for itself.
+local terminal_fields = {'x', 'l', 'n', 'w', 'k', 't'}
+
+-- What a script read of the record: `values` are the values of terminal_fields from index `at`
+-- on (x, the out-of-line letters, as `read` returns it instead when `x` is given).
+local function record(values, at, x)
+  return {
+    x = x or values[at] or '',
+    l = values[at + 1],
+    n = values[at + 2],
+    w = values[at + 3],
+    k = values[at + 4],
+    t = values[at + 5],
+  }
+end
+
+-- Tells the processes that watch request `id` that it changed: only when one of them marked the
+-- record (`n`, set by a poll of a process that watches it), unless `always` (a cancel, which a
+-- worker that never polled its job must hear of).
+local function announce(r, channel, id, always)
+  if always or r.n then
+    redis.call(PUBLISH, channel, id)
+  end
+end
+
+-- Turns the record in KEYS[1] (`r`, see `record`) into a failure and tells the watchers.
+local function fail(r, failure, channel, id, always)
+  local ttl = r.l or 3600000
+  unpend(id, r)
+  local x = put(r.x, 'f', failure, ttl, 's', FAILED)
   x = drop(x, 'p')
   touch(x, ttl)
-  redis.call('PUBLISH', channel, id)
+  announce(r, channel, id, always)
 end
 
 -- Acknowledges and deletes a stream entry (KEYS[2]) whose record reached a terminal state.

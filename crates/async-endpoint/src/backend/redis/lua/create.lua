@@ -51,4 +51,9 @@ if new_queue then
 end
 -- The queue lives as long as its newest request could need it: an idle queue expires too.
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+-- On a cluster workers read shards without blocking: while one sleeps (its mark is set by
+-- sweep.lua when it found the shard empty), announce the job on the shard's channel.
+if CLUSTER and redis.call('EXISTS', shard_key('z', 'idle')) == 1 then
+  redis.call(PUBLISH, shard_key('j', 'jobs'), ARGV[1])
+end
 return ADMITTED

@@ -4,8 +4,7 @@
 -- ARGV: now_ms, timeout failure JSON, channel, id, group, receipt, DONE or FAILED, output or
 --       failure.
 -- Returns the status that stands (DONE or FAILED).
-local h = redis.call('HMGET', KEYS[1], 's', 'd', 'l', 'x')
-local x = h[4] or ''
+local h = redis.call('HMGET', KEYS[1], 's', 'd', unpack(terminal_fields))
 drop_entry(ARGV[5], ARGV[6])
 if not h[1] then
   return FAILED
@@ -13,17 +12,18 @@ end
 if not unfinished(h[1]) then
   return h[1]
 end
+local r = record(h, 3)
 if tonumber(ARGV[1]) > tonumber(h[2] or 0) then
-  fail(x, ARGV[2], h[3], ARGV[3], ARGV[4])
+  fail(r, ARGV[2], ARGV[3], ARGV[4])
   return FAILED
 end
 if ARGV[7] == DONE then
-  unpend(ARGV[4])
-  x = put(x, 'o', ARGV[8], h[3], 's', DONE)
+  unpend(ARGV[4], r)
+  local x = put(r.x, 'o', ARGV[8], r.l, 's', DONE)
   x = drop(x, 'p')
-  touch(x, h[3])
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  touch(x, r.l)
+  announce(r, ARGV[3], ARGV[4])
   return DONE
 end
-fail(x, ARGV[8], h[3], ARGV[3], ARGV[4])
+fail(r, ARGV[8], ARGV[3], ARGV[4])
 return FAILED

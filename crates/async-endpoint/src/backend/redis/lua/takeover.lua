@@ -1,6 +1,7 @@
 -- Takes over the pending entries of workers that died: consumers whose heartbeat key
--- (PREFIX:w:<consumer>, refreshed by each live worker) is gone. A consumer found without one is
--- first marked suspect (PREFIX:s:<consumer>) and only taken over when it is still silent a grace
+-- (PREFIX:w:<consumer>, on a cluster PREFIX:w:{T}:<consumer> in the stream's shard, refreshed
+-- by each live worker) is gone. A consumer found without one is first marked suspect
+-- (PREFIX:s:<consumer>, likewise) and only taken over when it is still silent a grace
 -- period later, so a live worker whose beat was late (Redis paused or slow for a moment, the key
 -- expired on its wall clock) beats again first and keeps its jobs. At most COUNT entries.
 -- KEYS: queue stream.  ARGV: this consumer, count, grace ms.
@@ -30,8 +31,8 @@ for _, c in ipairs(info) do
     end
   end
   if name and name ~= ARGV[1] and pending > 0
-      and redis.call('EXISTS', PREFIX .. ':w:' .. name) == 0 then
-    local suspect = PREFIX .. ':s:' .. name
+      and redis.call('EXISTS', shard_key('w', name)) == 0 then
+    local suspect = shard_key('s', name)
     local ttl = redis.call('PTTL', suspect)
     if ttl < 0 then
       redis.call('SET', suspect, '1', 'PX', grace * 2)

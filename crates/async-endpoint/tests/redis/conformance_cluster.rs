@@ -1,0 +1,247 @@
+//! The backend conformance suite against a private Redis Cluster (3 masters, 3 replicas; feature
+//! `redis-cluster`). One cluster serves every case (each under a prefix of its own), run one
+//! after another in one test, so the suite does not start 6 servers per case.
+//!
+//! The suite builds requests with random ids and never calls [`Backend::place`], which the
+//! engine calls before every start; on a cluster the id names the request's shard, so [`Placed`]
+//! places each request as the engine would and translates ids between the suite's and the
+//! backend's (every call still goes to the real backend). Three cases start requests carrying
+//! both pending limits, which a cluster refuses by design (`both_limits_are_refused` checks
+//! that); they are left out here.
+#![cfg(feature = "redis-cluster")]
+
+use crate::conformance;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_endpoint::backend::{
+    Backend, Begin, Created, Job, NewRequest, Outcome, PendingLimits, RedisBackend, Snapshot,
+    Update, Watch,
+};
+use async_endpoint::{Error, RequestId, Status};
+
+/// The backend under test, with the suite's ids translated to placed ones and back.
+struct Placed {
+    backend: RedisBackend,
+    /// suite id → placed id, and placed id → suite id.
+    ids: Mutex<(HashMap<RequestId, RequestId>, HashMap<RequestId, RequestId>)>,
+}
+
+impl Placed {
+    fn new(backend: RedisBackend) -> Self {
+        Placed {
+            backend,
+            ids: Mutex::new((HashMap::new(), HashMap::new())),
+        }
+    }
+    fn to_backend(&self, id: RequestId) -> RequestId {
+        self.ids.lock().unwrap().0.get(&id).copied().unwrap_or(id)
+    }
+    fn to_suite(&self, id: RequestId) -> RequestId {
+        self.ids.lock().unwrap().1.get(&id).copied().unwrap_or(id)
+    }
+    fn job_to_backend(&self, job: &Job) -> Job {
+        let mut job = job.clone();
+        job.id = self.to_backend(job.id);
+        job
+    }
+}
+
+impl Backend for Placed {
+    async fn create(&self, mut request: NewRequest) -> Result<Created, Error> {
+        let suite_id = request.id;
+        let known = self.ids.lock().unwrap().0.get(&suite_id).copied();
+        match known {
+            // The suite re-creates a request it made before (same id): same placement.
+            Some(placed) => request.id = placed,
+            None => {
+                self.backend.place(&mut request);
+                let mut ids = self.ids.lock().unwrap();
+                ids.0.insert(suite_id, request.id);
+                ids.1.insert(request.id, suite_id);
+            }
+        }
+        match self.backend.create(request).await? {
+            Created::Existing {
+                id,
+                created_ms,
+                same_params,
+            } => Ok(Created::Existing {
+                id: self.to_suite(id),
+                created_ms,
+                same_params,
+            }),
+            other => Ok(other),
+        }
+    }
+    async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+        self.backend.poll(self.to_backend(id), now_ms).await
+    }
+    fn watch(&self, id: RequestId) -> Watch {
+        self.backend.watch(self.to_backend(id))
+    }
+    async fn fetch(
+        &self,
+        tasks: &[&'static str],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Job>, Error> {
+        let mut jobs = self.backend.fetch(tasks, max, block).await?;
+        for job in &mut jobs {
+            job.id = self.to_suite(job.id);
+        }
+        Ok(jobs)
+    }
+    async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
+        self.backend.begin(&self.job_to_backend(job), now_ms).await
+    }
+    async fn update(&self, id: RequestId, update: Update) -> Result<(), Error> {
+        self.backend.update(self.to_backend(id), update).await
+    }
+    async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
+        self.backend
+            .finish(&self.job_to_backend(job), outcome, now_ms)
+            .await
+    }
+    async fn release(&self, job: &Job) -> Result<(), Error> {
+        self.backend.release(&self.job_to_backend(job)).await
+    }
+    async fn cancel(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
+        self.backend.cancel(self.to_backend(id), now_ms).await
+    }
+    async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, Error> {
+        self.backend.queue_depth(task).await
+    }
+    async fn begin_many(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<Begin>, Error> {
+        let jobs: Vec<Job> = jobs.iter().map(|job| self.job_to_backend(job)).collect();
+        self.backend.begin_many(&jobs, now_ms).await
+    }
+    async fn finish_many(
+        &self,
+        finished: &[(Job, Outcome)],
+        now_ms: u64,
+    ) -> Result<Vec<Status>, Error> {
+        let finished: Vec<(Job, Outcome)> = finished
+            .iter()
+            .map(|(job, outcome)| (self.job_to_backend(job), outcome.clone()))
+            .collect();
+        self.backend.finish_many(&finished, now_ms).await
+    }
+}
+
+/// Runs each named case against a fresh backend (prefix of its own) on `cluster`.
+macro_rules! cases {
+    ($cluster:expr; $($case:ident),* $(,)?) => {{
+        let mut n = 0;
+        $(
+            n += 1;
+            let backend = RedisBackend::cluster_builder($cluster.urls())
+                .prefix(format!("c{n}"))
+                .claim_idle(Duration::from_secs(5))
+                .build()
+                .expect("valid settings");
+            eprintln!("cluster conformance: {}", stringify!($case));
+            conformance::$case(Arc::new(Placed::new(backend))).await;
+        )*
+        n
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_on_a_cluster() {
+    let Some(cluster) = test_support::redis_cluster::start() else {
+        return;
+    };
+    let ran = cases!(cluster;
+        create_then_poll_is_queued,
+        unknown_id_polls_none,
+        full_lifecycle,
+        first_terminal_state_wins,
+        concurrent_finishes_agree,
+        delivery_after_terminal_is_skipped,
+        poll_past_deadline_times_out,
+        begin_past_deadline_skips_and_times_out,
+        finish_past_deadline_is_timeout,
+        progress_after_terminal_is_ignored,
+        retrying_then_next_attempt,
+        watch_wakes_on_every_change,
+        many_watches_each_wake_on_their_own_finish,
+        fetch_honours_max_and_tasks,
+        fetch_blocks_until_a_job_arrives,
+        released_job_is_delivered_again,
+        records_expire_after_ttl,
+        duplicate_delivery_first_outcome_wins,
+        finish_exactly_at_the_deadline_stands,
+        finish_racing_a_deadline_poll_agree,
+        progress_racing_finish_changes_nothing_after,
+        polls_racing_finish_agree,
+        cancel_queued_fails_it_and_its_job_never_runs,
+        cancel_running_stands_and_a_later_finish_is_ignored,
+        cancel_retrying_stands,
+        cancel_of_a_finished_request_changes_nothing,
+        cancel_twice_gives_the_same_answer,
+        cancel_of_an_unknown_request_is_none,
+        cancel_past_the_deadline_is_a_timeout,
+        cancel_wakes_watchers,
+        cancel_racing_finish_agree,
+        cancel_racing_a_deadline_poll_agree,
+        cancel_racing_a_redelivery_agree,
+        idempotency_key_returns_the_first_request,
+        idempotency_keys_are_scoped,
+        concurrent_creates_with_one_key_make_one_request,
+        idempotency_key_expires_with_the_ttl,
+        owner_limit_refuses_and_stores_nothing,
+        task_limit_refuses_and_stores_nothing,
+        no_owner_means_no_owner_limit,
+        timed_out_request_frees_its_slot,
+        concurrent_creates_at_one_free_slot_admit_one,
+        repeat_with_a_key_is_not_refused_by_a_limit,
+        traceparent_travels_with_the_job,
+        queue_depth_counts_the_jobs_waiting,
+        begin_many_is_one_begin_per_job_in_order,
+        finish_many_is_one_finish_per_job_in_order,
+        cancel_wakes_a_watch_taken_before_begin,
+    );
+    assert_eq!(ran, 48);
+    // Every key the cases made expires with its TTL (at most 300 s in the suite): none is left
+    // without one.
+    for key in cluster.key_names() {
+        let master = cluster.master_for(&key);
+        let ttl = cluster
+            .node(master)
+            .command(&format!("PTTL {key}"))
+            .unwrap();
+        assert!(ttl != ":-1", "{key} has no TTL");
+    }
+}
+
+#[tokio::test]
+async fn both_limits_are_refused() {
+    let Some(cluster) = test_support::redis_cluster::start() else {
+        return;
+    };
+    let backend = RedisBackend::cluster_builder(cluster.urls())
+        .build()
+        .unwrap();
+    let mut request = NewRequest::new(
+        RequestId::random(),
+        "task",
+        "{}",
+        0,
+        60_000,
+        Duration::from_secs(60),
+    );
+    request.owner = Some("alice".into());
+    let mut limits = PendingLimits::default();
+    limits.per_owner = Some(1);
+    limits.per_task = Some(1);
+    request.limits = limits;
+    backend.place(&mut request);
+    match backend.create(request).await {
+        Err(Error::Config { setting, .. }) => assert_eq!(setting, "max_pending_per_task"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    assert_eq!(cluster.keys(), 0, "nothing was written");
+}
