@@ -368,6 +368,9 @@ pub async fn retrying_then_next_attempt<B: Backend + 'static>(b: Arc<B>) {
 pub async fn watch_wakes_on_every_change<B: Backend + 'static>(b: Arc<B>) {
     let r = create(&*b, 60_000).await;
     let mut watch = b.watch(r.id);
+    // A watcher reads after registering (see `Backend::watch`): a backend may announce only
+    // writes to requests read so.
+    assert_eq!(status(&*b, r.id).await, Status::Queued);
     let job = fetch_one(&*b, r.id).await;
     run(&*b, &job).await;
     tokio::time::timeout(LONG, watch.changed())
@@ -400,6 +403,8 @@ pub async fn many_watches_each_wake_on_their_own_finish<B: Backend + 'static>(b:
     for _ in 0..10 {
         let r = create(&*b, 60_000).await;
         followed.push((r.id, b.watch(r.id)));
+        // Read after watching, as an event stream does (see `Backend::watch`).
+        assert_eq!(status(&*b, r.id).await, Status::Queued);
     }
     // Every job, delivered once each (a fetch may bring several).
     let mut jobs = Vec::new();
