@@ -59,28 +59,32 @@ END $$;
 DROP FUNCTION {schema}.begin_job(text, bigint, integer, integer, text, text, text);
 DROP FUNCTION {schema}.finish_job(text, bigint, smallint, text, text, text);
 
+-- Announces a change of request `p_id` (for use inside statements); true.
+CREATE FUNCTION {schema}.announce(p_channel text, p_id text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(p_channel, 'r ' || p_id);
+    RETURN true;
+END $$;
+
 -- Starts attempts of delivered jobs, as one begin per job in the arrays' order would: a row per
 -- job, in order, with code 0 and the attempt to run, or why not (the job is closed then):
 -- 1 gone or terminal, 2 deadline passed (now a timeout), 3 delivered more than `p_max` times
 -- (now an internal failure). `p_deliveries[i]` is the delivery count of job `p_ids[i]`.
 --
--- Rows are locked in id order first (two batches never wait on each other in a cycle), then
--- judged and written with one UPDATE. Ids repeated in one batch are begun one after the other.
--- The caller bounds the batch.
+-- One statement: the rows are locked in id order (two batches never wait on each other in a
+-- cycle) and judged as they stand once locked, then written by one UPDATE. Ids repeated in one
+-- batch are begun one after the other. The caller bounds the batch.
 CREATE FUNCTION {schema}.begin_jobs(p_ids text[], p_deliveries integer[], p_now bigint,
     p_max integer, p_timeout text, p_poison text, p_channel text)
 RETURNS TABLE (code smallint, attempt integer, params text, deadline_ms bigint,
     traceparent text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- By primary key, whatever the planner thinks of a young table's size (with a seq scan, a
+-- batch would cost a scan of the whole table).
+SET enable_seqscan = off
+AS $$
 #variable_conflict use_column
-DECLARE
-    v_codes smallint[];
-    v_ids text[];
-    v_attempts integer[];
-    v_params text[];
-    v_deadlines bigint[];
-    v_traces text[];
-    v_told text[];
 BEGIN
     IF cardinality(p_ids) IS DISTINCT FROM cardinality(p_deliveries) THEN
         RAISE EXCEPTION 'begin_jobs: % ids but % delivery counts',
@@ -96,18 +100,21 @@ BEGIN
         END LOOP;
         RETURN;
     END IF;
-    PERFORM 1 FROM {schema}.requests q WHERE q.id = ANY (p_ids) ORDER BY q.id FOR UPDATE;
-    SELECT array_agg((CASE
-                WHEN q.id IS NULL OR q.status >= 3 OR q.expires_ms <= p_now THEN 1
-                WHEN p_now > q.deadline_ms THEN 2
-                WHEN u.delivery > p_max THEN 3
-                ELSE 0 END)::smallint ORDER BY u.ord)
-        INTO v_codes
-        FROM unnest(p_ids, p_deliveries) WITH ORDINALITY AS u(id, delivery, ord)
-        LEFT JOIN {schema}.requests q ON q.id = u.id;
-    -- 0: running, attempt + 1, TTL refreshed. 1: the job closed. 2, 3: settled as a failure
+    -- 0: running, attempt + 1. 1: the job closed. 2, 3: settled as a failure
     -- (params dropped, pending slots freed, TTL refreshed) and the job closed.
-    WITH written AS (
+    RETURN QUERY
+    WITH locked AS MATERIALIZED (
+        SELECT r.id, (CASE
+                WHEN r.status >= 3 OR r.expires_ms <= p_now THEN 1
+                WHEN p_now > r.deadline_ms THEN 2
+                WHEN u.delivery > p_max THEN 3
+                ELSE 0 END)::smallint AS code
+            FROM {schema}.requests r
+            JOIN unnest(p_ids, p_deliveries) AS u(id, delivery) ON r.id = u.id
+            WHERE r.id = ANY (p_ids)
+            ORDER BY r.id
+            FOR UPDATE OF r),
+    written AS (
         UPDATE {schema}.requests q SET
                 status = CASE c.code WHEN 0 THEN 1 WHEN 1 THEN q.status ELSE 4 END,
                 attempt = CASE WHEN c.code = 0 THEN q.attempt + 1 ELSE q.attempt END,
@@ -117,43 +124,42 @@ BEGIN
                 params = CASE WHEN c.code >= 2 THEN NULL ELSE q.params END,
                 limit_owner = CASE WHEN c.code >= 2 THEN NULL ELSE q.limit_owner END,
                 limit_task = CASE WHEN c.code >= 2 THEN false ELSE q.limit_task END,
-                expires_ms = CASE WHEN c.code = 1 THEN q.expires_ms ELSE p_now + q.ttl_ms END,
+                -- A record outlives its deadline from its start on (the TTL exceeds every
+                -- deadline), and its finish or timeout refreshes the TTL: a running job's
+                -- record cannot expire under it, so an attempt's start leaves the expiry be
+                -- and the update touches no indexed column (a HOT update, no index writes).
+                expires_ms = CASE WHEN c.code = 1 THEN q.expires_ms
+                    WHEN c.code = 0 AND q.expires_ms > q.deadline_ms THEN q.expires_ms
+                    ELSE p_now + q.ttl_ms END,
                 job_open = c.code = 0 AND q.job_open
-            FROM unnest(p_ids, v_codes) AS c(id, code)
-            WHERE q.id = c.id AND (c.code <> 1 OR q.job_open)
-            RETURNING q.id, c.code, q.attempt, q.params, q.deadline_ms, q.traceparent, q.watched)
-    SELECT array_agg(w.id) FILTER (WHERE w.code = 0),
-            array_agg(w.attempt) FILTER (WHERE w.code = 0),
-            array_agg(coalesce(w.params, '')) FILTER (WHERE w.code = 0),
-            array_agg(w.deadline_ms) FILTER (WHERE w.code = 0),
-            array_agg(w.traceparent) FILTER (WHERE w.code = 0),
-            array_agg(w.id) FILTER (WHERE w.watched AND w.code <> 1)
-        INTO v_ids, v_attempts, v_params, v_deadlines, v_traces, v_told
-        FROM written w;
-    PERFORM pg_notify(p_channel, 'r ' || t.id) FROM unnest(v_told) AS t(id);
-    RETURN QUERY SELECT c.code, coalesce(r.attempt, 0), r.params, coalesce(r.deadline_ms, 0),
-            r.traceparent
-        FROM unnest(p_ids, v_codes) WITH ORDINALITY AS c(id, code, ord)
-        LEFT JOIN unnest(v_ids, v_attempts, v_params, v_deadlines, v_traces)
-            AS r(id, attempt, params, deadline_ms, traceparent) ON r.id = c.id
-        ORDER BY c.ord;
+            FROM locked c
+            WHERE q.id = c.id AND q.id = ANY (p_ids) AND (c.code <> 1 OR q.job_open)
+            RETURNING q.id, q.attempt, q.params, q.deadline_ms, q.traceparent,
+                CASE WHEN q.watched AND c.code <> 1
+                    THEN {schema}.announce(p_channel, q.id) END AS told)
+    SELECT coalesce(c.code, 1::smallint),
+            CASE WHEN c.code = 0 THEN w.attempt ELSE 0 END,
+            CASE WHEN c.code = 0 THEN coalesce(w.params, '') END,
+            CASE WHEN c.code = 0 THEN w.deadline_ms ELSE 0 END,
+            CASE WHEN c.code = 0 THEN w.traceparent END
+        FROM unnest(p_ids) WITH ORDINALITY AS i(id, ord)
+        LEFT JOIN locked c ON c.id = i.id
+        LEFT JOIN written w ON w.id = i.id
+        ORDER BY i.ord;
 END $$;
 
 -- Writes attempts' outcomes, as one finish per job in the arrays' order would: each unless its
 -- request is terminal (the first terminal state wins; past the deadline it becomes the
 -- timeout), closing every job; a row per job, in order, with the status that stands.
 -- `p_codes[i]` is 3 (done: `p_values[i]` is the output) or 4 (failed: the failure).
--- Locked in id order, judged, then written with one UPDATE; repeated ids one after the other.
+-- One statement, locking in id order as `begin_jobs`; repeated ids one after the other.
 CREATE FUNCTION {schema}.finish_jobs(p_ids text[], p_codes smallint[], p_values text[],
     p_now bigint, p_timeout text, p_channel text)
 RETURNS TABLE (stands smallint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_seqscan = off
+AS $$
 #variable_conflict use_column
-DECLARE
-    v_stands smallint[];
-    v_settles boolean[];
-    v_late boolean[];
-    v_told text[];
 BEGIN
     IF cardinality(p_ids) IS DISTINCT FROM cardinality(p_codes)
             OR cardinality(p_ids) IS DISTINCT FROM cardinality(p_values) THEN
@@ -170,18 +176,21 @@ BEGIN
         END LOOP;
         RETURN;
     END IF;
-    PERFORM 1 FROM {schema}.requests q WHERE q.id = ANY (p_ids) ORDER BY q.id FOR UPDATE;
-    SELECT array_agg((CASE
-                WHEN q.id IS NULL OR q.expires_ms <= p_now THEN 4
-                WHEN q.status >= 3 THEN q.status
-                WHEN p_now > q.deadline_ms THEN 4
-                ELSE u.code END)::smallint ORDER BY u.ord),
-            array_agg(coalesce(q.expires_ms > p_now AND q.status < 3, false) ORDER BY u.ord),
-            array_agg(coalesce(p_now > q.deadline_ms, false) ORDER BY u.ord)
-        INTO v_stands, v_settles, v_late
-        FROM unnest(p_ids, p_codes) WITH ORDINALITY AS u(id, code, ord)
-        LEFT JOIN {schema}.requests q ON q.id = u.id;
-    WITH written AS (
+    RETURN QUERY
+    WITH locked AS MATERIALIZED (
+        SELECT r.id, u.value, (CASE
+                WHEN r.expires_ms <= p_now THEN 4
+                WHEN r.status >= 3 THEN r.status
+                WHEN p_now > r.deadline_ms THEN 4
+                ELSE u.code END)::smallint AS stands,
+            r.expires_ms > p_now AND r.status < 3 AS settles,
+            p_now > r.deadline_ms AS late
+            FROM {schema}.requests r
+            JOIN unnest(p_ids, p_codes, p_values) AS u(id, code, value) ON r.id = u.id
+            WHERE r.id = ANY (p_ids)
+            ORDER BY r.id
+            FOR UPDATE OF r),
+    written AS (
         UPDATE {schema}.requests q SET
                 status = CASE WHEN s.settles THEN s.stands ELSE q.status END,
                 output = CASE WHEN NOT s.settles THEN q.output
@@ -194,12 +203,13 @@ BEGIN
                 limit_task = CASE WHEN s.settles THEN false ELSE q.limit_task END,
                 expires_ms = CASE WHEN s.settles THEN p_now + q.ttl_ms ELSE q.expires_ms END,
                 job_open = false
-            FROM unnest(p_ids, p_values, v_stands, v_settles, v_late)
-                AS s(id, value, stands, settles, late)
-            WHERE q.id = s.id AND (s.settles OR q.job_open)
-            RETURNING q.id, s.settles AND q.watched AS tell)
-    SELECT array_agg(w.id) FILTER (WHERE w.tell) INTO v_told FROM written w;
-    PERFORM pg_notify(p_channel, 'r ' || t.id) FROM unnest(v_told) AS t(id);
-    RETURN QUERY SELECT s.stands FROM unnest(v_stands) WITH ORDINALITY AS s(stands, ord)
-        ORDER BY s.ord;
+            FROM locked s
+            WHERE q.id = s.id AND q.id = ANY (p_ids) AND (s.settles OR q.job_open)
+            RETURNING q.id, CASE WHEN s.settles AND q.watched
+                THEN {schema}.announce(p_channel, q.id) END AS told)
+    SELECT coalesce(s.stands, 4::smallint)
+        FROM unnest(p_ids) WITH ORDINALITY AS i(id, ord)
+        LEFT JOIN locked s ON s.id = i.id
+        LEFT JOIN written w ON w.id = i.id
+        ORDER BY i.ord;
 END $$;
