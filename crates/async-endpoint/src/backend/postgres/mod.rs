@@ -248,6 +248,18 @@ fn status_of(code: i16) -> Result<Status, Error> {
     })
 }
 
+/// A request id as stored: its 32 lowercase hex digits (what `Display` writes), without the
+/// formatting machinery (every poll formats one).
+fn id_text(id: &RequestId) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(32);
+    for byte in id.as_bytes() {
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    text
+}
+
 /// Unix milliseconds as PostgreSQL's `bigint`.
 fn ms(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -593,7 +605,7 @@ async fn heartbeat(inner: Weak<Inner>, every: Duration) {
             in_flight.retain(|_, (_, until)| *until > now);
             in_flight
                 .iter()
-                .map(|(id, (delivery, _))| (id.to_string(), *delivery))
+                .map(|(id, (delivery, _))| (id_text(id), *delivery))
                 .unzip()
         };
         if ids.is_empty() {
@@ -786,7 +798,7 @@ impl Backend for PostgresBackend {
             .query(
                 &inner.sql.create,
                 &[
-                    &request.id.to_string(),
+                    &id_text(&request.id),
                     &request.task,
                     &request.params,
                     &ms(request.created_ms),
@@ -829,11 +841,11 @@ impl Backend for PostgresBackend {
 
     async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
         let inner = &self.inner;
-        let id_text = id.to_string();
+        let key = id_text(&id);
         // The common case: one read by primary key. Only a request found unfinished past its
         // deadline takes a second round trip, which re-checks and writes the timeout atomically.
         let rows = self
-            .query(&inner.sql.poll, &[&id_text, &ms(now_ms)])
+            .query(&inner.sql.poll, &[&key, &ms(now_ms)])
             .await?;
         let Some(row) = rows.first() else {
             return Ok(None);
@@ -844,7 +856,7 @@ impl Backend for PostgresBackend {
             // Somebody here waits on it: mark it, so that later writes are announced. The mark
             // returns the row as it stands after any write that did not see the mark.
             let rows = self
-                .query(&inner.sql.mark, &[&id_text, &ms(now_ms)])
+                .query(&inner.sql.mark, &[&key, &ms(now_ms)])
                 .await?;
             let Some(row) = rows.first() else {
                 return Ok(None);
@@ -858,7 +870,7 @@ impl Backend for PostgresBackend {
             .query(
                 &inner.sql.expire,
                 &[
-                    &id_text,
+                    &key,
                     &ms(now_ms),
                     &inner.timeout_json,
                     &inner.sql.channel,
@@ -946,7 +958,7 @@ impl Backend for PostgresBackend {
         let batches = jobs
             .chunks(BATCH)
             .map(|chunk| -> Vec<Param> {
-                let ids: Vec<String> = chunk.iter().map(|job| job.id.to_string()).collect();
+                let ids: Vec<String> = chunk.iter().map(|job| id_text(&job.id)).collect();
                 let deliveries: Vec<i32> = chunk
                     .iter()
                     .map(|job| i32::try_from(job.deliveries).unwrap_or(i32::MAX))
@@ -1023,7 +1035,7 @@ impl Backend for PostgresBackend {
                 .map_err(|e| Error::Corrupt(format!("progress not encodable: {e}")))?;
                 self.query(
                     &inner.sql.progress,
-                    &[&id.to_string(), &json, &now, &inner.sql.channel],
+                    &[&id_text(&id), &json, &now, &inner.sql.channel],
                 )
                 .await
                 .map(drop)
@@ -1031,7 +1043,7 @@ impl Backend for PostgresBackend {
             Update::Retrying => self
                 .query(
                     &inner.sql.retrying,
-                    &[&id.to_string(), &now, &inner.sql.channel],
+                    &[&id_text(&id), &now, &inner.sql.channel],
                 )
                 .await
                 .map(drop),
@@ -1059,7 +1071,7 @@ impl Backend for PostgresBackend {
         let now = ms(now_ms);
         let mut batches = Vec::with_capacity(finished.len().div_ceil(BATCH));
         for chunk in finished.chunks(BATCH) {
-            let ids: Vec<String> = chunk.iter().map(|(job, _)| job.id.to_string()).collect();
+            let ids: Vec<String> = chunk.iter().map(|(job, _)| id_text(&job.id)).collect();
             let mut codes: Vec<i16> = Vec::with_capacity(chunk.len());
             let mut values: Vec<String> = Vec::with_capacity(chunk.len());
             for (_, outcome) in chunk {
@@ -1107,7 +1119,7 @@ impl Backend for PostgresBackend {
         };
         self.query(
             &self.inner.sql.release,
-            &[&job.id.to_string(), &delivery, &self.inner.sql.channel],
+            &[&id_text(&job.id), &delivery, &self.inner.sql.channel],
         )
         .await
         .map(drop)
@@ -1119,7 +1131,7 @@ impl Backend for PostgresBackend {
             .query(
                 &inner.sql.cancel,
                 &[
-                    &id.to_string(),
+                    &id_text(&id),
                     &ms(now_ms),
                     &inner.timeout_json,
                     &inner.cancelled_json,
@@ -1139,4 +1151,17 @@ fn owner_digest(owner: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_text_is_what_display_writes() {
+        for _ in 0..100 {
+            let id = RequestId::random();
+            assert_eq!(id_text(&id), id.to_string());
+        }
+    }
 }
