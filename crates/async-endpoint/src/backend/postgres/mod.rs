@@ -11,8 +11,8 @@
 //! |---|---|
 //! | `{schema}.requests` | one row per request **and** its job (status, attempt, params, progress, output, failure, deadline, expiry, lease, deliveries, limit marks, idempotency key) |
 //! | `{schema}.migrations` | the versions applied |
-//! | `{schema}.create_request`, `begin_job`, `finish_job`, `cancel`, `expire`, `settle` | the atomic transitions, one round trip each |
-//! | channel `{schema}_changes` | `r <id>` after every write of a request, `q <task>` after every new job |
+//! | `{schema}.create_request`, `begin_jobs`, `finish_jobs`, `cancel`, `expire`, `settle` | the atomic transitions, one round trip each (`begin_jobs` and `finish_jobs` for a whole batch of jobs) |
+//! | channel `{schema}_changes` | `r <id>` after a write of a request somebody watches (and after every cancel), `q <task>` after every new job |
 //!
 //! One table rather than a request table and a job table: a start is one `INSERT`, a poll one
 //! read by primary key, begin and finish update one row under one row lock, and nothing has to be
@@ -26,9 +26,16 @@
 //! * poll: one `SELECT` by primary key; only an unfinished request found past its deadline takes
 //!   a second round trip, `expire`, which writes the timeout atomically;
 //! * worker: one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)` fetches a batch and
-//!   leases it; one call to begin, one per progress update, one to finish;
+//!   leases it; one `begin_jobs` call begins the whole batch, one `finish_jobs` call writes every
+//!   outcome the worker gathered (each a single statement over arrays, at most 256 jobs; more
+//!   are split and run in one transaction); one statement per progress update;
 //! * wake-ups: one listener connection per process (`LISTEN`), feeding waiting polls, `watch`ers
-//!   and blocked fetches; after it (re)connects it wakes everyone, so nothing is lost;
+//!   and blocked fetches; after it (re)connects it wakes everyone, so nothing is lost. `NOTIFY`
+//!   makes each notifying commit take a database-wide lock, so writes announce a request only
+//!   once a poll marked it `watched` (a poll does when its process watches the request, and the
+//!   engine's waiting polls and event streams watch before they poll; the mark is one HOT
+//!   update, once per request); a cancel is always announced (workers watch their jobs without
+//!   polling them);
 //! * leases: a heartbeat every `claim_idle / 3` extends the leases of this process's running
 //!   jobs in one statement; a killed worker's jobs become fetchable when theirs run out;
 //! * expiry: rows are invisible once their TTL passed; a sweeper deletes them in bounded
