@@ -585,6 +585,40 @@ async fn a_delete_on_the_web_process_drops_the_task_in_the_worker_process() {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
+/// A waiting poll on one web process is woken by the worker process's finish: writes are
+/// announced (`NOTIFY`) for requests a waiting poll has read, through PostgreSQL to the other
+/// process's listener. A lost wake-up would hold the poll for the whole 25 s it asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_poll_on_another_web_process_is_woken_by_the_finish() {
+    let Some(server) = test_support::postgres::start() else {
+        return;
+    };
+    let url = server.url();
+    let worker = Node::worker(&url, 30_000);
+    let (_a, port_a) = Node::web(&url, 30_000);
+    let (_b, port_b) = Node::web(&url, 30_000);
+    for round in 0..3 {
+        let s = start(port_a, 300, &format!("w{round}")).await;
+        // Each waiting poll answers at the next change (start, progress, finish); none may be
+        // held to its bound (25 s, the longest wait the endpoint grants).
+        let r = loop {
+            let asked = Instant::now();
+            let r = poll(port_b, &s, 25).await.expect("poll");
+            let held = asked.elapsed();
+            assert!(
+                held < Duration::from_secs(15),
+                "a waiting poll was held {held:?}: not woken by a change ({r:?})"
+            );
+            if r.status != 202 {
+                break r;
+            }
+        };
+        assert_eq!(r.status, 200, "the request answered {r:?}");
+        let out: Out = serde_json::from_str(&r.body).expect("output");
+        assert_eq!((out.text.as_str(), out.pid), (s.text.as_str(), worker.pid));
+    }
+}
+
 /// Requests live their TTL after their last write and then leave no row behind: the sweepers of
 /// the processes delete them in bounded batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,8 @@
 //! |---|---|
 //! | `{schema}.requests` | one row per request **and** its job (status, attempt, params, progress, output, failure, deadline, expiry, lease, deliveries, limit marks, idempotency key) |
 //! | `{schema}.migrations` | the versions applied |
-//! | `{schema}.create_request`, `begin_job`, `finish_job`, `cancel`, `expire`, `settle` | the atomic transitions, one round trip each |
-//! | channel `{schema}_changes` | `r <id>` after every write of a request, `q <task>` after every new job |
+//! | `{schema}.create_request`, `begin_jobs`, `finish_jobs`, `cancel`, `expire`, `settle` | the atomic transitions, one round trip each (`begin_jobs` and `finish_jobs` for a whole batch of jobs) |
+//! | channel `{schema}_changes` | `r <id>` after a write of a request somebody watches (and after every cancel), `q <task>` after every new job |
 //!
 //! One table rather than a request table and a job table: a start is one `INSERT`, a poll one
 //! read by primary key, begin and finish update one row under one row lock, and nothing has to be
@@ -26,9 +26,16 @@
 //! * poll: one `SELECT` by primary key; only an unfinished request found past its deadline takes
 //!   a second round trip, `expire`, which writes the timeout atomically;
 //! * worker: one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)` fetches a batch and
-//!   leases it; one call to begin, one per progress update, one to finish;
+//!   leases it; one `begin_jobs` call begins the whole batch, one `finish_jobs` call writes every
+//!   outcome the worker gathered (each a single statement over arrays, at most 256 jobs; more
+//!   are split and run in one transaction); one statement per progress update;
 //! * wake-ups: one listener connection per process (`LISTEN`), feeding waiting polls, `watch`ers
-//!   and blocked fetches; after it (re)connects it wakes everyone, so nothing is lost;
+//!   and blocked fetches; after it (re)connects it wakes everyone, so nothing is lost. `NOTIFY`
+//!   makes each notifying commit take a database-wide lock, so writes announce a request only
+//!   once a poll marked it `watched` (a poll does when its process watches the request, and the
+//!   engine's waiting polls and event streams watch before they poll; the mark is one HOT
+//!   update, once per request); a cancel is always announced (workers watch their jobs without
+//!   polling them);
 //! * leases: a heartbeat every `claim_idle / 3` extends the leases of this process's running
 //!   jobs in one statement; a killed worker's jobs become fetchable when theirs run out;
 //! * expiry: rows are invisible once their TTL passed; a sweeper deletes them in bounded
@@ -59,7 +66,14 @@ use crate::error::Error;
 use crate::protocol::{Progress, RequestId, Status};
 
 /// The embedded migrations, in order: (version, SQL with `{schema}` and `{lock}` to fill in).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_batches.sql")),
+];
+
+/// Most jobs one `begin_jobs` / `finish_jobs` statement takes; a longer slice is split, and its
+/// statements run in one transaction (so a batch is still all or nothing).
+const BATCH: usize = 256;
 
 /// Storage and queue in PostgreSQL: one row per request and its job, a `FOR UPDATE SKIP LOCKED`
 /// queue, wake-ups over `LISTEN/NOTIFY`. Use it for several web and worker processes when the
@@ -144,6 +158,7 @@ struct Inner {
 struct Sql {
     channel: String,
     poll: String,
+    mark: String,
     expire: String,
     create: String,
     fetch: String,
@@ -164,7 +179,13 @@ impl Sql {
         let snapshot = "task, status, attempt, progress, output, failure, deadline_ms";
         Sql {
             channel: format!("{s}_changes"),
-            poll: format!("SELECT {snapshot} FROM {s}.requests WHERE id = $1 AND expires_ms > $2"),
+            poll: format!(
+                "SELECT {snapshot}, watched FROM {s}.requests WHERE id = $1 AND expires_ms > $2"
+            ),
+            mark: format!(
+                "UPDATE {s}.requests SET watched = true WHERE id = $1 AND expires_ms > $2 \
+                 RETURNING {snapshot}"
+            ),
             expire: format!("SELECT changed, {snapshot} FROM {s}.expire($1, $2, $3, $4)"),
             create: format!(
                 "SELECT outcome, existing_id, existing_created, existing_digest \
@@ -181,9 +202,9 @@ impl Sql {
             ),
             begin: format!(
                 "SELECT code, attempt, params, deadline_ms, traceparent \
-                 FROM {s}.begin_job($1, $2, $3, $4, $5, $6, $7)"
+                 FROM {s}.begin_jobs($1, $2, $3, $4, $5, $6, $7)"
             ),
-            finish: format!("SELECT {s}.finish_job($1, $2, $3, $4, $5, $6)"),
+            finish: format!("SELECT stands FROM {s}.finish_jobs($1, $2, $3, $4, $5, $6)"),
             queue_depth: format!(
                 "SELECT count(*) FROM {s}.requests \
                  WHERE job_open AND task = $1 AND available_ms <= {s}.now_ms() \
@@ -193,13 +214,15 @@ impl Sql {
             progress: format!(
                 "WITH changed AS (UPDATE {s}.requests SET progress = $2, \
                      expires_ms = $3 + ttl_ms \
-                     WHERE id = $1 AND status IN (1, 2) AND expires_ms > $3 RETURNING id) \
-                 SELECT pg_notify($4, 'r ' || id) FROM changed"
+                     WHERE id = $1 AND status IN (1, 2) AND expires_ms > $3 \
+                     RETURNING id, watched) \
+                 SELECT pg_notify($4, 'r ' || id) FROM changed WHERE watched"
             ),
             retrying: format!(
                 "WITH changed AS (UPDATE {s}.requests SET status = 2, expires_ms = $2 + ttl_ms \
-                     WHERE id = $1 AND status = 1 AND expires_ms > $2 RETURNING id) \
-                 SELECT pg_notify($3, 'r ' || id) FROM changed"
+                     WHERE id = $1 AND status = 1 AND expires_ms > $2 \
+                     RETURNING id, watched) \
+                 SELECT pg_notify($3, 'r ' || id) FROM changed WHERE watched"
             ),
             release: format!(
                 "WITH released AS (UPDATE {s}.requests \
@@ -230,6 +253,18 @@ fn status_of(code: i16) -> Result<Status, Error> {
         4 => Status::Failed,
         other => return Err(Error::Corrupt(format!("status code {other}"))),
     })
+}
+
+/// A request id as stored: its 32 lowercase hex digits (what `Display` writes), without the
+/// formatting machinery (every poll formats one).
+fn id_text(id: &RequestId) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(32);
+    for byte in id.as_bytes() {
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 /// Unix milliseconds as PostgreSQL's `bigint`.
@@ -403,6 +438,30 @@ impl PostgresBackend {
         .await
     }
 
+    /// Runs a prepared statement once per parameter set and returns all rows, in order: one
+    /// set in one round trip, several in one transaction (all or nothing).
+    async fn query_batches(&self, sql: &str, batches: Vec<Vec<Param>>) -> Result<Vec<Row>, Error> {
+        let mut client = self.client().await?;
+        let bound = self.inner.settings.response_timeout * batches.len().max(1) as u32;
+        self.bounded_by(bound, async {
+            let statement = client.prepare_cached(sql).await?;
+            fn as_params(batch: &[Param]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+                batch.iter().map(|p| &**p as _).collect()
+            }
+            if let [batch] = batches.as_slice() {
+                return client.query(&statement, &as_params(batch)).await;
+            }
+            let tx = client.transaction().await?;
+            let mut rows = Vec::new();
+            for batch in &batches {
+                rows.extend(tx.query(&statement, &as_params(batch)).await?);
+            }
+            tx.commit().await?;
+            Ok(rows)
+        })
+        .await
+    }
+
     fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         // Critical sections are single map operations; a poisoned lock still holds a valid map.
         m.lock().unwrap_or_else(|e| e.into_inner())
@@ -553,7 +612,7 @@ async fn heartbeat(inner: Weak<Inner>, every: Duration) {
             in_flight.retain(|_, (_, until)| *until > now);
             in_flight
                 .iter()
-                .map(|(id, (delivery, _))| (id.to_string(), *delivery))
+                .map(|(id, (delivery, _))| (id_text(id), *delivery))
                 .unzip()
         };
         if ids.is_empty() {
@@ -685,6 +744,39 @@ struct StoredProgress<'a> {
     message: &'a str,
 }
 
+/// One statement parameter of a batch, owned (a batch's parameters are built before it runs).
+type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
+/// The rows of `begin_jobs` for `jobs`, in order: what to do with each, and its code.
+fn decode_begun(jobs: &[Job], rows: &[Row]) -> Result<Vec<(Begin, i16)>, Error> {
+    if rows.len() != jobs.len() {
+        return Err(Error::Corrupt(format!(
+            "begin_jobs answered {} of {} jobs",
+            rows.len(),
+            jobs.len()
+        )));
+    }
+    rows.iter()
+        .map(|row| {
+            let code: i16 = row.try_get(0).map_err(corrupt("begin reply"))?;
+            if code != 0 {
+                return Ok((Begin::Skip, code));
+            }
+            let attempt: i32 = row.try_get(1).map_err(corrupt("begin reply"))?;
+            let params: String = row.try_get(2).map_err(corrupt("begin reply"))?;
+            let deadline_ms: i64 = row.try_get(3).map_err(corrupt("begin reply"))?;
+            let traceparent: Option<String> = row.try_get(4).map_err(corrupt("begin reply"))?;
+            let begin = Begin::Run {
+                params,
+                attempt: attempt.max(0) as u32,
+                deadline_ms: deadline_ms.max(0) as u64,
+                traceparent,
+            };
+            Ok((begin, 0))
+        })
+        .collect()
+}
+
 fn corrupt(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     move |e| Error::Corrupt(format!("{what}: {e}"))
 }
@@ -713,7 +805,7 @@ impl Backend for PostgresBackend {
             .query(
                 &inner.sql.create,
                 &[
-                    &request.id.to_string(),
+                    &id_text(&request.id),
                     &request.task,
                     &request.params,
                     &ms(request.created_ms),
@@ -756,16 +848,28 @@ impl Backend for PostgresBackend {
 
     async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
         let inner = &self.inner;
-        let id_text = id.to_string();
+        let key = id_text(&id);
         // The common case: one read by primary key. Only a request found unfinished past its
         // deadline takes a second round trip, which re-checks and writes the timeout atomically.
         let rows = self
-            .query(&inner.sql.poll, &[&id_text, &ms(now_ms)])
+            .query(&inner.sql.poll, &[&key, &ms(now_ms)])
             .await?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
-        let found = snapshot(row, 0)?;
+        let mut found = snapshot(row, 0)?;
+        let marked: bool = row.try_get(7).map_err(corrupt("poll reply"))?;
+        if !marked && inner.notifier.is_watched(id) {
+            // Somebody here waits on it: mark it, so that later writes are announced. The mark
+            // returns the row as it stands after any write that did not see the mark.
+            let rows = self
+                .query(&inner.sql.mark, &[&key, &ms(now_ms)])
+                .await?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            found = snapshot(row, 0)?;
+        }
         if found.status.is_terminal() || now_ms <= found.deadline_ms {
             return Ok(Some(found));
         }
@@ -773,7 +877,7 @@ impl Backend for PostgresBackend {
             .query(
                 &inner.sql.expire,
                 &[
-                    &id_text,
+                    &key,
                     &ms(now_ms),
                     &inner.timeout_json,
                     &inner.sql.channel,
@@ -845,61 +949,71 @@ impl Backend for PostgresBackend {
     }
 
     async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
+        let mut begun = self.begin_many(std::slice::from_ref(job), now_ms).await?;
+        begun
+            .pop()
+            .ok_or_else(|| Error::Corrupt("begin_jobs returned no row".into()))
+    }
+
+    async fn begin_many(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<Begin>, Error> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
         let inner = &self.inner;
-        let deliveries = i32::try_from(job.deliveries).unwrap_or(i32::MAX);
         let max = i32::try_from(inner.settings.max_deliveries).unwrap_or(i32::MAX);
+        let now = ms(now_ms);
+        let batches = jobs
+            .chunks(BATCH)
+            .map(|chunk| -> Vec<Param> {
+                let ids: Vec<String> = chunk.iter().map(|job| id_text(&job.id)).collect();
+                let deliveries: Vec<i32> = chunk
+                    .iter()
+                    .map(|job| i32::try_from(job.deliveries).unwrap_or(i32::MAX))
+                    .collect();
+                vec![
+                    Box::new(ids),
+                    Box::new(deliveries),
+                    Box::new(now),
+                    Box::new(max),
+                    Box::new(inner.timeout_json.clone()),
+                    Box::new(inner.poison_json.clone()),
+                    Box::new(inner.sql.channel.clone()),
+                ]
+            })
+            .collect();
         let begun = self
-            .query(
-                &inner.sql.begin,
-                &[
-                    &job.id.to_string(),
-                    &ms(now_ms),
-                    &deliveries,
-                    &max,
-                    &inner.timeout_json,
-                    &inner.poison_json,
-                    &inner.sql.channel,
-                ],
-            )
-            .await;
-        let rows = match begun {
-            Ok(rows) => rows,
+            .query_batches(&inner.sql.begin, batches)
+            .await
+            .and_then(|rows| decode_begun(jobs, &rows));
+        let begun = match begun {
+            Ok(begun) => begun,
             Err(error) => {
-                // The worker drops the job; stop vouching for it so its lease runs out and
-                // another worker takes it.
-                self.forget(job);
+                // The worker hands the jobs back; stop vouching for them so their leases run out
+                // if that fails too, and another worker takes them.
+                for job in jobs {
+                    self.forget(job);
+                }
                 return Err(error);
             }
         };
-        let row = rows
-            .first()
-            .ok_or_else(|| Error::Corrupt("begin_job returned no row".into()))?;
-        let code: i16 = row.try_get(0).map_err(corrupt("begin reply"))?;
-        if code == 0 {
-            let attempt: i32 = row.try_get(1).map_err(corrupt("begin reply"))?;
-            let params: String = row.try_get(2).map_err(corrupt("begin reply"))?;
-            let deadline_ms: i64 = row.try_get(3).map_err(corrupt("begin reply"))?;
-            let traceparent: Option<String> = row.try_get(4).map_err(corrupt("begin reply"))?;
-            let deadline_ms = deadline_ms.max(0) as u64;
-            self.vouch_until(job, deadline_ms.saturating_add(1000));
-            return Ok(Begin::Run {
-                params,
-                attempt: attempt.max(0) as u32,
-                deadline_ms,
-                traceparent,
-            });
-        }
-        self.forget(job);
-        match code {
-            2 => {
-                tracing::warn!(request_id = %job.id, "deadline passed before the job started: request failed with a timeout");
+        for (job, (begin, code)) in jobs.iter().zip(&begun) {
+            match begin {
+                Begin::Run { deadline_ms, .. } => {
+                    self.vouch_until(job, deadline_ms.saturating_add(1000));
+                }
+                _ => self.forget(job),
             }
-            3 => {
-                tracing::error!(request_id = %job.id, deliveries = job.deliveries, max_deliveries = inner.settings.max_deliveries, "job delivered too often (its workers keep dying): request failed");
+            match code {
+                2 => {
+                    tracing::warn!(request_id = %job.id, "deadline passed before the job started: request failed with a timeout");
+                }
+                3 => {
+                    tracing::error!(request_id = %job.id, deliveries = job.deliveries, max_deliveries = inner.settings.max_deliveries, "job delivered too often (its workers keep dying): request failed");
+                }
+                _ => {}
             }
-            _ => {}
         }
-        Ok(Begin::Skip)
+        Ok(begun.into_iter().map(|(begin, _)| begin).collect())
     }
 
     async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, Error> {
@@ -928,7 +1042,7 @@ impl Backend for PostgresBackend {
                 .map_err(|e| Error::Corrupt(format!("progress not encodable: {e}")))?;
                 self.query(
                     &inner.sql.progress,
-                    &[&id.to_string(), &json, &now, &inner.sql.channel],
+                    &[&id_text(&id), &json, &now, &inner.sql.channel],
                 )
                 .await
                 .map(drop)
@@ -936,7 +1050,7 @@ impl Backend for PostgresBackend {
             Update::Retrying => self
                 .query(
                     &inner.sql.retrying,
-                    &[&id.to_string(), &now, &inner.sql.channel],
+                    &[&id_text(&id), &now, &inner.sql.channel],
                 )
                 .await
                 .map(drop),
@@ -944,33 +1058,65 @@ impl Backend for PostgresBackend {
     }
 
     async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
-        let inner = &self.inner;
-        let (code, value): (i16, String) = match outcome {
-            Outcome::Done(output) => (3, output),
-            Outcome::Failed(failure) => (
-                4,
-                serde_json::to_string(&failure)
-                    .map_err(|e| Error::Corrupt(format!("failure not encodable: {e}")))?,
-            ),
-        };
-        let rows = self
-            .query(
-                &inner.sql.finish,
-                &[
-                    &job.id.to_string(),
-                    &ms(now_ms),
-                    &code,
-                    &value,
-                    &inner.timeout_json,
-                    &inner.sql.channel,
-                ],
-            )
+        let mut stands = self
+            .finish_many(&[(job.clone(), outcome)], now_ms)
             .await?;
-        self.forget(job);
-        let row = rows
-            .first()
-            .ok_or_else(|| Error::Corrupt("finish_job returned no row".into()))?;
-        status_of(row.try_get(0).map_err(corrupt("finish reply"))?)
+        stands
+            .pop()
+            .ok_or_else(|| Error::Corrupt("finish_jobs returned no row".into()))
+    }
+
+    async fn finish_many(
+        &self,
+        finished: &[(Job, Outcome)],
+        now_ms: u64,
+    ) -> Result<Vec<Status>, Error> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let now = ms(now_ms);
+        let mut batches = Vec::with_capacity(finished.len().div_ceil(BATCH));
+        for chunk in finished.chunks(BATCH) {
+            let ids: Vec<String> = chunk.iter().map(|(job, _)| id_text(&job.id)).collect();
+            let mut codes: Vec<i16> = Vec::with_capacity(chunk.len());
+            let mut values: Vec<String> = Vec::with_capacity(chunk.len());
+            for (_, outcome) in chunk {
+                let (code, value) = match outcome {
+                    Outcome::Done(output) => (3, output.clone()),
+                    Outcome::Failed(failure) => (
+                        4,
+                        serde_json::to_string(failure)
+                            .map_err(|e| Error::Corrupt(format!("failure not encodable: {e}")))?,
+                    ),
+                };
+                codes.push(code);
+                values.push(value);
+            }
+            let params: Vec<Param> = vec![
+                Box::new(ids),
+                Box::new(codes),
+                Box::new(values),
+                Box::new(now),
+                Box::new(inner.timeout_json.clone()),
+                Box::new(inner.sql.channel.clone()),
+            ];
+            batches.push(params);
+        }
+        let rows = self.query_batches(&inner.sql.finish, batches).await?;
+        for (job, _) in finished {
+            self.forget(job);
+        }
+        if rows.len() != finished.len() {
+            return Err(Error::Corrupt(format!(
+                "finish_jobs answered {} of {} jobs",
+                rows.len(),
+                finished.len()
+            )));
+        }
+        rows.iter()
+            .map(|row| status_of(row.try_get(0).map_err(corrupt("finish reply"))?))
+            .collect()
     }
 
     async fn release(&self, job: &Job) -> Result<(), Error> {
@@ -980,7 +1126,7 @@ impl Backend for PostgresBackend {
         };
         self.query(
             &self.inner.sql.release,
-            &[&job.id.to_string(), &delivery, &self.inner.sql.channel],
+            &[&id_text(&job.id), &delivery, &self.inner.sql.channel],
         )
         .await
         .map(drop)
@@ -992,7 +1138,7 @@ impl Backend for PostgresBackend {
             .query(
                 &inner.sql.cancel,
                 &[
-                    &id.to_string(),
+                    &id_text(&id),
                     &ms(now_ms),
                     &inner.timeout_json,
                     &inner.cancelled_json,
@@ -1012,4 +1158,17 @@ fn owner_digest(owner: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_text_is_what_display_writes() {
+        for _ in 0..100 {
+            let id = RequestId::random();
+            assert_eq!(id_text(&id), id.to_string());
+        }
+    }
 }
