@@ -1,6 +1,7 @@
 //! The measured items of the issue, one module each, and what they share: requests the runner
 //! makes itself, and small statistics.
 
+mod cpu;
 pub(crate) mod cross;
 pub(crate) mod flood;
 mod growth;
@@ -8,8 +9,10 @@ mod growth;
 mod footprint;
 mod isolation;
 mod js_delay;
+mod latency;
 mod poll_cost;
 mod postgres;
+mod takeover;
 mod throughput;
 
 use std::collections::BTreeMap;
@@ -24,7 +27,7 @@ use crate::runner::Run;
 pub(crate) type Item = fn(&mut Run) -> Result<(), BoxError>;
 
 /// The items in the order of results.md, each with its number for `--only`.
-pub(crate) const ALL: [(&str, Item); 9] = [
+pub(crate) const ALL: [(&str, Item); 12] = [
     ("1", poll_cost::measure),
     ("2", throughput::measure),
     ("3", isolation::measure),
@@ -34,6 +37,9 @@ pub(crate) const ALL: [(&str, Item); 9] = [
     ("flood", flood::measure),
     ("growth", growth::measure),
     ("postgres", postgres::measure),
+    ("cpu", cpu::measure),
+    ("latency", latency::measure),
+    ("takeover", takeover::measure),
 ];
 
 /// A request's `(async_request_id, async_request_token)`.
