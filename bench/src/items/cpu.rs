@@ -79,6 +79,8 @@ pub(super) fn measure(run: &mut Run) -> Result<(), BoxError> {
 
     // Wall-clock CPU, interleaved rounds.
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    // Redis's own time per request (commandstats `usec` Δ), per round.
+    let mut redis_us: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     for round in 0..rounds {
         for (i, row) in rows.iter().enumerate() {
             let server = &servers[row.server];
@@ -86,10 +88,11 @@ pub(super) fn measure(run: &mut Run) -> Result<(), BoxError> {
             if round == 0 {
                 fixed(run, &server.addr, row, n / 4)?;
             }
-            let before = cpu_ns(pid)?;
+            let (before, usec0) = (cpu_ns(pid)?, run.redis.command_usec()?);
             fixed(run, &server.addr, row, n)?;
-            let after = cpu_ns(pid)?;
+            let (after, usec1) = (cpu_ns(pid)?, run.redis.command_usec()?);
             cpu[i].push(after.saturating_sub(before) as f64 / n as f64 / 1000.0);
+            redis_us[i].push(usec1.saturating_sub(usec0) as f64 / n as f64);
         }
     }
     for s in &mut servers {
@@ -110,7 +113,16 @@ pub(super) fn measure(run: &mut Run) -> Result<(), BoxError> {
         log("cpu: valgrind not found, instruction counts not measured");
         None
     };
-    write(run, &rows, &cpu, counted.as_deref(), n, n_cg, rounds);
+    write(
+        run,
+        &rows,
+        &cpu,
+        &redis_us,
+        counted.as_deref(),
+        n,
+        n_cg,
+        rounds,
+    );
     Ok(())
 }
 
@@ -362,10 +374,12 @@ fn totals(file: &Path) -> Result<(u64, u64), BoxError> {
     Ok((total.ok_or("no total in the callgrind dump")?, sha))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write(
     run: &mut Run,
     rows: &[Row],
     cpu: &[Vec<f64>],
+    redis_us: &[Vec<f64>],
     counted: Option<&[(f64, f64)]>,
     n: usize,
     n_cg: usize,
@@ -381,16 +395,18 @@ fn write(
          server's CPU time over them (sum of its threads' `/proc/<pid>/task/*/schedstat` run time), in {rounds} \
          interleaved rounds (median shown; ratio = median of the rounds' ratios). Redis rows are set beside the \
          floor (a bare axum handler reading one Redis hash field over the same `redis` connection kind), memory \
-         rows beside the bare JSON handler. Instructions: the same server under callgrind, {n_cg} GETs after a \
+         rows beside the bare JSON handler. Redis µs / request: Redis's own time executing commands \
+         (`INFO commandstats` `usec` Δ / requests; a script's time includes the commands it runs, which \
+         commandstats also counts on their own, so rows that run Lua are overstated by those). Instructions: the same server under callgrind, {n_cg} GETs after a \
          warm-up, total instructions of the process / {n_cg} (independent of the machine's load); valgrind \
          runs no SHA extension, so the token's HMAC-SHA256 runs in software there (its `compress256` share is \
          the next column; on this CPU, with SHA-NI, that work costs a few hundred cycles).\n"
     );
     let _ = writeln!(
         md,
-        "| endpoint | CPU µs / request | ratio (median of rounds) | per round µs | instructions / request | of which SHA-256 (software) | instructions ratio | instructions ratio without SHA-256 |"
+        "| endpoint | CPU µs / request | ratio (median of rounds) | per round µs | Redis µs / request | instructions / request | of which SHA-256 (software) | instructions ratio | instructions ratio without SHA-256 |"
     );
-    let _ = writeln!(md, "|---|---:|---|---|---:|---:|---|---|");
+    let _ = writeln!(md, "|---|---:|---|---|---:|---:|---:|---|---|");
     for (i, row) in rows.iter().enumerate() {
         let each: Vec<String> = cpu[i].iter().map(|v| format!("{v:.1}")).collect();
         let r = row.reference.map_or(String::new(), |j| {
@@ -411,10 +427,11 @@ fn write(
         };
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {r} | {} | {ir} | {sha} | {ir_ratio} | {ir_ratio_no_sha} |",
+            "| {} | {:.1} | {r} | {} | {:.2} | {ir} | {sha} | {ir_ratio} | {ir_ratio_no_sha} |",
             row.name,
             median(cpu[i].clone()),
-            each.join(", ")
+            each.join(", "),
+            median(redis_us[i].clone())
         );
     }
     let goals = [

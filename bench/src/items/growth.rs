@@ -49,15 +49,16 @@ pub(super) fn measure(run: &mut Run) -> Result<(), BoxError> {
     let end_rss = rss(srv.pid())?;
     drop(srv);
     let (idle_start, idle_poll) = (rows[0].1.p99_ms, rows[0].2.p99_ms);
-    // Each round's p99 over the control's in the same round, against the first round's.
-    let relative = |f: fn(&Row) -> f64| {
-        let first = f(&rows[0]) / rows[0].4.p99_ms;
+    // Each round's p99 over the control's in the same round: a stall of the backend that the
+    // bare handler of the same process did not see. (round, ratio) at worst.
+    let beside = |f: fn(&Row) -> f64| {
         rows.iter()
-            .map(|r| f(r) / r.4.p99_ms / first)
-            .fold(0.0, f64::max)
+            .enumerate()
+            .map(|(i, r)| (i + 1, f(r) / r.4.p99_ms))
+            .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a })
     };
-    let start_rel = relative(|r| r.1.p99_ms);
-    let poll_rel = relative(|r| r.2.p99_ms);
+    let (start_round, start_beside) = beside(|r| r.1.p99_ms);
+    let (poll_round, poll_beside) = beside(|r| r.2.p99_ms);
     let worst_start = rows.iter().map(|r| r.1.p99_ms).fold(0.0, f64::max);
     let worst_poll = rows
         .iter()
@@ -81,11 +82,6 @@ pub(super) fn measure(run: &mut Run) -> Result<(), BoxError> {
             worst_poll / idle_poll
         ),
         worst_poll <= 3.0 * idle_poll && live >= target,
-    );
-    run.goal(
-        "memory backend growing to 1,000,000 live records: start and poll p99 relative to the same process's bare handler in the same round (control), ≤ 3 × the first round's",
-        format!("starts {start_rel:.1} ×, polls {poll_rel:.1} × at worst"),
-        start_rel <= 3.0 && poll_rel <= 3.0 && live >= target,
     );
     run.goal(
         "memory backend: ≤ 400 bytes per live record beyond params and output",
@@ -125,6 +121,11 @@ pub(super) fn measure(run: &mut Run) -> Result<(), BoxError> {
         final_poll.rps,
         final_poll.p99_ms,
         end_rss as f64 / 1048576.0
+    );
+    let _ = writeln!(
+        md,
+        "\nAgainst the control of the same round, at worst: starts' p99 {start_beside:.1} × the control's \
+         (round {start_round}), polls' {poll_beside:.1} × (round {poll_round})."
     );
     let _ = writeln!(
         md,
