@@ -6,7 +6,9 @@
 //! * `waiting`: starts `--n` pending requests, then holds one waiting poll per request, each on
 //!   its own connection; prints `HOLDING <n>` once all are sent and keeps them until killed;
 //! * `cross`: the load across processes (see `items::cross`);
-//! * `flood`: one owner's flood of starts (see `items::flood`).
+//! * `flood`: one owner's flood of starts (see `items::flood`);
+//! * `fixed`: exactly `--n` GETs of `--path` over `--conns` keep-alive connections, polls when
+//!   `--id` and `--token` are given (CPU per request, see `items::cpu`); prints `DONE <n> <secs>`.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -30,6 +32,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), BoxError> {
             "waiting" => waiting(&opts).await,
             "cross" => crate::items::cross::load(&opts).await,
             "flood" => crate::items::flood::load(&opts).await,
+            "fixed" => fixed(&opts).await,
             other => Err(format!("unknown load kind {other:?}").into()),
         }
     })
@@ -196,4 +199,41 @@ async fn hold(
     tokio::time::sleep(Duration::from_secs(3600)).await;
     drop(held);
     Ok(())
+}
+
+/// Exactly `--n` GETs over `--conns` connections; every answer must be 2xx.
+async fn fixed(opts: &Opts) -> Result<(), BoxError> {
+    let addr = opts.get("addr").ok_or("--addr")?.to_owned();
+    let path = opts.get("path").ok_or("--path")?.to_owned();
+    let n = opts.num("n", 1000) as usize;
+    let conns = (opts.num("conns", 8) as usize).max(1);
+    let creds = match (opts.get("id"), opts.get("token")) {
+        (Some(id), Some(token)) => Some((id.to_owned(), token.to_owned())),
+        _ => None,
+    };
+    let started = Instant::now();
+    let per = n.div_ceil(conns);
+    let mut set = JoinSet::new();
+    for i in 0..conns {
+        let count = per.min(n.saturating_sub(i * per));
+        let (addr, path, creds) = (addr.clone(), path.clone(), creds.clone());
+        set.spawn(async move {
+            let mut conn = Conn::connect(&addr).await?;
+            let headers: Vec<(&str, &str)> = match &creds {
+                Some((id, token)) => vec![("Async-Request-Id", id), ("Async-Request-Token", token)],
+                None => Vec::new(),
+            };
+            for _ in 0..count {
+                let r = conn.get(&path, &headers).await?;
+                if !(200..300).contains(&r.status) {
+                    return Err::<(), BoxError>(format!("{path} answered {}", r.status).into());
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    say(&format!("DONE {n} {:.3}", started.elapsed().as_secs_f64()))
 }

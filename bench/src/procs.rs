@@ -53,6 +53,30 @@ impl Proc {
         }
     }
 
+    /// Hands the rest of its stdout, line by line, to a thread of its own: the lines arrive on
+    /// the receiver as they are printed.
+    pub(crate) fn lines(&mut self) -> std::sync::mpsc::Receiver<String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(out) = self.stdout.take() {
+            std::thread::spawn(move || {
+                for line in out.lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        rx
+    }
+
+    /// Sends SIGKILL (the process cannot clean anything up) and reaps it.
+    pub(crate) fn kill(&mut self) -> Result<(), BoxError> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Waits for the process to end and returns its whole stdout.
     pub(crate) fn finish(mut self) -> Result<String, BoxError> {
         let mut s = String::new();

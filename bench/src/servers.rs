@@ -190,6 +190,43 @@ impl AsyncTask for Echo {
     }
 }
 
+/// The params of [`Mark`]: a tag, and how long the task holds after its first line.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct MarkParams {
+    tag: String,
+    hold_ms: u64,
+}
+
+/// Its first line prints `STARTED <tag> <wall µs> <pid>` to the process's stdout (for tags
+/// starting with `m-`: the samples of enqueue-to-start latency and of takeover; a backlog's jobs
+/// stay quiet), then it holds `hold_ms` and answers its tag (`--mark 1`).
+struct Mark;
+impl AsyncTask for Mark {
+    const NAME: &'static str = "mark";
+    type Params = MarkParams;
+    type Output = String;
+    async fn execute_task(&self, p: MarkParams, _ctx: TaskContext) -> Result<String, Failure> {
+        if p.tag.starts_with("m-") {
+            let line = format!("STARTED {} {} {}\n", p.tag, wall_us(), std::process::id());
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+        }
+        if p.hold_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(p.hold_ms)).await;
+        }
+        Ok(p.tag)
+    }
+}
+
+/// Wall-clock time, µs since the Unix epoch (the same clock in every process of the machine).
+pub(crate) fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Sleeps the given milliseconds and answers the wall-clock time it finished (unix ms, fractional).
 struct Timed;
 impl AsyncTask for Timed {
@@ -328,6 +365,11 @@ fn builder(opts: &Opts) -> AsyncEndpointBuilder {
     } else {
         builder
     };
+    let builder = if opts.get("mark").is_some() {
+        builder.task(Mark)
+    } else {
+        builder
+    };
     per_owner_limit(builder, opts)
         // Owners from a header: only requests that carry it have one (the flood item's do).
         .owner(|parts| {
@@ -401,6 +443,20 @@ async fn ae(opts: &Opts) -> Result<(), BoxError> {
             "/slow-blocking",
             get(|r: AsyncRequest<UpstreamBlocking>| done_json(r, 0)),
         );
+    let tasks = if opts.get("mark").is_some() {
+        tasks.route(
+            "/mark",
+            get(
+                |r: AsyncRequest<Mark>, Query(q): Query<MarkParams>| async move {
+                    r.init(q)
+                        .handle(Json, |f| Json(f.message().to_owned()))
+                        .await
+                },
+            ),
+        )
+    } else {
+        tasks
+    };
     let tasks = if opts.get("echo").is_some() {
         tasks.route(
             "/echo",

@@ -2,6 +2,7 @@
 //! makes itself, and small statistics.
 
 mod cluster;
+mod cpu;
 pub(crate) mod cross;
 pub(crate) mod flood;
 mod growth;
@@ -10,8 +11,10 @@ mod drain;
 mod footprint;
 mod isolation;
 mod js_delay;
+mod latency;
 mod poll_cost;
 mod postgres;
+mod takeover;
 mod throughput;
 
 use std::collections::BTreeMap;
@@ -26,7 +29,7 @@ use crate::runner::Run;
 pub(crate) type Item = fn(&mut Run) -> Result<(), BoxError>;
 
 /// The items in the order of results.md, each with its number for `--only`.
-pub(crate) const ALL: [(&str, Item); 11] = [
+pub(crate) const ALL: [(&str, Item); 14] = [
     ("1", poll_cost::measure),
     ("2", throughput::measure),
     ("3", isolation::measure),
@@ -38,6 +41,9 @@ pub(crate) const ALL: [(&str, Item); 11] = [
     ("drain", drain::measure),
     ("postgres", postgres::measure),
     ("cluster", cluster::measure),
+    ("cpu", cpu::measure),
+    ("latency", latency::measure),
+    ("takeover", takeover::measure),
 ];
 
 /// A request's `(async_request_id, async_request_token)`.

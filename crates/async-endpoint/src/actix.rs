@@ -267,9 +267,7 @@ where
 {
     let mut response = match reply.answer {
         Answer::Accepted { body, retry_after } => {
-            let Ok(json) = serde_json::to_vec(&body) else {
-                return problem(Problem::Internal);
-            };
+            let json = body.to_json();
             HttpResponse::build(status(ACCEPTED_STATUS))
                 .insert_header(("content-type", "application/json"))
                 .insert_header(("cache-control", NO_STORE))

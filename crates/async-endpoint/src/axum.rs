@@ -21,7 +21,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::endpoint::AsyncEndpoint;
-use crate::engine::{Answer, Engine, Reply, STREAM_REL, max_body_bytes};
+use crate::engine::{Answer, Engine, Reply, max_body_bytes};
 use crate::failure::Failure;
 use crate::protocol::idempotency::KeyHeader;
 use crate::protocol::prefer::{self, PREFER, PREFERENCE_APPLIED};
@@ -182,11 +182,10 @@ impl<T: AsyncTask> InitializedRequest<T> {
 }
 
 /// Names the event stream on a 202 (`Link: </path>; rel="async-endpoint-stream"`), so clients
-/// find it without configuration.
+/// find it without configuration. The value is made once, with the engine.
 fn stream_link(engine: &Engine, headers: &mut HeaderMap) {
-    let link = format!("<{}>; rel=\"{STREAM_REL}\"", engine.config.stream_path);
-    if let Ok(value) = HeaderValue::from_str(&link) {
-        headers.append(header::LINK, value);
+    if let Some(value) = &engine.stream_link {
+        headers.append(header::LINK, value.clone());
     }
 }
 
@@ -229,11 +228,7 @@ where
 {
     let mut response = match reply.answer {
         Answer::Accepted { body, retry_after } => {
-            // Plain strings and numbers always serialize; keep the impossible path a clean 500.
-            let Ok(json) = serde_json::to_vec(&body) else {
-                return problem(Problem::Internal);
-            };
-            let mut response = Response::new(Body::from(json));
+            let mut response = Response::new(Body::from(body.to_json()));
             *response.status_mut() = ACCEPTED_STATUS;
             let headers = response.headers_mut();
             headers.insert(
@@ -241,7 +236,7 @@ where
                 HeaderValue::from_static("application/json"),
             );
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            headers.insert(header::RETRY_AFTER, seconds(retry_after));
             response
         }
         Answer::Done(output) => private(done(output).into_response()),
@@ -262,6 +257,18 @@ where
         );
     }
     response
+}
+
+/// A `Retry-After` value: the usual few seconds without formatting a number (every 202 has one).
+fn seconds(secs: u64) -> HeaderValue {
+    match secs {
+        0 => HeaderValue::from_static("0"),
+        1 => HeaderValue::from_static("1"),
+        2 => HeaderValue::from_static("2"),
+        3 => HeaderValue::from_static("3"),
+        5 => HeaderValue::from_static("5"),
+        secs => HeaderValue::from(secs),
+    }
 }
 
 /// Results are private to whoever holds the token: never let a cache keep them.

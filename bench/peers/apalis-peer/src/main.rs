@@ -7,6 +7,9 @@
 //! * `apalis-peer work <redis-url> <queue> <concurrency> <batch> <poll-ms>`: runs one worker; the
 //!   job handler writes the status record `done` with the output (`HSET` + `EXPIRE`, one pipeline).
 //! * `apalis-peer status <redis-url> <id>`: the hand-written status lookup (`HGETALL st:<id>`).
+//! * `apalis-peer marks <redis-url> <queue> <n> <gap-ms>`: pushes `n` jobs one by one, `gap-ms`
+//!   apart, each with the id `m-<i>-<wall µs just before its push>`; the worker's handler prints
+//!   `STARTED <id> <wall µs> <pid>` as its first line for such ids (enqueue-to-start latency).
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +27,21 @@ struct Job {
 /// Seconds a status record lives (the same 1 h as async-endpoint's default TTL).
 const STATUS_TTL: i64 = 3600;
 
+/// Wall-clock time, µs since the Unix epoch.
+fn wall_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
 async fn run_job(job: Job, conn: Data<ConnectionManager>) -> Result<u64, BoxDynError> {
+    if job.id.starts_with("m-") {
+        use std::io::Write as _;
+        let line = format!("STARTED {} {} {}\n", job.id, wall_us(), std::process::id());
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    }
     let output = job.n * 2;
     let mut conn = (*conn).clone();
     let key = format!("st:{}", job.id);
@@ -84,6 +101,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build(run_job)
                 .run()
                 .await?;
+        }
+        "marks" => {
+            let conn = apalis_redis::connect(arg(1)?).await?;
+            let config = Config::default().queue(arg(2)?);
+            let n: u64 = arg(3)?.parse()?;
+            let gap = Duration::from_millis(arg(4)?.parse()?);
+            let mut storage = RedisStorage::<Job>::new(conn).with_config(config);
+            for i in 0..n {
+                if i > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                let id = format!("m-{i}-{}", wall_us());
+                storage.push(Job { id, n: i }).await?;
+            }
+            println!("PUSHED {n}");
         }
         "status" => {
             let client = redis::Client::open(arg(1)?)?;

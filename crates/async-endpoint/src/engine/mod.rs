@@ -52,6 +52,9 @@ pub(crate) struct Engine {
     pub(crate) progress: Arc<dyn ProgressSink>,
     /// The app's trace hooks: a start's `traceparent` travels with its job.
     pub(crate) trace: crate::trace::TraceHooks,
+    /// `Link: </stream path>; rel="async-endpoint-stream"`, the header every 202 carries, made
+    /// once (none for a path that is no header value).
+    pub(crate) stream_link: Option<http::HeaderValue>,
 }
 
 /// Saves progress in the backend.
@@ -127,7 +130,11 @@ impl Engine {
     ) -> Self {
         let mut task_names: Vec<&'static str> = tasks.keys().copied().collect();
         task_names.sort_unstable();
+        let stream_link =
+            http::HeaderValue::from_str(&format!("<{}>; rel=\"{STREAM_REL}\"", config.stream_path))
+                .ok();
         Engine {
+            stream_link,
             progress: Arc::new(BackendProgress(backend.clone())),
             backend,
             task_runtime: TaskRuntime::new(config.task_threads),
@@ -331,12 +338,13 @@ impl Engine {
             task: T::NAME,
             owner,
         };
-        match self.keys.verify(token, &claims, now_ms() / 1000) {
+        let now = now_ms();
+        match self.keys.verify(token, &claims, now / 1000) {
             Ok(()) => {}
             Err(TokenError::Invalid) => return Answer::Problem(Problem::NotFound),
             Err(TokenError::Expired) => return Answer::Problem(Problem::Gone),
         }
-        let snapshot = match self.snapshot(id, wait).await {
+        let snapshot = match self.snapshot(id, now, wait).await {
             Ok(Some(snapshot)) if snapshot.task == T::NAME => snapshot,
             Ok(_) => return Answer::Problem(Problem::NotFound),
             Err(error) => return Answer::Problem(self.backend_error(&error)),
@@ -367,13 +375,15 @@ impl Engine {
     }
 
     /// Reads a snapshot; with `wait`, holds until it changes, finishes, or the bound passes.
+    /// `now` is the time the poll came in (a poll that does not wait reads at that time).
     async fn snapshot(
         &self,
         id: RequestId,
+        now: u64,
         wait: Option<Duration>,
     ) -> Result<Option<Snapshot>, Error> {
         match wait {
-            None => self.backend.poll(id, now_ms()).await,
+            None => self.backend.poll(id, now).await,
             Some(wait) => self.hold(id, wait, |first, now| now != first).await,
         }
     }

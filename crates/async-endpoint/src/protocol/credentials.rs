@@ -2,6 +2,8 @@
 //! (or form) parameters, the original gem's way, or the `Async-Request-Id` /
 //! `Async-Request-Token` headers, the JS client's way (keeping tokens out of URLs and logs).
 
+use std::borrow::Cow;
+
 use http::HeaderName;
 
 /// Header carrying the request id on polls (the JS client's way).
@@ -40,21 +42,29 @@ impl Call {
         token_headers: impl Iterator<Item = Option<&'a str>>,
         query: &str,
     ) -> Call {
+        // No query (the JS client's way, and every start): nothing to parse.
         let from_query = |name: &'static str| {
-            form_urlencoded::parse(query.as_bytes())
+            (!query.is_empty())
+                .then(|| form_urlencoded::parse(query.as_bytes()))
+                .into_iter()
+                .flatten()
                 .filter(move |(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
+                .map(|(_, v)| v)
         };
-        let header = |v: Option<&str>| match v {
-            Some(v) => v.trim().to_owned(),
+        // Values are borrowed while they are compared; only the one found is copied.
+        let header = |v: Option<&'a str>| match v {
+            Some(v) => Cow::Borrowed(v.trim()),
             // Not visible ASCII: can never be a genuine id or token.
-            None => "\u{0}".to_owned(),
+            None => Cow::Borrowed("\u{0}"),
         };
         let id = one(id_headers.map(header).chain(from_query(ID_PARAM)));
         let token = one(token_headers.map(header).chain(from_query(TOKEN_PARAM)));
         match (id, token) {
             (Ok(None), Ok(None)) => Call::Start,
-            (Ok(Some(id)), Ok(Some(token))) => Call::Poll { id, token },
+            (Ok(Some(id)), Ok(Some(token))) => Call::Poll {
+                id: id.into_owned(),
+                token: token.into_owned(),
+            },
             _ => Call::Malformed,
         }
     }
@@ -62,17 +72,18 @@ impl Call {
 
 /// The one non-empty value among `values`; repeats must agree. `Err` when they do not, or a value
 /// is longer than any genuine credential.
-pub(crate) fn one(values: impl Iterator<Item = String>) -> Result<Option<String>, ()> {
-    let mut found: Option<String> = None;
+pub(crate) fn one<S: AsRef<str>>(values: impl Iterator<Item = S>) -> Result<Option<S>, ()> {
+    let mut found: Option<S> = None;
     for value in values {
-        if value.is_empty() {
+        let text = value.as_ref();
+        if text.is_empty() {
             continue;
         }
-        if value.len() > MAX_CREDENTIAL_LEN {
+        if text.len() > MAX_CREDENTIAL_LEN {
             return Err(());
         }
         match &found {
-            Some(previous) if *previous != value => return Err(()),
+            Some(previous) if previous.as_ref() != text => return Err(()),
             Some(_) => {}
             None => found = Some(value),
         }

@@ -46,14 +46,25 @@ impl RequestId {
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         RequestId(bytes)
     }
+
+    /// The 32 lowercase hex digits, without a formatter (every poll writes the id once or twice:
+    /// the body, a backend's key).
+    pub(crate) fn hex(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        out
+    }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        let hex = self.hex();
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -90,5 +101,22 @@ fn hex(c: u8) -> Result<u8, ParseIdError> {
 impl serde::Serialize for RequestId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_what_the_formatter_writes_and_parses_back() {
+        let mut ids = vec![RequestId([0; 16]), RequestId([0xff; 16])];
+        ids.extend((0..100).map(|_| RequestId::random()));
+        for id in ids {
+            let formatted: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(id.to_string(), formatted);
+            assert_eq!(std::str::from_utf8(&id.hex()).unwrap(), formatted);
+            assert_eq!(formatted.parse::<RequestId>().unwrap(), id);
+        }
     }
 }

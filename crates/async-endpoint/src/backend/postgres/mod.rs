@@ -851,9 +851,7 @@ impl Backend for PostgresBackend {
         let key = id_text(&id);
         // The common case: one read by primary key. Only a request found unfinished past its
         // deadline takes a second round trip, which re-checks and writes the timeout atomically.
-        let rows = self
-            .query(&inner.sql.poll, &[&key, &ms(now_ms)])
-            .await?;
+        let rows = self.query(&inner.sql.poll, &[&key, &ms(now_ms)]).await?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
@@ -862,9 +860,7 @@ impl Backend for PostgresBackend {
         if !marked && inner.notifier.is_watched(id) {
             // Somebody here waits on it: mark it, so that later writes are announced. The mark
             // returns the row as it stands after any write that did not see the mark.
-            let rows = self
-                .query(&inner.sql.mark, &[&key, &ms(now_ms)])
-                .await?;
+            let rows = self.query(&inner.sql.mark, &[&key, &ms(now_ms)]).await?;
             let Some(row) = rows.first() else {
                 return Ok(None);
             };
@@ -876,12 +872,7 @@ impl Backend for PostgresBackend {
         let rows = self
             .query(
                 &inner.sql.expire,
-                &[
-                    &key,
-                    &ms(now_ms),
-                    &inner.timeout_json,
-                    &inner.sql.channel,
-                ],
+                &[&key, &ms(now_ms), &inner.timeout_json, &inner.sql.channel],
             )
             .await?;
         let Some(row) = rows.first() else {
@@ -1058,9 +1049,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
-        let mut stands = self
-            .finish_many(&[(job.clone(), outcome)], now_ms)
-            .await?;
+        let mut stands = self.finish_many(&[(job.clone(), outcome)], now_ms).await?;
         stands
             .pop()
             .ok_or_else(|| Error::Corrupt("finish_jobs returned no row".into()))
