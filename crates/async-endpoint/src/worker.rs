@@ -193,6 +193,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Runs one job through its attempts and records the outcome (one job at a time: the test
 /// helpers' `drain`).
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub(crate) async fn run_job(engine: &Engine, job: &Job) {
     let watch = engine.backend.watch(job.id);
     let begin = match engine.backend.begin(job, now_ms()).await {
@@ -436,6 +437,8 @@ async fn stop<T>(
 /// load it saves a round trip per job.
 #[derive(Clone)]
 enum Finisher {
+    /// Only the test helpers' `drain` writes one job at a time.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     Direct,
     Batched(mpsc::UnboundedSender<Finished>),
 }
