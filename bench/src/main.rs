@@ -7,6 +7,8 @@
 //! cargo run --release -p bench -- --only 6 --out results-load.md   # …written to another file
 //! cargo run --release -p bench -- --only flood --out results-flood.md   # push-back under a flood
 //! cargo run --release -p bench -- --only growth --out results-growth.md   # memory backend to 1M records
+//! cargo run --release -p bench -- --only cpu --out results-cpu.md   # CPU and instructions per request
+//! cargo run --release -p bench -- --only latency,takeover --out results-lat.md   # across processes
 //! ```
 //!
 //! The same binary is the server under test (`bench serve <kind> …`) and the load generator

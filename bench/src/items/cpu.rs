@@ -388,7 +388,7 @@ fn write(
     let ratio =
         |i: usize, j: usize| median(cpu[i].iter().zip(&cpu[j]).map(|(a, b)| a / b).collect());
     let md = &mut run.md;
-    let _ = writeln!(md, "\n## CPU per request (web process)\n");
+    let _ = writeln!(md, "\n## 9. CPU per request (web process)\n");
     let _ = writeln!(
         md,
         "Each row: exactly {n} GETs over 8 keep-alive connections from a load process of its own, and the \
@@ -397,10 +397,12 @@ fn write(
          floor (a bare axum handler reading one Redis hash field over the same `redis` connection kind), memory \
          rows beside the bare JSON handler. Redis µs / request: Redis's own time executing commands \
          (`INFO commandstats` `usec` Δ / requests; a script's time includes the commands it runs, which \
-         commandstats also counts on their own, so rows that run Lua are overstated by those). Instructions: the same server under callgrind, {n_cg} GETs after a \
-         warm-up, total instructions of the process / {n_cg} (independent of the machine's load); valgrind \
-         runs no SHA extension, so the token's HMAC-SHA256 runs in software there (its `compress256` share is \
-         the next column; on this CPU, with SHA-NI, that work costs a few hundred cycles).\n"
+         commandstats also counts on their own, so rows that run Lua are overstated by those). \
+         Instructions: the same server under callgrind, {n_cg} GETs after a warm-up, total instructions \
+         of the process / {n_cg} (independent of the machine's load); valgrind runs no SHA extension, \
+         so the token's HMAC-SHA256 runs in software there (its `compress256` share is the next column; \
+         natively, on a CPU with SHA extensions, the `sha2` crate uses them and that work costs far \
+         less).\n"
     );
     let _ = writeln!(
         md,

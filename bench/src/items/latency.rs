@@ -357,7 +357,7 @@ fn write(run: &mut Run, ours: &Figures, apalis: &Figures, samples: usize, rounds
     let md = &mut run.md;
     let _ = writeln!(
         md,
-        "\n## Enqueue-to-start latency across processes (Redis)\n"
+        "\n## 10. Enqueue-to-start latency across processes (Redis)\n"
     );
     let _ = writeln!(
         md,

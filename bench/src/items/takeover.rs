@@ -103,7 +103,7 @@ fn started(
 
 fn write(run: &mut Run, rounds: &[Round], jobs: usize) {
     let md = &mut run.md;
-    let _ = writeln!(md, "\n## Takeover after SIGKILL (Redis backend)\n");
+    let _ = writeln!(md, "\n## 11. Takeover after SIGKILL (Redis backend)\n");
     let _ = writeln!(
         md,
         "Real processes on the run's private redis-server, default settings (`takeover_after` {} s). A web \

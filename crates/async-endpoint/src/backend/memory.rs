@@ -51,8 +51,12 @@ pub struct MemoryBackend {
     inner: Arc<Inner>,
 }
 
-/// How many record maps: a power of two, so the shard is a few bits of the (random) id.
-const SHARDS: usize = 64;
+/// How many record maps: a power of two, so the shard is a few bits of the (random) id. Ids are
+/// random, so the maps grow together: each doubles at 7/8 × 2^k records in all, and the insert
+/// that finds its map full rehashes it while holding its lock. With 256 maps the largest such step
+/// on the way to 1,000,000 records moves ≈ 3,600 records (≈ 0.3 MB; with 64 maps it was ≈ 14,300,
+/// and the starts around those counts were measurably slower, `bench --example growth_probe`).
+const SHARDS: usize = 256;
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,

@@ -140,7 +140,11 @@ impl StatusBody {
     /// `serde_json`). Every 202 is one of these, so this is on the path of every poll.
     pub(crate) fn to_json(&self) -> Vec<u8> {
         let token = &self.async_request_token;
-        let mut out = Vec::with_capacity(140 + token.len());
+        // The exact length without progress (108 bytes of names and punctuation), so the body
+        // becomes `Bytes` without another allocation.
+        let progress = if self.progress.is_some() { 128 } else { 0 };
+        let status = self.status.as_str();
+        let mut out = Vec::with_capacity(108 + token.len() + status.len() + progress);
         out.extend_from_slice(b"{\"async_request_id\":\"");
         out.extend_from_slice(&self.async_request_id.hex());
         out.extend_from_slice(b"\",\"async_request_token\":");
@@ -156,7 +160,7 @@ impl StatusBody {
             let _ = serde_json::to_writer(&mut out, token);
         }
         out.extend_from_slice(b",\"status\":\"");
-        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.extend_from_slice(status.as_bytes());
         out.extend_from_slice(b"\",\"progress\":");
         match &self.progress {
             None => out.extend_from_slice(b"null"),
@@ -192,8 +196,12 @@ mod tests {
                     status,
                     progress: progress.clone(),
                 };
+                let json = body.to_json();
+                if body.progress.is_none() && !token.contains(' ') {
+                    assert_eq!(json.len(), json.capacity());
+                }
                 assert_eq!(
-                    String::from_utf8(body.to_json()).unwrap(),
+                    String::from_utf8(json).unwrap(),
                     serde_json::to_string(&body).unwrap()
                 );
             }
