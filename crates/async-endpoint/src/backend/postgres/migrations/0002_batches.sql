@@ -85,8 +85,11 @@ $$;
 -- 1 gone or terminal, 2 deadline passed (now a timeout), 3 delivered more than `p_max` times
 -- (now an internal failure). `p_deliveries[i]` is the delivery count of job `p_ids[i]`.
 --
--- One statement (the caller passes the ids sorted, so two batches lock their rows in one
--- order). Ids repeated in one batch are begun one after the other. The caller bounds the batch.
+-- One statement. Its rows are locked in the order its plan visits them (the caller sends the
+-- ids sorted; the table is read by id or by place), the same for every batch, so two batches
+-- (say, a job redelivered while its first worker still runs it) hardly ever wait on each other
+-- in a cycle; should they, PostgreSQL ends one as a deadlock and its worker hands that batch
+-- back. Ids repeated in one batch are begun one after the other. The caller bounds the batch.
 CREATE FUNCTION {schema}.begin_jobs(p_ids text[], p_deliveries integer[], p_now bigint,
     p_max integer, p_timeout text, p_poison text, p_channel text)
 RETURNS TABLE (code smallint, attempt integer, params text, deadline_ms bigint,
