@@ -867,9 +867,7 @@ impl Backend for PostgresBackend {
         let key = id_text(&id);
         // The common case: one read by primary key. Only a request found unfinished past its
         // deadline takes a second round trip, which re-checks and writes the timeout atomically.
-        let rows = self
-            .query(&inner.sql.poll, &[&key, &ms(now_ms)])
-            .await?;
+        let rows = self.query(&inner.sql.poll, &[&key, &ms(now_ms)]).await?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
@@ -878,9 +876,7 @@ impl Backend for PostgresBackend {
         if !marked && inner.notifier.is_watched(id) {
             // Somebody here waits on it: mark it, so that later writes are announced. The mark
             // returns the row as it stands after any write that did not see the mark.
-            let rows = self
-                .query(&inner.sql.mark, &[&key, &ms(now_ms)])
-                .await?;
+            let rows = self.query(&inner.sql.mark, &[&key, &ms(now_ms)]).await?;
             let Some(row) = rows.first() else {
                 return Ok(None);
             };
@@ -892,12 +888,7 @@ impl Backend for PostgresBackend {
         let rows = self
             .query(
                 &inner.sql.expire,
-                &[
-                    &key,
-                    &ms(now_ms),
-                    &inner.timeout_json,
-                    &inner.sql.channel,
-                ],
+                &[&key, &ms(now_ms), &inner.timeout_json, &inner.sql.channel],
             )
             .await?;
         let Some(row) = rows.first() else {
@@ -1078,9 +1069,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
-        let mut stands = self
-            .finish_many(&[(job.clone(), outcome)], now_ms)
-            .await?;
+        let mut stands = self.finish_many(&[(job.clone(), outcome)], now_ms).await?;
         stands
             .pop()
             .ok_or_else(|| Error::Corrupt("finish_jobs returned no row".into()))
@@ -1207,7 +1196,10 @@ mod tests {
             .iter()
             .map(|&at| (id_text(&with_repeat[at]), at))
             .collect();
-        assert!(sorted.windows(2).all(|w| w[0].0 <= w[1].0), "sent in id order");
+        assert!(
+            sorted.windows(2).all(|w| w[0].0 <= w[1].0),
+            "sent in id order"
+        );
         let repeated: Vec<usize> = sorted
             .iter()
             .filter(|(text, _)| *text == id_text(&ids[3]))
@@ -1216,7 +1208,10 @@ mod tests {
         assert_eq!(repeated, vec![3, 50], "a repeated id keeps its order");
         let back = unsort(&order, sorted);
         for (at, (text, from)) in back.iter().enumerate() {
-            assert_eq!((text.as_str(), *from), (id_text(&with_repeat[at]).as_str(), at));
+            assert_eq!(
+                (text.as_str(), *from),
+                (id_text(&with_repeat[at]).as_str(), at)
+            );
         }
     }
 }
