@@ -747,13 +747,29 @@ struct StoredProgress<'a> {
 /// One statement parameter of a batch, owned (a batch's parameters are built before it runs).
 type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
 
-/// The rows of `begin_jobs` for `jobs`, in order: what to do with each, and its code.
-fn decode_begun(jobs: &[Job], rows: &[Row]) -> Result<Vec<(Begin, i16)>, Error> {
-    if rows.len() != jobs.len() {
+/// The positions of `ids` in ascending id order (stable: repeated ids keep their order).
+fn id_order<'a>(ids: impl Iterator<Item = &'a RequestId>) -> Vec<usize> {
+    let ids: Vec<&RequestId> = ids.collect();
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&at| ids[at].as_bytes());
+    order
+}
+
+/// Puts answers given in `order` (see [`id_order`]) back in the original order.
+fn unsort<T>(order: &[usize], sorted: Vec<T>) -> Vec<T> {
+    let mut slots: Vec<Option<T>> = std::iter::repeat_with(|| None).take(order.len()).collect();
+    for (&at, answer) in order.iter().zip(sorted) {
+        slots[at] = Some(answer);
+    }
+    slots.into_iter().flatten().collect()
+}
+
+/// The rows of `begin_jobs` for `jobs` jobs, in order: what to do with each, and its code.
+fn decode_begun(jobs: usize, rows: &[Row]) -> Result<Vec<(Begin, i16)>, Error> {
+    if rows.len() != jobs {
         return Err(Error::Corrupt(format!(
-            "begin_jobs answered {} of {} jobs",
+            "begin_jobs answered {} of {jobs} jobs",
             rows.len(),
-            jobs.len()
         )));
     }
     rows.iter()
@@ -953,7 +969,10 @@ impl Backend for PostgresBackend {
         let inner = &self.inner;
         let max = i32::try_from(inner.settings.max_deliveries).unwrap_or(i32::MAX);
         let now = ms(now_ms);
-        let batches = jobs
+        // Sent in id order, so that batches lock their rows in one order; answered in the jobs'.
+        let order = id_order(jobs.iter().map(|job| &job.id));
+        let sorted: Vec<Job> = order.iter().map(|&at| jobs[at].clone()).collect();
+        let batches = sorted
             .chunks(BATCH)
             .map(|chunk| -> Vec<Param> {
                 let ids: Vec<String> = chunk.iter().map(|job| id_text(&job.id)).collect();
@@ -975,7 +994,8 @@ impl Backend for PostgresBackend {
         let begun = self
             .query_batches(&inner.sql.begin, batches)
             .await
-            .and_then(|rows| decode_begun(jobs, &rows));
+            .and_then(|rows| decode_begun(jobs.len(), &rows))
+            .map(|sorted| unsort(&order, sorted));
         let begun = match begun {
             Ok(begun) => begun,
             Err(error) => {
@@ -1065,8 +1085,11 @@ impl Backend for PostgresBackend {
         }
         let inner = &self.inner;
         let now = ms(now_ms);
+        // Sent in id order, as in `begin_many`; answered in the outcomes' order.
+        let order = id_order(finished.iter().map(|(job, _)| &job.id));
+        let sorted: Vec<&(Job, Outcome)> = order.iter().map(|&at| &finished[at]).collect();
         let mut batches = Vec::with_capacity(finished.len().div_ceil(BATCH));
-        for chunk in finished.chunks(BATCH) {
+        for chunk in sorted.chunks(BATCH) {
             let ids: Vec<String> = chunk.iter().map(|(job, _)| id_text(&job.id)).collect();
             let mut codes: Vec<i16> = Vec::with_capacity(chunk.len());
             let mut values: Vec<String> = Vec::with_capacity(chunk.len());
@@ -1103,9 +1126,11 @@ impl Backend for PostgresBackend {
                 finished.len()
             )));
         }
-        rows.iter()
+        let sorted = rows
+            .iter()
             .map(|row| status_of(row.try_get(0).map_err(corrupt("finish reply"))?))
-            .collect()
+            .collect::<Result<Vec<Status>, Error>>()?;
+        Ok(unsort(&order, sorted))
     }
 
     async fn release(&self, job: &Job) -> Result<(), Error> {
@@ -1158,6 +1183,35 @@ mod tests {
         for _ in 0..100 {
             let id = RequestId::random();
             assert_eq!(id_text(&id), id.to_string());
+        }
+    }
+
+    #[test]
+    fn answers_in_id_order_go_back_to_the_callers_order() {
+        let ids: Vec<RequestId> = (0..50).map(|_| RequestId::random()).collect();
+        let mut with_repeat = ids.clone();
+        with_repeat.push(ids[3]);
+        let order = id_order(with_repeat.iter());
+        let sorted: Vec<(String, usize)> = order
+            .iter()
+            .map(|&at| (id_text(&with_repeat[at]), at))
+            .collect();
+        assert!(
+            sorted.windows(2).all(|w| w[0].0 <= w[1].0),
+            "sent in id order"
+        );
+        let repeated: Vec<usize> = sorted
+            .iter()
+            .filter(|(text, _)| *text == id_text(&ids[3]))
+            .map(|(_, at)| *at)
+            .collect();
+        assert_eq!(repeated, vec![3, 50], "a repeated id keeps its order");
+        let back = unsort(&order, sorted);
+        for (at, (text, from)) in back.iter().enumerate() {
+            assert_eq!(
+                (text.as_str(), *from),
+                (id_text(&with_repeat[at]).as_str(), at)
+            );
         }
     }
 }

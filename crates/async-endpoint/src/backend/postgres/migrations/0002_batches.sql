@@ -67,22 +67,39 @@ BEGIN
     RETURN true;
 END $$;
 
+-- What starting an attempt of a job does to its request as it stands: 0 run it, 1 skip it (gone
+-- or terminal), 2 skip it and fail the request with a timeout (past its deadline), 3 skip it
+-- and fail it as poison (delivered more than `p_max` times). Inlined where it is used.
+CREATE FUNCTION {schema}.begin_code(p_status smallint, p_expires bigint, p_deadline bigint,
+    p_delivery integer, p_now bigint, p_max integer)
+RETURNS smallint LANGUAGE sql IMMUTABLE AS $$
+    SELECT (CASE
+        WHEN p_status >= 3 OR p_expires <= p_now THEN 1
+        WHEN p_now > p_deadline THEN 2
+        WHEN p_delivery > p_max THEN 3
+        ELSE 0 END)::smallint
+$$;
+
 -- Starts attempts of delivered jobs, as one begin per job in the arrays' order would: a row per
 -- job, in order, with code 0 and the attempt to run, or why not (the job is closed then):
 -- 1 gone or terminal, 2 deadline passed (now a timeout), 3 delivered more than `p_max` times
 -- (now an internal failure). `p_deliveries[i]` is the delivery count of job `p_ids[i]`.
 --
--- One statement: the rows are locked in id order (two batches never wait on each other in a
--- cycle) and judged as they stand once locked, then written by one UPDATE. Ids repeated in one
--- batch are begun one after the other. The caller bounds the batch.
+-- One statement. Its rows are locked in the order its plan visits them (the caller sends the
+-- ids sorted; the table is read by id or by place), the same for every batch, so two batches
+-- (say, a job redelivered while its first worker still runs it) hardly ever wait on each other
+-- in a cycle; should they, PostgreSQL ends one as a deadlock and its worker hands that batch
+-- back. Ids repeated in one batch are begun one after the other. The caller bounds the batch.
 CREATE FUNCTION {schema}.begin_jobs(p_ids text[], p_deliveries integer[], p_now bigint,
     p_max integer, p_timeout text, p_poison text, p_channel text)
 RETURNS TABLE (code smallint, attempt integer, params text, deadline_ms bigint,
     traceparent text)
 LANGUAGE plpgsql
 -- By primary key, whatever the planner thinks of a young table's size (with a seq scan, a
--- batch would cost a scan of the whole table).
+-- batch would cost a scan of the whole table), and joined by hash (it takes a batch for a row
+-- or two, and a nested loop would compare every job with every other).
 SET enable_seqscan = off
+SET enable_nestloop = off
 AS $$
 #variable_conflict use_column
 BEGIN
@@ -100,50 +117,66 @@ BEGIN
         END LOOP;
         RETURN;
     END IF;
-    -- 0: running, attempt + 1. 1: the job closed. 2, 3: settled as a failure
-    -- (params dropped, pending slots freed, TTL refreshed) and the job closed.
+    -- One UPDATE judges each row as it stands once locked (in READ COMMITTED, a row changed
+    -- meanwhile is judged again as changed): 0 running, attempt + 1; 1 the job closed; 2, 3
+    -- settled as a failure (params dropped, pending slots freed, TTL refreshed), the job closed.
+    -- A closed job of a terminal request is not written at all. The reply tells the codes apart
+    -- by the values written: running with an expiry ahead is 0 (a request that is gone stays
+    -- unchanged, with its expiry behind), a failure written now with the timeout or poison is 2
+    -- or 3 (any other row is 1, a skip either way).
     RETURN QUERY
-    WITH locked AS MATERIALIZED (
-        SELECT r.id, (CASE
-                WHEN r.status >= 3 OR r.expires_ms <= p_now THEN 1
-                WHEN p_now > r.deadline_ms THEN 2
-                WHEN u.delivery > p_max THEN 3
-                ELSE 0 END)::smallint AS code
-            FROM {schema}.requests r
-            JOIN unnest(p_ids, p_deliveries) AS u(id, delivery) ON r.id = u.id
-            WHERE r.id = ANY (p_ids)
-            ORDER BY r.id
-            FOR UPDATE OF r),
-    written AS (
+    WITH written AS (
         UPDATE {schema}.requests q SET
-                status = CASE c.code WHEN 0 THEN 1 WHEN 1 THEN q.status ELSE 4 END,
-                attempt = CASE WHEN c.code = 0 THEN q.attempt + 1 ELSE q.attempt END,
-                output = CASE WHEN c.code >= 2 THEN NULL ELSE q.output END,
-                failure = CASE c.code WHEN 2 THEN p_timeout WHEN 3 THEN p_poison
-                    ELSE q.failure END,
-                params = CASE WHEN c.code >= 2 THEN NULL ELSE q.params END,
-                limit_owner = CASE WHEN c.code >= 2 THEN NULL ELSE q.limit_owner END,
-                limit_task = CASE WHEN c.code >= 2 THEN false ELSE q.limit_task END,
+                status = CASE {schema}.begin_code(q.status, q.expires_ms, q.deadline_ms,
+                        u.delivery, p_now, p_max)
+                    WHEN 0 THEN 1 WHEN 1 THEN q.status ELSE 4 END,
+                attempt = CASE {schema}.begin_code(q.status, q.expires_ms, q.deadline_ms,
+                        u.delivery, p_now, p_max)
+                    WHEN 0 THEN q.attempt + 1 ELSE q.attempt END,
+                output = CASE WHEN {schema}.begin_code(q.status, q.expires_ms, q.deadline_ms,
+                        u.delivery, p_now, p_max) >= 2 THEN NULL ELSE q.output END,
+                failure = CASE {schema}.begin_code(q.status, q.expires_ms, q.deadline_ms,
+                        u.delivery, p_now, p_max)
+                    WHEN 2 THEN p_timeout WHEN 3 THEN p_poison ELSE q.failure END,
+                params = CASE WHEN {schema}.begin_code(q.status, q.expires_ms, q.deadline_ms,
+                        u.delivery, p_now, p_max) >= 2 THEN NULL ELSE q.params END,
+                limit_owner = CASE WHEN {schema}.begin_code(q.status, q.expires_ms,
+                        q.deadline_ms, u.delivery, p_now, p_max) >= 2
+                    THEN NULL ELSE q.limit_owner END,
+                limit_task = CASE WHEN {schema}.begin_code(q.status, q.expires_ms,
+                        q.deadline_ms, u.delivery, p_now, p_max) >= 2
+                    THEN false ELSE q.limit_task END,
                 -- A record outlives its deadline from its start on (the TTL exceeds every
                 -- deadline), and its finish or timeout refreshes the TTL: a running job's
                 -- record cannot expire under it, so an attempt's start leaves the expiry be
                 -- and the update touches no indexed column (a HOT update, no index writes).
-                expires_ms = CASE WHEN c.code = 1 THEN q.expires_ms
-                    WHEN c.code = 0 AND q.expires_ms > q.deadline_ms THEN q.expires_ms
+                expires_ms = CASE {schema}.begin_code(q.status, q.expires_ms, q.deadline_ms,
+                        u.delivery, p_now, p_max)
+                    WHEN 1 THEN q.expires_ms
+                    WHEN 0 THEN CASE WHEN q.expires_ms > q.deadline_ms THEN q.expires_ms
+                        ELSE p_now + q.ttl_ms END
                     ELSE p_now + q.ttl_ms END,
-                job_open = c.code = 0 AND q.job_open
-            FROM locked c
-            WHERE q.id = c.id AND q.id = ANY (p_ids) AND (c.code <> 1 OR q.job_open)
+                job_open = q.job_open AND {schema}.begin_code(q.status, q.expires_ms,
+                    q.deadline_ms, u.delivery, p_now, p_max) = 0
+            FROM unnest(p_ids, p_deliveries) AS u(id, delivery)
+            WHERE q.id = u.id AND q.id = ANY (p_ids)
+                AND (q.job_open OR NOT (q.status >= 3 OR q.expires_ms <= p_now))
             RETURNING q.id, q.attempt, q.params, q.deadline_ms, q.traceparent,
-                CASE WHEN q.watched AND c.code <> 1
+                (CASE WHEN q.status = 1 AND q.expires_ms > p_now THEN 0
+                    WHEN q.status = 4 AND q.expires_ms = p_now + q.ttl_ms
+                        AND q.failure = p_timeout THEN 2
+                    WHEN q.status = 4 AND q.expires_ms = p_now + q.ttl_ms
+                        AND q.failure = p_poison THEN 3
+                    ELSE 1 END)::smallint AS code,
+                CASE WHEN q.watched AND q.expires_ms > p_now AND (q.status = 1
+                        OR q.expires_ms = p_now + q.ttl_ms AND q.failure IN (p_timeout, p_poison))
                     THEN {schema}.announce(p_channel, q.id) END AS told)
-    SELECT coalesce(c.code, 1::smallint),
-            CASE WHEN c.code = 0 THEN w.attempt ELSE 0 END,
-            CASE WHEN c.code = 0 THEN coalesce(w.params, '') END,
-            CASE WHEN c.code = 0 THEN w.deadline_ms ELSE 0 END,
-            CASE WHEN c.code = 0 THEN w.traceparent END
+    SELECT coalesce(w.code, 1::smallint),
+            CASE WHEN w.code = 0 THEN w.attempt ELSE 0 END,
+            CASE WHEN w.code = 0 THEN coalesce(w.params, '') END,
+            CASE WHEN w.code = 0 THEN w.deadline_ms ELSE 0 END,
+            CASE WHEN w.code = 0 THEN w.traceparent END
         FROM unnest(p_ids) WITH ORDINALITY AS i(id, ord)
-        LEFT JOIN locked c ON c.id = i.id
         LEFT JOIN written w ON w.id = i.id
         ORDER BY i.ord;
 END $$;
@@ -152,12 +185,13 @@ END $$;
 -- request is terminal (the first terminal state wins; past the deadline it becomes the
 -- timeout), closing every job; a row per job, in order, with the status that stands.
 -- `p_codes[i]` is 3 (done: `p_values[i]` is the output) or 4 (failed: the failure).
--- One statement, locking in id order as `begin_jobs`; repeated ids one after the other.
+-- One statement, ids sorted by the caller as for `begin_jobs`; repeated ids one after the other.
 CREATE FUNCTION {schema}.finish_jobs(p_ids text[], p_codes smallint[], p_values text[],
     p_now bigint, p_timeout text, p_channel text)
 RETURNS TABLE (stands smallint)
 LANGUAGE plpgsql
 SET enable_seqscan = off
+SET enable_nestloop = off
 AS $$
 #variable_conflict use_column
 BEGIN
@@ -176,40 +210,37 @@ BEGIN
         END LOOP;
         RETURN;
     END IF;
+    -- One UPDATE judges each row as it stands once locked: it settles (the outcome, or the
+    -- timeout past the deadline) unless terminal or gone, and closes the job either way. The
+    -- status that stands is read from what was written (a row whose expiry is behind is gone:
+    -- failed for the worker, as for everyone).
     RETURN QUERY
-    WITH locked AS MATERIALIZED (
-        SELECT r.id, u.value, (CASE
-                WHEN r.expires_ms <= p_now THEN 4
-                WHEN r.status >= 3 THEN r.status
-                WHEN p_now > r.deadline_ms THEN 4
-                ELSE u.code END)::smallint AS stands,
-            r.expires_ms > p_now AND r.status < 3 AS settles,
-            p_now > r.deadline_ms AS late
-            FROM {schema}.requests r
-            JOIN unnest(p_ids, p_codes, p_values) AS u(id, code, value) ON r.id = u.id
-            WHERE r.id = ANY (p_ids)
-            ORDER BY r.id
-            FOR UPDATE OF r),
-    written AS (
+    WITH written AS (
         UPDATE {schema}.requests q SET
-                status = CASE WHEN s.settles THEN s.stands ELSE q.status END,
-                output = CASE WHEN NOT s.settles THEN q.output
-                    WHEN s.stands = 3 THEN s.value END,
-                failure = CASE WHEN NOT s.settles THEN q.failure
-                    WHEN s.late THEN p_timeout
-                    WHEN s.stands = 4 THEN s.value END,
-                params = CASE WHEN s.settles THEN NULL ELSE q.params END,
-                limit_owner = CASE WHEN s.settles THEN NULL ELSE q.limit_owner END,
-                limit_task = CASE WHEN s.settles THEN false ELSE q.limit_task END,
-                expires_ms = CASE WHEN s.settles THEN p_now + q.ttl_ms ELSE q.expires_ms END,
+                status = CASE WHEN NOT (q.expires_ms > p_now AND q.status < 3) THEN q.status
+                    WHEN p_now > q.deadline_ms THEN 4 ELSE u.code END,
+                output = CASE WHEN NOT (q.expires_ms > p_now AND q.status < 3) THEN q.output
+                    WHEN p_now <= q.deadline_ms AND u.code = 3 THEN u.value END,
+                failure = CASE WHEN NOT (q.expires_ms > p_now AND q.status < 3) THEN q.failure
+                    WHEN p_now > q.deadline_ms THEN p_timeout
+                    WHEN u.code = 4 THEN u.value END,
+                params = CASE WHEN q.expires_ms > p_now AND q.status < 3 THEN NULL
+                    ELSE q.params END,
+                limit_owner = CASE WHEN q.expires_ms > p_now AND q.status < 3 THEN NULL
+                    ELSE q.limit_owner END,
+                limit_task = CASE WHEN q.expires_ms > p_now AND q.status < 3 THEN false
+                    ELSE q.limit_task END,
+                expires_ms = CASE WHEN q.expires_ms > p_now AND q.status < 3
+                    THEN p_now + q.ttl_ms ELSE q.expires_ms END,
                 job_open = false
-            FROM locked s
-            WHERE q.id = s.id AND q.id = ANY (p_ids) AND (s.settles OR q.job_open)
-            RETURNING q.id, CASE WHEN s.settles AND q.watched
-                THEN {schema}.announce(p_channel, q.id) END AS told)
-    SELECT coalesce(s.stands, 4::smallint)
+            FROM unnest(p_ids, p_codes, p_values) AS u(id, code, value)
+            WHERE q.id = u.id AND q.id = ANY (p_ids)
+            RETURNING q.id,
+                (CASE WHEN q.expires_ms <= p_now THEN 4 ELSE q.status END)::smallint AS stands,
+                CASE WHEN q.watched AND q.expires_ms = p_now + q.ttl_ms
+                    THEN {schema}.announce(p_channel, q.id) END AS told)
+    SELECT coalesce(w.stands, 4::smallint)
         FROM unnest(p_ids) WITH ORDINALITY AS i(id, ord)
-        LEFT JOIN locked s ON s.id = i.id
         LEFT JOIN written w ON w.id = i.id
         ORDER BY i.ord;
 END $$;
