@@ -83,3 +83,80 @@ impl Backend for Served {
         self.backend.finish_many(finished, now_ms).await
     }
 }
+
+/// A batch longer than one statement takes (256 jobs) is split into statements run in one
+/// transaction, and answered in the jobs' order; a job repeated in a batch is begun twice, one
+/// after the other, as two `begin` calls would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_over_one_statement_and_repeated_jobs() {
+    let Some(served) = served().await else {
+        return;
+    };
+    let b = &served.backend;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    };
+    let mut requests = Vec::new();
+    for n in 0..300 {
+        let created = now();
+        let r = NewRequest::new(
+            RequestId::random(),
+            "batch_task",
+            format!("{{\"n\":{n}}}"),
+            created,
+            created + 60_000,
+            Duration::from_secs(300),
+        );
+        b.create(r.clone()).await.expect("create");
+        requests.push(r);
+    }
+    let mut jobs: Vec<Job> = Vec::new();
+    for _ in 0..20 {
+        if jobs.len() == requests.len() {
+            break;
+        }
+        jobs.extend(
+            b.fetch(&["batch_task"], 300, Duration::from_millis(500))
+                .await
+                .expect("fetch"),
+        );
+    }
+    assert_eq!(jobs.len(), requests.len(), "every job delivered");
+    // In the order the requests were made (not the order fetched), so answers must be put back.
+    jobs.sort_by_key(|job| requests.iter().position(|r| r.id == job.id));
+    let begun = b.begin_many(&jobs, now()).await.expect("begin_many");
+    assert_eq!(begun.len(), jobs.len());
+    for (r, begin) in requests.iter().zip(&begun) {
+        match begin {
+            Begin::Run {
+                params, attempt, ..
+            } => assert_eq!((params.as_str(), *attempt), (r.params.as_str(), 1)),
+            other => panic!("expected Run for {}, got {other:?}", r.id),
+        }
+    }
+    // The first job twice in one batch: two attempts begin, one after the other.
+    let twice = [jobs[0].clone(), jobs[1].clone(), jobs[0].clone()];
+    let again = b.begin_many(&twice, now()).await.expect("begin_many");
+    let attempts: Vec<u32> = again
+        .iter()
+        .map(|begin| match begin {
+            Begin::Run { attempt, .. } => *attempt,
+            other => panic!("expected Run, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(attempts, vec![2, 2, 3]);
+    let outcomes: Vec<(Job, Outcome)> = jobs
+        .iter()
+        .enumerate()
+        .map(|(n, job)| (job.clone(), Outcome::Done(n.to_string())))
+        .collect();
+    let stands = b.finish_many(&outcomes, now()).await.expect("finish_many");
+    assert!(stands.iter().all(|s| *s == Status::Done), "{stands:?}");
+    for (n, r) in requests.iter().enumerate().step_by(37) {
+        let s = b.poll(r.id, now()).await.expect("poll").expect("found");
+        assert_eq!(s.output, Some(n.to_string()), "output of request {n}");
+    }
+}

@@ -33,9 +33,9 @@
 //!   and blocked fetches; after it (re)connects it wakes everyone, so nothing is lost. `NOTIFY`
 //!   makes each notifying commit take a database-wide lock, so writes announce a request only
 //!   once a poll marked it `watched` (a poll does when its process watches the request, and the
-//!   engine's waiting polls and event streams watch before they poll; the mark is one HOT
-//!   update, once per request); a cancel is always announced (workers watch their jobs without
-//!   polling them);
+//!   engine's waiting polls and event streams watch before they poll; the mark is one update
+//!   of no indexed column, once per request); a cancel is always announced (workers watch their
+//!   jobs without polling them);
 //! * leases: a heartbeat every `claim_idle / 3` extends the leases of this process's running
 //!   jobs in one statement; a killed worker's jobs become fetchable when theirs run out;
 //! * expiry: rows are invisible once their TTL passed; a sweeper deletes them in bounded
