@@ -1,14 +1,15 @@
 //! The benchmark runner of async-endpoint.
 //!
 //! ```sh
-//! cargo run --release -p bench            # full run (< 10 min on 2 cores): writes bench/results.md + PNGs
-//! cargo run --release -p bench -- --quick # quick run (< 2 min)
+//! cargo run --release -p bench            # full run (~ 9 min on 2 cores): writes bench/results.md + PNGs
+//! cargo run --release -p bench -- --quick # quick run (< 3 min)
 //! cargo run --release -p bench -- --only 1,3   # some items only
 //! cargo run --release -p bench -- --only 6 --out results-load.md   # …written to another file
 //! cargo run --release -p bench -- --only flood --out results-flood.md   # push-back under a flood
 //! cargo run --release -p bench -- --only growth --out results-growth.md   # memory backend to 1M records
 //! cargo run --release -p bench -- --only cpu --out results-cpu.md   # CPU and instructions per request
 //! cargo run --release -p bench -- --only latency,takeover --out results-lat.md   # across processes
+//! cargo run --release -p bench -- --only drain --out results-drain.md   # a 1M-request Redis backlog drained
 //! ```
 //!
 //! The same binary is the server under test (`bench serve <kind> …`) and the load generator

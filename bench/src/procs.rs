@@ -119,6 +119,16 @@ pub(crate) fn cpu_ticks(pid: u32) -> Result<u64, BoxError> {
     Ok(tick(11)? + tick(12)?)
 }
 
+/// `getconf CLK_TCK` (100 on Linux unless configured otherwise).
+pub(crate) fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 /// A private redis-server.
 pub(crate) struct Redis {
     _server: test_support::redis::RedisServer,
@@ -168,6 +178,19 @@ impl Redis {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect())
+    }
+
+    /// The server's process id (`INFO server`).
+    pub(crate) fn pid(&self) -> Result<u32, BoxError> {
+        self.info("server")?
+            .get("process_id")
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| "no process_id in INFO server".into())
+    }
+
+    /// CPU time redis-server has used so far, microseconds (`/proc`).
+    pub(crate) fn cpu_us(&self) -> Result<f64, BoxError> {
+        Ok(cpu_ticks(self.pid()?)? as f64 * 1e6 / clock_ticks_per_second())
     }
 
     /// Calls per command from `INFO commandstats`.

@@ -13,7 +13,7 @@ use async_endpoint::RequestId;
 use async_endpoint::Status;
 use async_endpoint::backend::{Backend, NewRequest, RedisBackend};
 
-use crate::procs::{BoxError, cpu_ticks, delta};
+use crate::procs::{BoxError, clock_ticks_per_second, cpu_ticks, delta};
 use crate::runner::{Run, log};
 use crate::servers::{SHIP_TASK, ship_output, ship_params};
 
@@ -47,12 +47,7 @@ pub(super) fn measure(run: &mut Run) -> Result<(), BoxError> {
     log(&format!(
         "drain: {n} requests queued in {enqueue_secs:.1} s ({queued} stream entries)"
     ));
-    let redis_pid: u32 = run
-        .redis
-        .info("server")?
-        .get("process_id")
-        .and_then(|p| p.trim().parse().ok())
-        .ok_or("no process_id in INFO server")?;
+    let redis_pid = run.redis.pid()?;
     let s0 = run.redis.commandstats()?;
     let redis_cpu0 = cpu_ticks(redis_pid)?;
     let t = Instant::now();
@@ -255,14 +250,4 @@ fn load_average() -> String {
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// `getconf CLK_TCK` (100 on Linux unless configured otherwise).
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
 }

@@ -29,6 +29,8 @@ struct Drain {
     secs: f64,
     /// Jobs whose record (ours) or status (apalis) says done.
     recorded: usize,
+    /// redis-server CPU time per job while the worker drained the backlog, µs (`/proc`).
+    redis_us: f64,
     /// Redis commands per job: enqueueing, then running and recording.
     enqueue: String,
     run: String,
@@ -99,6 +101,7 @@ fn ours(run: &Run, n: usize) -> Result<Ours, BoxError> {
     let mem1 = run.redis.used_memory()?;
     drop(web);
     let queued: u64 = run.redis.cmd(&["XLEN", "tp:q:noop"])?;
+    let cpu0 = run.redis.cpu_us()?;
     let t = Instant::now();
     let (worker, _) = run.serve_redis("worker", "tp", &[])?;
     let left = || run.redis.cmd::<u64>(&["XLEN", "tp:q:noop"]);
@@ -111,6 +114,7 @@ fn ours(run: &Run, n: usize) -> Result<Ours, BoxError> {
             late.then(|| format!("our worker left {} jobs after 120 s", queued - done))
         },
     )?;
+    let cpu = run.redis.cpu_us()? - cpu0;
     if let Some(e) = w.stopped {
         return Err(e.into());
     }
@@ -119,7 +123,7 @@ fn ours(run: &Run, n: usize) -> Result<Ours, BoxError> {
     drop(worker);
     let recorded = count_status(&run.redis, "tp:r:*", "d")?;
     Ok(Ours {
-        drain: Drain::new(n, &w, n as u64, recorded, [&s0, &s1, &s2]),
+        drain: Drain::new(n, &w, n as u64, recorded, cpu, [&s0, &s1, &s2]),
         start_secs,
         queued,
         mem_per: (mem1.saturating_sub(mem0)) as f64 / n as f64,
@@ -133,6 +137,7 @@ fn apalis(run: &Run, peer: &Path, n: usize) -> Result<Apalis, BoxError> {
     let push_secs = push_apalis(peer, &run.redis.url, n)?;
     let a1 = run.redis.commandstats()?;
     let done_key = format!("{QUEUE}:done");
+    let cpu0 = run.redis.cpu_us()?;
     let t = Instant::now();
     let mut cmd = Command::new(peer);
     let settings = [CONCURRENCY, BATCH, POLL_MS].map(|v| v.to_string());
@@ -150,23 +155,32 @@ fn apalis(run: &Run, peer: &Path, n: usize) -> Result<Apalis, BoxError> {
         _ => (t.elapsed() > limit)
             .then(|| format!("apalis finished {done} of {n} jobs in the time allowed")),
     })?;
+    let cpu = run.redis.cpu_us()? - cpu0;
     std::thread::sleep(Duration::from_millis(300));
     let a2 = run.redis.commandstats()?;
     drop(worker);
     let recorded = count_status(&run.redis, "st:*", "done")?;
     Ok(Apalis {
-        drain: Drain::new(n, &w, w.done, recorded, [&a0, &a1, &a2]),
+        drain: Drain::new(n, &w, w.done, recorded, cpu, [&a0, &a1, &a2]),
         push_secs,
         error: w.stopped,
     })
 }
 
 impl Drain {
-    /// `jobs` done in the watched time; commandstats before the enqueueing, after it, and after
-    /// the drain.
-    fn new(n: usize, w: &Watched, jobs: u64, recorded: usize, stats: [&Stats; 3]) -> Drain {
+    /// `jobs` done in the watched time, redis-server using `cpu_us` meanwhile; commandstats
+    /// before the enqueueing, after it, and after the drain.
+    fn new(
+        n: usize,
+        w: &Watched,
+        jobs: u64,
+        recorded: usize,
+        cpu_us: f64,
+        stats: [&Stats; 3],
+    ) -> Drain {
         let [s0, s1, s2] = stats;
         Drain {
+            redis_us: cpu_us / jobs.max(1) as f64,
             steady: w.steady,
             rate: jobs as f64 / w.secs,
             secs: w.secs,
@@ -297,7 +311,7 @@ fn write_backlog(run: &mut Run, n: usize, measured: &[(Ours, Apalis)], first_siz
         md,
         "{n} trivial jobs (double a number) are queued first, then ONE worker process drains them; rate = jobs / \
          time from the worker process's start until the last job is recorded; steady = jobs / time from the first \
-         recorded job to the last, which leaves process start and connection set-up out (ours: the stream is empty, every \
+         recorded job to the last, which leaves process start and connection set-up out; redis-server CPU = its `utime + stime` (`/proc`, 10 ms ticks) from the worker process's start until the last job is recorded, per job (ours: the stream is empty, every \
          entry being acknowledged and deleted by the finishing script; apalis: its `done` set holds {n}). \
          Backlog {n}: below the ≈ 8,000 queued jobs at which apalis-redis's worker dies (\"too many results to \
          unpack\", DESIGN.md §6), on purpose. {rounds} round(s), alternating the systems: the steady rate is the \
@@ -305,20 +319,20 @@ fn write_backlog(run: &mut Run, n: usize, measured: &[(Ours, Apalis)], first_siz
     );
     let _ = writeln!(
         md,
-        "| system | jobs/s, steady | jobs/s incl. worker start | drain time s | jobs recorded done | Redis commands per job, enqueue | per job, run + record | total per job |"
+        "| system | jobs/s, steady | jobs/s incl. worker start | drain time s | jobs recorded done | redis-server CPU per job, drain | Redis commands per job, enqueue | per job, run + record | total per job |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---|---:|");
     let d = &ours.drain;
     let _ = writeln!(
         md,
-        "| async-endpoint (Redis backend, 1 worker process, concurrency 64) | {ours_steady:.0} ({ours_each}) | {:.0} | {:.2} | {} / {n} | {} | {} | {:.2} |",
-        d.rate, d.secs, d.recorded, d.enqueue, d.run, d.total
+        "| async-endpoint (Redis backend, 1 worker process, concurrency 64) | {ours_steady:.0} ({ours_each}) | {:.0} | {:.2} | {} / {n} | {:.1} µs | {} | {} | {:.2} |",
+        d.rate, d.secs, d.recorded, d.redis_us, d.enqueue, d.run, d.total
     );
     let d = &apalis.drain;
     let _ = writeln!(
         md,
-        "| apalis 1.0.0 + apalis-redis 1.0.0 + hand-written status | {apalis_steady:.0} ({apalis_each}) | {:.0} | {:.2} | {} / {n} (status `done`) | {} | {} | {:.2} |",
-        d.rate, d.secs, d.recorded, d.enqueue, d.run, d.total
+        "| apalis 1.0.0 + apalis-redis 1.0.0 + hand-written status | {apalis_steady:.0} ({apalis_each}) | {:.0} | {:.2} | {} / {n} (status `done`) | {:.1} µs | {} | {} | {:.2} |",
+        d.rate, d.secs, d.recorded, d.redis_us, d.enqueue, d.run, d.total
     );
     write_notes(md, n, ours, apalis);
     run.figures.throughput.extend([

@@ -799,3 +799,51 @@ async fn writes_are_announced_only_to_watchers_and_cancels_always() {
         Some("1")
     );
 }
+
+/// Params up to 512 bytes stay in the record's hash in 64-byte pieces, longer ones in a key of
+/// their own: either way `begin` hands them back byte for byte (multi-byte characters cut across
+/// pieces included), and a finished record keeps none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn params_of_every_length_read_back_whole_and_leave_with_the_finish() {
+    let Some(server) = test_support::redis::start() else {
+        return;
+    };
+    let b = RedisBackend::builder(server.url()).build().unwrap();
+    for len in [64, 65, 127, 128, 129, 300, 511, 512, 513, 2000] {
+        // A JSON string of exactly `len` bytes, of 3-byte characters that pieces cut through.
+        let inner = len - 2;
+        let params = format!("\"{}{}\"", "€".repeat(inner / 3), "b".repeat(inner % 3));
+        assert_eq!(params.len(), len);
+        let r = request(&params);
+        b.create(r.clone()).await.unwrap();
+        let key = format!("ae:r:{{{}}}", r.id);
+        let side = server.command(&format!("EXISTS {key}:p")).unwrap();
+        assert_eq!(
+            side,
+            if params.len() > 512 { ":1" } else { ":0" },
+            "{len} B"
+        );
+        assert_eq!(
+            server
+                .bulk(&format!("OBJECT ENCODING {key}"))
+                .unwrap()
+                .as_deref(),
+            Some("listpack")
+        );
+        let job = deliveries(&b, &[r.id]).await.remove(0);
+        match b.begin(&job, now()).await.unwrap() {
+            Begin::Run { params: got, .. } => assert_eq!(got, params, "{len} B"),
+            other => panic!("{other:?}"),
+        }
+        b.finish(&job, Outcome::Done("1".into()), now())
+            .await
+            .unwrap();
+        let fields = server.bulk(&format!("HKEYS {key}")).unwrap();
+        assert_eq!(server.command(&format!("EXISTS {key}:p")).unwrap(), ":0");
+        let pieces: Vec<String> = ["p", "p2", "p8"]
+            .iter()
+            .map(|f| server.command(&format!("HEXISTS {key} {f}")).unwrap())
+            .collect();
+        assert_eq!(pieces, [":0", ":0", ":0"], "{len} B: {fields:?}");
+    }
+}

@@ -5,7 +5,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `{prefix}:r:{<id>}` | hash | one record per request, TTL re-applied on every write but `begin` (the TTL from its creation outlives its deadline, and so any begin) |
-//! | `{prefix}:r:{<id>}:<field>` | string | a record field (`p`, `g`, `o` or `f`) longer than 64 bytes, kept out of the hash with the record's TTL |
+//! | `{prefix}:r:{<id>}:<field>` | string | a record field (`p`, `g`, `o` or `f`) longer than 64 bytes (params: longer than 512 bytes), kept out of the hash with the record's TTL |
 //! | `{prefix}:q:<task>` | stream + group `workers` | the task's queue: one entry `i=<id>` per job |
 //! | `{prefix}:w:<consumer>` | string | a worker process's heartbeat, refreshed every `takeover_after / 5`, expiring after `takeover_after × 2/5` |
 //! | `{prefix}:s:<consumer>` | string | set by a worker that found that heartbeat gone; the jobs are taken over if it is still gone a grace period later |
@@ -21,7 +21,9 @@
 //! beyond its params and output. A value longer than 64 bytes (Redis's default
 //! `hash-max-listpack-value`) would turn the whole hash from its compact listpack encoding into a
 //! hashtable (~600 bytes more), so it is kept in a string key of its own instead, named after the
-//! record's key (same hash tag) and listed in the record's `x` field; the scripts write, read,
+//! record's key (same hash tag) and listed in the record's `x` field; params up to 512 bytes stay
+//! in the hash instead, cut into 64-byte pieces (`p`, `p2` … `p8`: written with the record, read
+//! by `begin` only, dropped with one `HDEL`); the scripts write, read,
 //! re-expire and delete those keys with the record. A poll of such a record takes a second round
 //! trip (the `poll.lua` script, which reads the hash and those keys atomically).
 //!

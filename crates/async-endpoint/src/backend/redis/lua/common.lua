@@ -1,13 +1,15 @@
 -- Shared by every record script. Record hash fields (kept short: they are stored per request):
 --   t task name   s status (QUEUED, RUNNING, RETRYING, DONE, FAILED: letters from the prelude)
 --   a attempts
---   p params (dropped once terminal)   g progress JSON   o output JSON   f failure JSON
+--   p params (dropped once terminal; up to 512 bytes cut into 64-byte pieces p, p2 … p8, see
+--     params_fields)   g progress JSON   o output JSON   f failure JSON
 --   d deadline, unix ms   l TTL, ms (re-applied with PEXPIRE on every write)
 --   w owner digest, k '1': the pending sets the request is in (see unpend); absent otherwise
 --   c the start's W3C traceparent, when it has one
 --   n '1' once a process watches the request (a poll by a process with a watch on it sets it):
 --     only then do begin, progress, retrying, finish and timeouts PUBLISH; a cancel always does
---   x the letters of the fields (p, g, o, f) whose values are longer than INLINE_MAX: each is
+--   x the letters of the fields (p, g, o, f) whose values are longer than INLINE_MAX (params:
+--     longer than the pieces of params_fields hold): each is
 --     kept in a string key of its own, KEYS[1] .. ':' .. letter (same hash tag, so the same
 --     Cluster slot), with the record's TTL; absent when every value is in the hash
 -- Every script touches a fixed number of keys and entries: nothing here grows with a backlog.
@@ -112,6 +114,52 @@ local function drop(x, field)
   return x
 end
 
+-- Params up to #params_fields × INLINE_MAX bytes (512) stay in the hash, cut into pieces of at
+-- most INLINE_MAX bytes in these fields ('p' alone when short): cheaper to write, read and drop
+-- than a key of their own, and the hash stays a listpack. Longer params go out of line ('p' in x).
+local params_fields = {'p', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'p8'}
+
+-- Stores `params` with the new record (out-of-line letters ''), with TTL `ttl`; the other
+-- field-value pairs given after `ttl` are set by the same HSET. Returns the out-of-line letters.
+local function put_params(params, ttl, ...)
+  local n = math.ceil(#params / INLINE_MAX)
+  if n <= 1 or n > #params_fields then
+    return put('', 'p', params, ttl, ...)
+  end
+  local kv = {...}
+  for i = 1, n do
+    kv[#kv + 1] = params_fields[i]
+    kv[#kv + 1] = string.sub(params, (i - 1) * INLINE_MAX + 1, i * INLINE_MAX)
+  end
+  redis.call('HSET', KEYS[1], unpack(kv))
+  return ''
+end
+
+-- The params from the values of params_fields as read (the first one as `read` returns it).
+local function joined_params(values, at)
+  if not values[at + 1] then
+    return values[at] or ''
+  end
+  local pieces = {}
+  for i = 0, #params_fields - 1 do
+    local piece = values[at + i]
+    if not piece then
+      break
+    end
+    pieces[#pieces + 1] = piece
+  end
+  return table.concat(pieces)
+end
+
+-- Drops the params, wherever they are (terminal records keep none).
+local function drop_params(x)
+  if string.find(x, 'p', 1, true) then
+    return drop(x, 'p')
+  end
+  redis.call('HDEL', KEYS[1], unpack(params_fields))
+  return x
+end
+
 -- Re-applies the TTL to the record and its out-of-line fields.
 local function touch(x, ttl)
   redis.call('PEXPIRE', KEYS[1], ttl)
@@ -127,6 +175,11 @@ local function read(...)
   local fields = {...}
   local h = redis.call('HMGET', KEYS[1], 'x', unpack(fields))
   local x = h[1] or ''
+  if x == '' then
+    -- Every value is in the hash (the common case): the reply as it is, less `x`.
+    table.remove(h, 1)
+    return h, x
+  end
   local values = {}
   for i, field in ipairs(fields) do
     local v = h[i + 1]
@@ -171,7 +224,7 @@ local function fail(r, failure, channel, id, always)
   local ttl = r.l or 3600000
   unpend(id, r)
   local x = put(r.x, 'f', failure, ttl, 's', FAILED)
-  x = drop(x, 'p')
+  x = drop_params(x)
   touch(x, ttl)
   announce(r, channel, id, always)
 end

@@ -24,7 +24,7 @@ if KEYS[3] then
   -- Kept for the request's TTL from creation, written in the same atomic step as the request.
   redis.call('SET', KEYS[3], ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. ARGV[10], 'NX', 'PX', ARGV[4])
 end
-put('', 'p', ARGV[2], ARGV[4], 't', ARGV[1], 's', QUEUED, 'd', ARGV[3], 'l', ARGV[4])
+put_params(ARGV[2], ARGV[4], 't', ARGV[1], 's', QUEUED, 'd', ARGV[3], 'l', ARGV[4])
 if owner_pending then
   join_pending(owner_pending, ARGV[3], ARGV[5], ARGV[4])
   redis.call('HSET', KEYS[1], 'w', ARGV[8])

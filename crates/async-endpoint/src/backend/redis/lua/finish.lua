@@ -20,7 +20,7 @@ end
 if ARGV[7] == DONE then
   unpend(ARGV[4], r)
   local x = put(r.x, 'o', ARGV[8], r.l, 's', DONE)
-  x = drop(x, 'p')
+  x = drop_params(x)
   touch(x, r.l)
   announce(r, ARGV[3], ARGV[4])
   return DONE
