@@ -103,9 +103,19 @@ fn make_certificates(dir: &Path) -> Option<()> {
     )
 }
 
+/// Removes the certificates' directory when the test ends, however it ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_run_over_tls_with_a_private_ca() {
     let certs = test_support::temp_dir("ae-redis-tls");
+    let _cleanup = RemoveOnDrop(certs.clone());
     if make_certificates(&certs).is_none() {
         test_support::skip(
             "rediss:// test",
