@@ -847,3 +847,30 @@ async fn params_of_every_length_read_back_whole_and_leave_with_the_finish() {
         assert_eq!(pieces, [":0", ":0", ":0"], "{len} B: {fields:?}");
     }
 }
+
+/// A start re-sent with the same id (a client library retrying a call whose reply it lost, as
+/// redis-rs's cluster client may during a failover) is admitted again without a second job: the
+/// queue holds one entry, and a pending limit counts the request once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_sent_twice_is_enqueued_once() {
+    let Some(server) = test_support::redis::start() else {
+        return;
+    };
+    let backend = RedisBackend::builder(server.url()).build().unwrap();
+    let mut r = request(r#""once""#);
+    let mut limits = async_endpoint::backend::PendingLimits::default();
+    limits.per_task = Some(2);
+    r.limits = limits;
+    for _ in 0..2 {
+        let created = backend.create(r.clone()).await.unwrap();
+        assert_eq!(created, async_endpoint::backend::Created::New);
+    }
+    assert_eq!(backend.queue_depth(TASK).await.unwrap(), Some(1));
+    // The task's limit of 2 still admits another request: the repeat was not counted.
+    let mut other = request(r#""other""#);
+    other.limits = limits;
+    assert_eq!(
+        backend.create(other).await.unwrap(),
+        async_endpoint::backend::Created::New
+    );
+}

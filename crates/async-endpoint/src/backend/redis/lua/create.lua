@@ -5,6 +5,12 @@
 -- Returns ADMITTED; or OVER_OWNER_LIMIT / OVER_TASK_LIMIT having written nothing; or, when the
 -- idempotency key exists, its entry ('<id> <created_ms> <params digest>') having written nothing
 -- (a repeat of an admitted start is never refused by a limit).
+-- The id is fresh for every start: a record under it already means this very call ran before
+-- (a client library re-sent it after losing the reply, as redis-rs's cluster client may after a
+-- failover). Admitted once, enqueued once.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return ADMITTED
+end
 if KEYS[3] then
   local existing = redis.call('GET', KEYS[3])
   if existing then
