@@ -490,6 +490,11 @@ impl AsyncEndpointBuilder {
         let backend = backend(chosen, self.redis_url)?;
         #[cfg(not(feature = "redis"))]
         let backend = backend(chosen)?;
+        let mut limits = self.config.pending_limits();
+        if self.owner.is_none() {
+            limits.per_owner = None;
+        }
+        backend.check_limits(&limits)?;
         let in_process_workers = self.config.in_process_workers;
         let mut engine = Engine::new(backend, tasks, keys, self.config, self.owner);
         engine.trace = self.trace;

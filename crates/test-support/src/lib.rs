@@ -8,6 +8,8 @@
 //! - [`redis_cluster::RedisCluster`]: a private Redis Cluster (3 masters, 3 replicas by default)
 //!   of such servers, joined by `redis-cli --cluster create`; a master can be killed and its
 //!   replica's promotion awaited.
+//! - [`tls::Certificates`]: a private CA and a server certificate for 127.0.0.1, made with
+//!   `openssl`, for TLS tests (one server or a cluster with `--tls-cluster yes`).
 //! - [`postgres::PostgresServer`]: a private PostgreSQL 15 cluster per test (`initdb` + `pg_ctl`,
 //!   as the `postgres` user when run as root), on a free port in a temporary directory, stopped
 //!   and removed on drop.
@@ -28,6 +30,7 @@ pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod redis_cluster;
+pub mod tls;
 
 /// Whether this is a CI run: `CI` is set to anything but empty, `false` (any case) or `0`.
 pub fn in_ci() -> bool {

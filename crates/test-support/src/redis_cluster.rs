@@ -25,6 +25,8 @@ const BOUND: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// For a TLS cluster ([`start_tls`]): each node's TLS port by its plain port.
+    tls_ports: HashMap<u16, u16>,
 }
 
 /// The `redis-cli` binary: `$REDIS_CLI`, else `redis-cli` on `PATH`.
@@ -49,6 +51,14 @@ pub fn start() -> Option<RedisCluster> {
     RedisCluster::start(3, 1)
 }
 
+/// Like [`start`], every node also serving TLS with `certificates` (`--tls-cluster yes`, so a
+/// client connected over TLS is told the nodes' TLS ports, as a managed TLS cluster does; no
+/// client certificate required); [`RedisCluster::tls_urls`] are its `rediss://` seeds. `None`
+/// (after the skip rule) also when `redis-server` was built without TLS.
+pub fn start_tls(certificates: &crate::tls::Certificates) -> Option<RedisCluster> {
+    RedisCluster::start_with(3, 1, Some(certificates))
+}
+
 /// One node as `CLUSTER NODES` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -70,6 +80,14 @@ impl RedisCluster {
     /// Starts `masters` masters with `replicas` replicas each (at least 3 masters: fewer cannot
     /// agree on a failover), and waits until the cluster is `ok` on every node.
     pub fn start(masters: usize, replicas: usize) -> Option<RedisCluster> {
+        RedisCluster::start_with(masters, replicas, None)
+    }
+
+    fn start_with(
+        masters: usize,
+        replicas: usize,
+        tls: Option<&crate::tls::Certificates>,
+    ) -> Option<RedisCluster> {
         assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
         if !cli_found() {
             crate::skip(
@@ -94,10 +112,36 @@ impl RedisCluster {
         .map(|s| (*s).to_owned())
         .collect();
         let mut nodes = Vec::new();
+        let mut tls_ports = HashMap::new();
         for _ in 0..masters * (1 + replicas) {
-            nodes.push(RedisServer::start_with(&extra)?);
+            let Some(certificates) = tls else {
+                nodes.push(RedisServer::start_with(&extra)?);
+                continue;
+            };
+            let tls_port = crate::free_port();
+            let mut args = extra.clone();
+            args.extend(certificates.redis_server_args(tls_port));
+            // The cluster bus and replication over TLS too: nodes tell each other their TLS
+            // ports, so a replica reaches its master there.
+            for setting in ["--tls-cluster", "--tls-replication"] {
+                args.extend([setting.to_owned(), "yes".to_owned()]);
+            }
+            let why = match RedisServer::try_start_with_args(&args) {
+                Ok(node) if std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok() => {
+                    tls_ports.insert(node.port, tls_port);
+                    nodes.push(node);
+                    continue;
+                }
+                Ok(_) => "redis-server does not listen on --tls-port (built without TLS?)",
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    "redis-server not found on PATH"
+                }
+                Err(_) => "redis-server does not start with --tls-port (built without TLS?)",
+            };
+            crate::skip("Redis Cluster TLS tests", why);
+            return None;
         }
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, tls_ports };
         let mut create = Command::new(cli());
         create.arg("--cluster").arg("create");
         for node in &cluster.nodes {
@@ -158,6 +202,15 @@ impl RedisCluster {
     /// cluster client takes.
     pub fn urls(&self) -> Vec<String> {
         self.live().map(RedisServer::url).collect()
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT/` of every live node of a cluster started with
+    /// [`start_tls`]; empty for a plain cluster.
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.live()
+            .filter_map(|node| self.tls_ports.get(&node.port))
+            .map(|port| format!("rediss://127.0.0.1:{port}/"))
+            .collect()
     }
 
     /// The live node on `port`.

@@ -406,6 +406,25 @@ pub trait Backend: Send + Sync {
         let _ = request;
     }
 
+    /// Whether this backend can keep `limits` on every start, asked once when an endpoint is
+    /// built, so that a combination it cannot keep is a typed error then rather than a failed
+    /// start later (`limits.per_owner` is `None` when the endpoint has no `owner` hook). Redis
+    /// Cluster refuses a per-owner and a per-task limit together with an [`Error::Config`]
+    /// naming `max_pending_per_task`. The default accepts every combination.
+    ///
+    /// ```
+    /// use async_endpoint::backend::{Backend, MemoryBackend, PendingLimits};
+    ///
+    /// let mut limits = PendingLimits::default();
+    /// limits.per_owner = Some(20);
+    /// limits.per_task = Some(1_000);
+    /// assert!(MemoryBackend::new().check_limits(&limits).is_ok());
+    /// ```
+    fn check_limits(&self, limits: &PendingLimits) -> Result<(), Error> {
+        let _ = limits;
+        Ok(())
+    }
+
     /// Reads a request in one round trip. If it is unfinished and `now_ms` is past its deadline,
     /// it is turned into a timeout failure first (atomically), and that is what is returned.
     /// `None` when unknown or expired.

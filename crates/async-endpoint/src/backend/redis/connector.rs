@@ -47,6 +47,8 @@ pub(super) enum Connector {
 pub(super) struct ClusterClients {
     /// The seed nodes' URLs.
     pub(super) urls: Vec<String>,
+    /// The CA and client certificate for `rediss://` seeds, when set.
+    pub(super) tls: Option<TlsSettings>,
     /// For commands.
     pub(super) commands: redis::cluster::ClusterClient,
 }
@@ -61,12 +63,37 @@ impl ClusterClients {
         connection_timeout: std::time::Duration,
         response_timeout: std::time::Duration,
     ) -> RedisResult<redis::cluster::ClusterClient> {
-        redis::cluster::ClusterClientBuilder::new(self.urls.iter().map(String::as_str))
-            .use_protocol(redis::ProtocolVersion::RESP3)
-            .connection_timeout(connection_timeout)
-            .response_timeout(response_timeout)
-            .push_sender(pushes)
-            .build()
+        let builder =
+            redis::cluster::ClusterClientBuilder::new(self.urls.iter().map(String::as_str))
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .connection_timeout(connection_timeout)
+                .response_timeout(response_timeout)
+                .push_sender(pushes);
+        with_tls(builder, self.tls.clone()).build()
+    }
+}
+
+/// The TLS settings of a cluster's connections (feature `redis-tls`; without it there are none
+/// to give, and `rediss://` seeds are refused).
+#[cfg(all(feature = "redis-cluster", feature = "redis-tls"))]
+pub(super) type TlsSettings = redis::TlsCertificates;
+/// The TLS settings of a cluster's connections (feature `redis-tls`; without it there are none
+/// to give, and `rediss://` seeds are refused).
+#[cfg(all(feature = "redis-cluster", not(feature = "redis-tls")))]
+pub(super) type TlsSettings = std::convert::Infallible;
+
+/// `builder` verifying servers against `tls`'s CA and presenting its client certificate.
+#[cfg(feature = "redis-cluster")]
+fn with_tls(
+    builder: redis::cluster::ClusterClientBuilder,
+    tls: Option<TlsSettings>,
+) -> redis::cluster::ClusterClientBuilder {
+    match tls {
+        #[cfg(feature = "redis-tls")]
+        Some(certificates) => builder.certs(certificates),
+        #[cfg(not(feature = "redis-tls"))]
+        Some(never) => match never {},
+        None => builder,
     }
 }
 
@@ -75,6 +102,7 @@ impl ClusterClients {
 #[cfg(feature = "redis-cluster")]
 pub(super) fn cluster(
     urls: &[String],
+    tls: Option<TlsSettings>,
     connection_timeout: std::time::Duration,
     response_timeout: std::time::Duration,
 ) -> Result<Connector, Error> {
@@ -93,25 +121,34 @@ pub(super) fn cluster(
                 "{url}: a cluster is found from its nodes' redis:// URLs, not through Sentinel"
             )));
         }
+        #[cfg(not(feature = "redis-tls"))]
         if url.starts_with("rediss://") {
             return Err(bad(format!(
-                "{url}: TLS to a Redis Cluster is not supported yet"
+                "{url}: rediss:// (TLS) needs the `redis-tls` feature of async-endpoint"
+            )));
+        }
+        // redis-rs takes the TLS mode of the first seed for every node: seeds must agree.
+        if url.starts_with("rediss://") != urls[0].starts_with("rediss://") {
+            return Err(bad(format!(
+                "{url}: the seed URLs mix redis:// and rediss://; a cluster is reached one way"
             )));
         }
         if let Err(error) = redis::Client::open(url.as_str()) {
             return Err(bad(format!("{url}: not a usable Redis URL: {error}")));
         }
     }
-    let commands = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+    let builder = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
         .connection_timeout(connection_timeout)
         .response_timeout(response_timeout)
         // `MOVED`, `ASK`, `TRYAGAIN` and a failover's refusals are retried within this bound;
         // past it the command fails (a 503 for clients, a back-off for workers).
-        .overall_response_timeout(Some(connection_timeout + response_timeout * 2))
+        .overall_response_timeout(Some(connection_timeout + response_timeout * 2));
+    let commands = with_tls(builder, tls.clone())
         .build()
         .map_err(|error| bad(format!("not a usable Redis Cluster seed list: {error}")))?;
     Ok(Connector::Cluster(Box::new(ClusterClients {
         urls: urls.to_vec(),
+        tls,
         commands,
     })))
 }

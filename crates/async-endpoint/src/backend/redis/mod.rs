@@ -60,7 +60,8 @@
 //!   per-task limit (the task lives in one shard: exact and atomic, and that task's throughput
 //!   is one master's); else from the idempotency key's digest (a repeat, same task, owner and
 //!   key, lands where the first start put the key); else at random. A start carrying both
-//!   limits cannot be kept atomic on a cluster and is refused with
+//!   limits cannot be kept atomic on a cluster: an endpoint with an `owner` hook and a per-task
+//!   limit on a cluster is refused when it is built ([`Backend::check_limits`]) with
 //!   [`Error::Config`] naming `max_pending_per_task` (set one of the two to `None`). The id
 //!   keeps 120 random bits besides the shard byte; on one server ids are untouched.
 //! * **Scripts** touch keys of their first key's shard only: the keys they are given, and the
@@ -143,8 +144,8 @@ use connector::{Conn, Connector};
 use scripts::{Admission, Skipped, Stored, Write};
 
 use super::{
-    Backend, Begin, Created, Job, Limit, NewRequest, Notifier, Outcome, Snapshot, StoredFailure,
-    Update, Watch,
+    Backend, Begin, Created, Job, Limit, NewRequest, Notifier, Outcome, PendingLimits, Snapshot,
+    StoredFailure, Update, Watch,
 };
 use crate::error::Error;
 use crate::protocol::{Progress, RequestId, Status};
@@ -382,8 +383,9 @@ impl RedisBackend {
     }
 
     /// Starts configuring a backend for the Redis Cluster (or Valkey cluster) whose seed nodes
-    /// are `urls` (`redis://[user:pass@]host:port/` each; a few masters are enough, the rest of
-    /// the cluster is found from them). Feature `redis-cluster`. Requests are spread over
+    /// are `urls` (`redis://[user:pass@]host:port/` each, or all `rediss://` for TLS with the
+    /// `redis-tls` feature and the same TLS settings as one server; a few masters are enough, the
+    /// rest of the cluster is found from them). Feature `redis-cluster`. Requests are spread over
     /// [`shards`](RedisBackendBuilder::shards), each in a hash slot of its own, so every script
     /// touches one slot; `MOVED`/`ASK` redirections and failovers are followed by redis-rs's
     /// cluster client. See the module docs for the layout and the README ("Scaling out").
@@ -922,6 +924,17 @@ fn decode<T: serde::de::DeserializeOwned>(
         })
 }
 
+/// A per-owner and a per-task limit together, which a cluster cannot keep atomic.
+fn both_limits() -> Error {
+    Error::Config {
+        setting: "max_pending_per_task",
+        reason: "on a Redis Cluster a per-task pending limit cannot be kept atomic together with \
+                 a per-owner limit (the owner's requests live in the owner's shard, the task's in \
+                 the task's): set one of max_pending_per_task and max_pending_per_owner to None"
+            .into(),
+    }
+}
+
 /// Where a start must live on a cluster so that its script touches one slot: the text its
 /// shard is chosen from, or `None` when any shard will do.
 fn anchor(request: &NewRequest) -> Result<Option<String>, Error> {
@@ -930,14 +943,7 @@ fn anchor(request: &NewRequest) -> Result<Option<String>, Error> {
         .as_deref()
         .filter(|_| request.limits.per_owner.is_some());
     match (owner, request.limits.per_task) {
-        (Some(_), Some(_)) => Err(Error::Config {
-            setting: "max_pending_per_task",
-            reason: "on a Redis Cluster a per-task pending limit cannot be kept atomic together \
-                     with a per-owner limit (the owner's requests live in the owner's shard, the \
-                     task's in the task's): set one of max_pending_per_task and \
-                     max_pending_per_owner to None"
-                .into(),
-        }),
+        (Some(_), Some(_)) => Err(both_limits()),
         // The owner's pending set lives in the owner's shard, with all of the owner's requests.
         (Some(owner), None) => Ok(Some(owner_digest(owner))),
         // The task's pending set lives in the task's shard, with all of the task's requests.
@@ -949,6 +955,16 @@ fn anchor(request: &NewRequest) -> Result<Option<String>, Error> {
 }
 
 impl Backend for RedisBackend {
+    fn check_limits(&self, limits: &PendingLimits) -> Result<(), Error> {
+        if self.inner.keys.shards.is_some()
+            && limits.per_owner.is_some()
+            && limits.per_task.is_some()
+        {
+            return Err(both_limits());
+        }
+        Ok(())
+    }
+
     fn place(&self, request: &mut NewRequest) {
         let Some(shards) = &self.inner.keys.shards else {
             return;
