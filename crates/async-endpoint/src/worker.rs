@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument as _;
 
@@ -26,6 +26,11 @@ const FINISH_TRIES: u32 = 8;
 /// Most outcomes written in one [`Backend::finish_many`] call (every write stays bounded).
 const FINISH_BATCH: usize = 256;
 
+/// A job's place among the `concurrency` running ones: held while an attempt runs (or waits to
+/// retry), given up once its outcome is handed to the writer, so the next jobs are fetched and
+/// begun while outcomes are written. `None` once given up, or where there is no bound.
+type Slot = Option<OwnedSemaphorePermit>;
+
 /// Jobs being run by this worker, so a shutdown can hand back the unfinished ones.
 type InFlight = Arc<Mutex<HashMap<(RequestId, String), Job>>>;
 
@@ -33,7 +38,11 @@ type InFlight = Arc<Mutex<HashMap<(RequestId, String), Job>>>;
 /// within the grace period and hands the rest back to the backend.
 pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> + Send) {
     tokio::pin!(shutdown);
+    // `running` bounds the tasks running at once (`concurrency`); `held` bounds the jobs this
+    // process holds, running or with an outcome waiting for the writer (twice that), so a slow
+    // backend cannot pile up outcomes without bound.
     let permits = Arc::new(Semaphore::new(engine.config.concurrency));
+    let held = Arc::new(Semaphore::new(engine.config.concurrency.saturating_mul(2)));
     let in_flight: InFlight = Arc::default();
     let mut running = JoinSet::new();
     let mut backoff = BACKOFF_MIN;
@@ -50,7 +59,15 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
                 Err(_) => break,
             },
         };
-        let max = permits.available_permits() + 1;
+        let hold = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            hold = held.clone().acquire_owned() => match hold {
+                Ok(hold) => hold,
+                Err(_) => break,
+            },
+        };
+        let max = permits.available_permits().min(held.available_permits()) + 1;
         let fetched = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -67,7 +84,7 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
                     retry_in_ms = backoff.as_millis() as u64,
                     "worker could not fetch jobs"
                 );
-                drop(permit);
+                drop((permit, hold));
                 tokio::select! {
                     biased;
                     () = &mut shutdown => break,
@@ -77,15 +94,18 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
                 continue;
             }
         };
-        let mut first = Some(permit);
+        let mut first = Some((permit, hold));
         let mut taken = Vec::with_capacity(jobs.len());
         for job in jobs {
             let permit = match first.take() {
                 Some(p) => p,
                 // `max` was the number of free permits, and only this loop takes them.
-                None => match permits.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => {
+                None => match (
+                    permits.clone().try_acquire_owned(),
+                    held.clone().try_acquire_owned(),
+                ) {
+                    (Ok(permit), Ok(hold)) => (permit, hold),
+                    _ => {
                         release(&engine, &job).await;
                         continue;
                     }
@@ -121,15 +141,16 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> 
                 continue;
             }
         };
-        for (((job, permit), watch), begin) in taken.into_iter().zip(watches).zip(begun) {
+        for (((job, (permit, hold)), watch), begin) in taken.into_iter().zip(watches).zip(begun) {
             let key = (job.id, job.receipt.clone());
             let engine = engine.clone();
             let in_flight = in_flight.clone();
             let finisher = finisher.clone();
             running.spawn(async move {
-                run_begun(&engine, &job, begin, watch, &finisher).await;
+                let mut slot = Some(permit);
+                run_begun(&engine, &job, begin, watch, &finisher, &mut slot).await;
                 lock(&in_flight).remove(&key);
-                drop(permit);
+                drop((slot, hold));
             });
         }
     }
@@ -203,14 +224,21 @@ pub(crate) async fn run_job(engine: &Engine, job: &Job) {
             return;
         }
     };
-    run_begun(engine, job, begin, watch, &Finisher::Direct).await;
+    run_begun(engine, job, begin, watch, &Finisher::Direct, &mut None).await;
 }
 
 /// Runs a job whose first attempt began (`begin`, after `watch` was registered) through its
 /// attempts, and records the outcome through `finisher`.
-async fn run_begun(engine: &Engine, job: &Job, begin: Begin, watch: Watch, finisher: &Finisher) {
+async fn run_begun(
+    engine: &Engine,
+    job: &Job,
+    begin: Begin,
+    watch: Watch,
+    finisher: &Finisher,
+    slot: &mut Slot,
+) {
     let span = tracing::info_span!("async_request", request_id = %job.id, task = %job.task, deliveries = job.deliveries, traceparent = tracing::field::Empty);
-    run_attempts(engine, job, begin, watch, finisher)
+    run_attempts(engine, job, begin, watch, finisher, slot)
         .instrument(span)
         .await;
 }
@@ -221,6 +249,7 @@ async fn run_attempts(
     begin: Begin,
     mut watch: Watch,
     finisher: &Finisher,
+    slot: &mut Slot,
 ) {
     let config = &engine.config;
     let Some(task) = engine.tasks.get(job.task.as_str()).cloned() else {
@@ -230,6 +259,7 @@ async fn run_attempts(
             finisher,
             job,
             Outcome::Failed(StoredFailure::internal()),
+            slot,
         )
         .await;
         return;
@@ -305,7 +335,7 @@ async fn run_attempts(
                 stop(attempt_handle, &cancellation, deadline).await;
                 crate::metrics::ran(&job.task, attempt_began.elapsed(), "cancelled");
                 // The request stands cancelled; this only hands the delivery back as done.
-                finish(engine, finisher, job, Outcome::Failed(StoredFailure::cancelled())).await;
+                finish(engine, finisher, job, Outcome::Failed(StoredFailure::cancelled()), slot).await;
                 return;
             }
         };
@@ -319,17 +349,20 @@ async fn run_attempts(
         let (failure, permanent) = match ran {
             Err(_) => {
                 tracing::warn!(attempt, "deadline passed while the task ran: cancelled");
+                // Stopped before its slot is given up, so the slot bounds running attempts.
+                attempt_handle.0.abort();
                 finish(
                     engine,
                     finisher,
                     job,
                     Outcome::Failed(StoredFailure::timeout()),
+                    slot,
                 )
                 .await;
                 return;
             }
             Ok(Ok(Ok(output))) => {
-                finish(engine, finisher, job, Outcome::Done(output)).await;
+                finish(engine, finisher, job, Outcome::Done(output), slot).await;
                 return;
             }
             Ok(Ok(Err(RunError::Failed(failure)))) => {
@@ -354,7 +387,7 @@ async fn run_attempts(
         let delay = policy.delay_after(attempt);
         let out_of_time = now_ms().saturating_add(delay.as_millis() as u64) >= deadline_ms;
         if permanent || attempt >= policy.max_attempts() || out_of_time {
-            finish(engine, finisher, job, Outcome::Failed(failure)).await;
+            finish(engine, finisher, job, Outcome::Failed(failure), slot).await;
             return;
         }
         tracing::info!(attempt, delay_ms = delay.as_millis() as u64, "retrying");
@@ -370,7 +403,7 @@ async fn run_attempts(
             // Cancelled between attempts: no point sleeping on (the next `begin` would skip).
             () = cancelled(engine, job.id, &mut watch) => {
                 tracing::info!("request cancelled while waiting to retry");
-                finish(engine, finisher, job, Outcome::Failed(StoredFailure::cancelled())).await;
+                finish(engine, finisher, job, Outcome::Failed(StoredFailure::cancelled()), slot).await;
                 return;
             }
         }
@@ -472,12 +505,22 @@ impl Finisher {
         (Finisher::Batched(tx), writer)
     }
 
-    /// Writes one outcome; the status that stands, or `None` if it could not be recorded.
-    async fn finish(&self, engine: &Engine, job: &Job, outcome: Outcome) -> Option<Status> {
+    /// Writes one outcome; the status that stands, or `None` if it could not be recorded. The
+    /// job's `slot` is given up once the outcome is handed over (its attempt is over).
+    async fn finish(
+        &self,
+        engine: &Engine,
+        job: &Job,
+        outcome: Outcome,
+        slot: &mut Slot,
+    ) -> Option<Status> {
         match self {
-            Finisher::Direct => write_outcomes(engine, &[(job.clone(), outcome)])
-                .await
-                .map(|s| s[0]),
+            Finisher::Direct => {
+                slot.take();
+                write_outcomes(engine, &[(job.clone(), outcome)])
+                    .await
+                    .map(|s| s[0])
+            }
             Finisher::Batched(tx) => {
                 let (reply, stands) = oneshot::channel();
                 let finished = Finished {
@@ -485,7 +528,9 @@ impl Finisher {
                     outcome,
                     reply,
                 };
-                if tx.send(finished).is_err() {
+                let sent = tx.send(finished).is_ok();
+                slot.take();
+                if !sent {
                     return None;
                 }
                 stands.await.ok().flatten()
@@ -524,9 +569,15 @@ async fn write_outcomes(engine: &Engine, items: &[(Job, Outcome)]) -> Option<Vec
     None
 }
 
-async fn finish(engine: &Engine, finisher: &Finisher, job: &Job, outcome: Outcome) {
+async fn finish(
+    engine: &Engine,
+    finisher: &Finisher,
+    job: &Job,
+    outcome: Outcome,
+    slot: &mut Slot,
+) {
     let counted = cfg!(feature = "metrics").then(|| outcome.clone());
-    match finisher.finish(engine, job, outcome).await {
+    match finisher.finish(engine, job, outcome, slot).await {
         Some(status) => {
             tracing::info!(status = status.as_str(), "request finished");
             if let Some(outcome) = counted {
