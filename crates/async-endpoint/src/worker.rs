@@ -38,7 +38,7 @@ type InFlight = Arc<Mutex<HashMap<(RequestId, String), Job>>>;
 /// within the grace period and hands the rest back to the backend.
 pub(crate) async fn run(engine: Arc<Engine>, shutdown: impl Future<Output = ()> + Send) {
     tokio::pin!(shutdown);
-    // `running` bounds the tasks running at once (`concurrency`); `held` bounds the jobs this
+    // `permits` bounds the tasks running at once (`concurrency`); `held` bounds the jobs this
     // process holds, running or with an outcome waiting for the writer (twice that), so a slow
     // backend cannot pile up outcomes without bound.
     let permits = Arc::new(Semaphore::new(engine.config.concurrency));
