@@ -1,7 +1,7 @@
 //! The benchmark runner of async-endpoint.
 //!
 //! ```sh
-//! cargo run --release -p bench            # full run (~ 9 min on 2 cores): writes bench/results.md + PNGs
+//! cargo run --release -p bench            # full run (~ 12.5 min on 2 cores): writes bench/results.md + PNGs
 //! cargo run --release -p bench -- --quick # quick run (< 3 min)
 //! cargo run --release -p bench -- --only 1,3   # some items only
 //! cargo run --release -p bench -- --only 6 --out results-load.md   # …written to another file
