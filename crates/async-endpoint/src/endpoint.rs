@@ -520,6 +520,7 @@ impl AsyncEndpointBuilder {
 }
 
 /// True for the in-memory backend, whose requests live and die with this process.
+#[cfg_attr(not(feature = "memory"), allow(clippy::extra_unused_type_parameters))]
 fn is_memory<B: 'static>() -> bool {
     #[cfg(feature = "memory")]
     {

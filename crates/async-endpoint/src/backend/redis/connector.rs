@@ -80,7 +80,8 @@ pub(super) type TlsSettings = redis::TlsCertificates;
 /// The TLS settings of a cluster's connections (feature `redis-tls`; without it there are none
 /// to give, and `rediss://` seeds are refused).
 #[cfg(all(feature = "redis-cluster", not(feature = "redis-tls")))]
-pub(super) type TlsSettings = std::convert::Infallible;
+#[derive(Clone)]
+pub(super) enum TlsSettings {}
 
 /// `builder` verifying servers against `tls`'s CA and presenting its client certificate.
 #[cfg(feature = "redis-cluster")]
