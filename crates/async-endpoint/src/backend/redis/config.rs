@@ -234,12 +234,7 @@ impl RedisBackendBuilder {
         }
         if connector::is_sentinel_url(&self.url) {
             #[cfg(feature = "redis-tls")]
-            if self.tls_root.is_some() || self.tls_client.is_some() {
-                let setting = if self.tls_root.is_some() {
-                    "tls_root_certificate"
-                } else {
-                    "tls_client_certificate"
-                };
+            if let Some((setting, _)) = self.tls_given() {
                 return Err(Error::Config {
                     setting,
                     reason: "only applies to a rediss:// URL".into(),
@@ -257,30 +252,38 @@ impl RedisBackendBuilder {
     #[cfg(feature = "redis-cluster")]
     fn tls_certificates(&self) -> Result<Option<connector::TlsSettings>, Error> {
         #[cfg(feature = "redis-tls")]
-        if self.tls_root.is_some() || self.tls_client.is_some() {
+        if let Some((setting, certificates)) = self.tls_given() {
             let seeds = self.cluster.as_deref().unwrap_or_default();
             if !seeds.iter().all(|url| url.starts_with("rediss://")) {
-                let setting = if self.tls_root.is_some() {
-                    "tls_root_certificate"
-                } else {
-                    "tls_client_certificate"
-                };
                 return Err(Error::Config {
                     setting,
                     reason: "only applies to rediss:// seed URLs".into(),
                 });
             }
-            return Ok(Some(redis::TlsCertificates {
-                client_tls: self.tls_client.clone().map(|(client_cert, client_key)| {
-                    redis::ClientTlsConfig {
-                        client_cert,
-                        client_key,
-                    }
-                }),
-                root_cert: self.tls_root.clone(),
-            }));
+            return Ok(Some(certificates));
         }
         Ok(None)
+    }
+
+    /// The TLS settings given (`tls_root_certificate`, `tls_client_certificate`) as redis-rs
+    /// takes them, with the name of one of them for errors; `None` when neither was set.
+    #[cfg(feature = "redis-tls")]
+    fn tls_given(&self) -> Option<(&'static str, redis::TlsCertificates)> {
+        let setting = match (&self.tls_root, &self.tls_client) {
+            (None, None) => return None,
+            (Some(_), _) => "tls_root_certificate",
+            (None, Some(_)) => "tls_client_certificate",
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls: self.tls_client.clone().map(|(client_cert, client_key)| {
+                redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }
+            }),
+            root_cert: self.tls_root.clone(),
+        };
+        Some((setting, certificates))
     }
 
     /// The client for a `redis://` or `rediss://` URL and the TLS settings.
@@ -295,24 +298,10 @@ impl RedisBackendBuilder {
             );
         }
         #[cfg(feature = "redis-tls")]
-        if self.tls_root.is_some() || self.tls_client.is_some() {
+        if let Some((setting, certificates)) = self.tls_given() {
             if !tls {
-                let setting = if self.tls_root.is_some() {
-                    "tls_root_certificate"
-                } else {
-                    "tls_client_certificate"
-                };
                 return bad(setting, "only applies to a rediss:// URL".into());
             }
-            let certificates = redis::TlsCertificates {
-                client_tls: self.tls_client.clone().map(|(client_cert, client_key)| {
-                    redis::ClientTlsConfig {
-                        client_cert,
-                        client_key,
-                    }
-                }),
-                root_cert: self.tls_root.clone(),
-            };
             return match redis::Client::build_with_tls(self.url.as_str(), certificates) {
                 Ok(client) => Ok(client),
                 Err(error) => bad(
