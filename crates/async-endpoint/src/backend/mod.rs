@@ -546,4 +546,13 @@ pub trait Backend: Send + Sync {
 }
 
 /// Shared, type-erased handle to a backend.
+/// The answer of a batch call made for one job: how a backend whose native transitions are
+/// batches (`begin_many`, `finish_many`) answers `begin` and `finish`.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+fn only_answer<T>(mut answers: Vec<T>, call: &str) -> Result<T, Error> {
+    answers
+        .pop()
+        .ok_or_else(|| Error::Corrupt(format!("{call}: no answer")))
+}
+
 pub(crate) type SharedBackend = std::sync::Arc<DynBackend<'static>>;

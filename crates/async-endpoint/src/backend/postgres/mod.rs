@@ -59,7 +59,7 @@ pub use config::PostgresBackendBuilder;
 
 use super::{
     Backend, Begin, Created, Job, Limit, NewRequest, Notifier, Outcome, Snapshot, StoredFailure,
-    Update, Watch,
+    Update, Watch, only_answer,
 };
 use crate::clock::now_ms;
 use crate::error::Error;
@@ -956,10 +956,10 @@ impl Backend for PostgresBackend {
     }
 
     async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
-        let mut begun = self.begin_many(std::slice::from_ref(job), now_ms).await?;
-        begun
-            .pop()
-            .ok_or_else(|| Error::Corrupt("begin_jobs returned no row".into()))
+        only_answer(
+            self.begin_many(std::slice::from_ref(job), now_ms).await?,
+            "begin",
+        )
     }
 
     async fn begin_many(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<Begin>, Error> {
@@ -1069,10 +1069,10 @@ impl Backend for PostgresBackend {
     }
 
     async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
-        let mut stands = self.finish_many(&[(job.clone(), outcome)], now_ms).await?;
-        stands
-            .pop()
-            .ok_or_else(|| Error::Corrupt("finish_jobs returned no row".into()))
+        only_answer(
+            self.finish_many(&[(job.clone(), outcome)], now_ms).await?,
+            "finish",
+        )
     }
 
     async fn finish_many(

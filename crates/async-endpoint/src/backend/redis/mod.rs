@@ -145,7 +145,7 @@ use scripts::{Admission, Skipped, Stored, Write};
 
 use super::{
     Backend, Begin, Created, Job, Limit, NewRequest, Notifier, Outcome, PendingLimits, Snapshot,
-    StoredFailure, Update, Watch,
+    StoredFailure, Update, Watch, only_answer,
 };
 use crate::error::Error;
 use crate::protocol::{Progress, RequestId, Status};
@@ -1108,10 +1108,10 @@ impl Backend for RedisBackend {
     }
 
     async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
-        let mut begun = self.begin_many(std::slice::from_ref(job), now_ms).await?;
-        begun
-            .pop()
-            .ok_or_else(|| Error::Corrupt("begin: no reply".to_owned()))
+        only_answer(
+            self.begin_many(std::slice::from_ref(job), now_ms).await?,
+            "begin",
+        )
     }
 
     async fn begin_many(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<Begin>, Error> {
@@ -1120,21 +1120,12 @@ impl Backend for RedisBackend {
         }
         self.await_subscriber().await;
         let inner = &self.inner;
-        let keys = &inner.keys;
         let script = &inner.scripts.begin;
         let calls: Vec<ScriptInvocation<'_>> = jobs
             .iter()
             .map(|job| {
-                let mut call = script.prepare_invoke();
-                call.key(keys.record(&job.id))
-                    .key(keys.queue(&job.task, &job.id))
-                    .arg(now_ms)
-                    .arg(&inner.timeout_json)
-                    .arg(keys.channel(&job.id))
-                    .arg(job.id.to_string())
-                    .arg(GROUP)
-                    .arg(&job.receipt)
-                    .arg(job.deliveries)
+                let mut call = self.transition(script, job, now_ms);
+                call.arg(job.deliveries)
                     .arg(inner.settings.max_deliveries)
                     .arg(&inner.poison_json);
                 call
@@ -1177,10 +1168,10 @@ impl Backend for RedisBackend {
     }
 
     async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
-        let mut stands = self.finish_many(&[(job.clone(), outcome)], now_ms).await?;
-        stands
-            .pop()
-            .ok_or_else(|| Error::Corrupt("finish: no reply".to_owned()))
+        only_answer(
+            self.finish_many(&[(job.clone(), outcome)], now_ms).await?,
+            "finish",
+        )
     }
 
     async fn finish_many(
@@ -1192,20 +1183,10 @@ impl Backend for RedisBackend {
             return Ok(Vec::new());
         }
         self.await_subscriber().await;
-        let inner = &self.inner;
-        let keys = &inner.keys;
-        let script = &inner.scripts.finish;
+        let script = &self.inner.scripts.finish;
         let mut calls: Vec<ScriptInvocation<'_>> = Vec::with_capacity(finished.len());
         for (job, outcome) in finished {
-            let mut call = script.prepare_invoke();
-            call.key(keys.record(&job.id))
-                .key(keys.queue(&job.task, &job.id))
-                .arg(now_ms)
-                .arg(&inner.timeout_json)
-                .arg(keys.channel(&job.id))
-                .arg(job.id.to_string())
-                .arg(GROUP)
-                .arg(&job.receipt);
+            let mut call = self.transition(script, job, now_ms);
             match outcome {
                 Outcome::Done(output) => call.arg(Stored::Done.code()).arg(output),
                 Outcome::Failed(failure) => {
@@ -1253,6 +1234,23 @@ impl Backend for RedisBackend {
 }
 
 impl RedisBackend {
+    /// A call of `begin.lua` or `finish.lua` for `job`, with what both take first: KEYS record
+    /// and queue; ARGV now, timeout failure, channel, id, group, receipt.
+    fn transition<'s>(&self, script: &'s Script, job: &Job, now_ms: u64) -> ScriptInvocation<'s> {
+        let inner = &self.inner;
+        let keys = &inner.keys;
+        let mut call = script.prepare_invoke();
+        call.key(keys.record(&job.id))
+            .key(keys.queue(&job.task, &job.id))
+            .arg(now_ms)
+            .arg(&inner.timeout_json)
+            .arg(keys.channel(&job.id))
+            .arg(job.id.to_string())
+            .arg(GROUP)
+            .arg(&job.receipt);
+        call
+    }
+
     /// What a worker does with `job` after `begin.lua` answered `began`; keeps vouching for a
     /// job that runs until its deadline, stops for one that does not.
     fn began(&self, job: &Job, began: Began) -> Begin {
