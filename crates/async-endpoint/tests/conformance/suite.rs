@@ -35,7 +35,26 @@ pub use batch::*;
 #[macro_export]
 macro_rules! suite {
     ($make:expr) => {
-        $crate::suite!(@cases $make;
+        $crate::for_each_case!($crate::suite; @cases $make);
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(backend) = $make.await else { return };
+                $crate::conformance::$case(std::sync::Arc::new(backend)).await;
+            }
+        )*
+    };
+}
+pub use suite;
+
+/// Calls the macro `$callback` with `$args`, `;` and the name of every case of the suite, so a
+/// runner that does not make one test per case (one cluster for all cases) runs the same list.
+#[macro_export]
+macro_rules! for_each_case {
+    ($callback:path; $($args:tt)*) => {
+        $callback! {$($args)*;
             create_then_poll_is_queued,
             unknown_id_polls_none,
             full_lifecycle,
@@ -92,19 +111,91 @@ macro_rules! suite {
             begin_many_is_one_begin_per_job_in_order,
             finish_many_is_one_finish_per_job_in_order,
             cancel_wakes_a_watch_taken_before_begin,
-        );
-    };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let Some(backend) = $make.await else { return };
-                $crate::conformance::$case(std::sync::Arc::new(backend)).await;
-            }
-        )*
+        }
     };
 }
-pub use suite;
+#[allow(unused_imports)] // used by the cluster's runner only
+pub use for_each_case;
+
+/// A backend with what must outlive it (its private server): the cases hold the backend, so the
+/// server runs as long as they do. Every call goes to the backend.
+pub struct Served<B, G> {
+    /// The backend under test.
+    pub backend: B,
+    /// Dropped after the backend (fields drop in order).
+    pub guard: G,
+}
+
+impl<B: Backend, G: Send + Sync> Backend for Served<B, G> {
+    async fn create(&self, request: NewRequest) -> Result<Created, async_endpoint::Error> {
+        self.backend.create(request).await
+    }
+    fn place(&self, request: &mut NewRequest) {
+        self.backend.place(request);
+    }
+    fn check_limits(&self, limits: &PendingLimits) -> Result<(), async_endpoint::Error> {
+        self.backend.check_limits(limits)
+    }
+    async fn poll(
+        &self,
+        id: RequestId,
+        now_ms: u64,
+    ) -> Result<Option<async_endpoint::backend::Snapshot>, async_endpoint::Error> {
+        self.backend.poll(id, now_ms).await
+    }
+    fn watch(&self, id: RequestId) -> async_endpoint::backend::Watch {
+        self.backend.watch(id)
+    }
+    async fn fetch(
+        &self,
+        tasks: &[&'static str],
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Job>, async_endpoint::Error> {
+        self.backend.fetch(tasks, max, block).await
+    }
+    async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, async_endpoint::Error> {
+        self.backend.begin(job, now_ms).await
+    }
+    async fn begin_many(
+        &self,
+        jobs: &[Job],
+        now_ms: u64,
+    ) -> Result<Vec<Begin>, async_endpoint::Error> {
+        self.backend.begin_many(jobs, now_ms).await
+    }
+    async fn update(&self, id: RequestId, update: Update) -> Result<(), async_endpoint::Error> {
+        self.backend.update(id, update).await
+    }
+    async fn finish(
+        &self,
+        job: &Job,
+        outcome: Outcome,
+        now_ms: u64,
+    ) -> Result<Status, async_endpoint::Error> {
+        self.backend.finish(job, outcome, now_ms).await
+    }
+    async fn finish_many(
+        &self,
+        finished: &[(Job, Outcome)],
+        now_ms: u64,
+    ) -> Result<Vec<Status>, async_endpoint::Error> {
+        self.backend.finish_many(finished, now_ms).await
+    }
+    async fn release(&self, job: &Job) -> Result<(), async_endpoint::Error> {
+        self.backend.release(job).await
+    }
+    async fn cancel(
+        &self,
+        id: RequestId,
+        now_ms: u64,
+    ) -> Result<Option<async_endpoint::backend::Snapshot>, async_endpoint::Error> {
+        self.backend.cancel(id, now_ms).await
+    }
+    async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, async_endpoint::Error> {
+        self.backend.queue_depth(task).await
+    }
+}
 
 const TASK: &str = "conformance_task";
 const OTHER_TASK: &str = "conformance_other";

@@ -131,22 +131,31 @@ impl Backend for Placed {
     }
 }
 
-/// Runs each named case against a fresh backend (prefix of its own) on `cluster`.
+/// Cases that start requests carrying both pending limits, which a cluster refuses by design
+/// (`both_limits_are_refused`).
+const BOTH_LIMITS: [&str; 3] = [
+    "finished_request_frees_its_slot",
+    "request_past_its_deadline_stops_counting_untouched",
+    "cancelled_request_frees_its_slot",
+];
+
+/// Runs each named case but [`BOTH_LIMITS`] against a fresh backend (prefix of its own) on
+/// `cluster`, counting them in `ran`.
 macro_rules! cases {
-    ($cluster:expr; $($case:ident),* $(,)?) => {{
-        let mut n = 0;
+    ($cluster:expr, $ran:ident; $($case:ident),* $(,)?) => {
         $(
-            n += 1;
-            let backend = RedisBackend::cluster_builder($cluster.urls())
-                .prefix(format!("c{n}"))
-                .claim_idle(Duration::from_secs(5))
-                .build()
-                .expect("valid settings");
-            eprintln!("cluster conformance: {}", stringify!($case));
-            conformance::$case(Arc::new(Placed::new(backend))).await;
+            if !BOTH_LIMITS.contains(&stringify!($case)) {
+                $ran += 1;
+                let backend = RedisBackend::cluster_builder($cluster.urls())
+                    .prefix(format!("c{}", $ran))
+                    .claim_idle(Duration::from_secs(5))
+                    .build()
+                    .expect("valid settings");
+                eprintln!("cluster conformance: {}", stringify!($case));
+                conformance::$case(Arc::new(Placed::new(backend))).await;
+            }
         )*
-        n
-    }};
+    };
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,56 +163,9 @@ async fn conformance_suite_on_a_cluster() {
     let Some(cluster) = test_support::redis_cluster::start() else {
         return;
     };
-    let ran = cases!(cluster;
-        create_then_poll_is_queued,
-        unknown_id_polls_none,
-        full_lifecycle,
-        first_terminal_state_wins,
-        concurrent_finishes_agree,
-        delivery_after_terminal_is_skipped,
-        poll_past_deadline_times_out,
-        begin_past_deadline_skips_and_times_out,
-        finish_past_deadline_is_timeout,
-        progress_after_terminal_is_ignored,
-        retrying_then_next_attempt,
-        watch_wakes_on_every_change,
-        many_watches_each_wake_on_their_own_finish,
-        fetch_honours_max_and_tasks,
-        fetch_blocks_until_a_job_arrives,
-        released_job_is_delivered_again,
-        records_expire_after_ttl,
-        duplicate_delivery_first_outcome_wins,
-        finish_exactly_at_the_deadline_stands,
-        finish_racing_a_deadline_poll_agree,
-        progress_racing_finish_changes_nothing_after,
-        polls_racing_finish_agree,
-        cancel_queued_fails_it_and_its_job_never_runs,
-        cancel_running_stands_and_a_later_finish_is_ignored,
-        cancel_retrying_stands,
-        cancel_of_a_finished_request_changes_nothing,
-        cancel_twice_gives_the_same_answer,
-        cancel_of_an_unknown_request_is_none,
-        cancel_past_the_deadline_is_a_timeout,
-        cancel_wakes_watchers,
-        cancel_racing_finish_agree,
-        cancel_racing_a_deadline_poll_agree,
-        cancel_racing_a_redelivery_agree,
-        idempotency_key_returns_the_first_request,
-        idempotency_keys_are_scoped,
-        concurrent_creates_with_one_key_make_one_request,
-        idempotency_key_expires_with_the_ttl,
-        owner_limit_refuses_and_stores_nothing,
-        task_limit_refuses_and_stores_nothing,
-        no_owner_means_no_owner_limit,
-        timed_out_request_frees_its_slot,
-        concurrent_creates_at_one_free_slot_admit_one,
-        repeat_with_a_key_is_not_refused_by_a_limit,
-        traceparent_travels_with_the_job,
-        queue_depth_counts_the_jobs_waiting,
-        begin_many_is_one_begin_per_job_in_order,
-        finish_many_is_one_finish_per_job_in_order,
-        cancel_wakes_a_watch_taken_before_begin,
-    );
+    // The suite's whole list, so a case added to it runs here too.
+    let mut ran = 0;
+    conformance::for_each_case!(cases; cluster, ran);
     assert_eq!(ran, 48);
     // Every key the cases made expires with its TTL (at most 300 s in the suite): none is left
     // without one.

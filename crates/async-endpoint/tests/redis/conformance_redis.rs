@@ -6,17 +6,11 @@ use crate::conformance;
 
 use std::time::Duration;
 
-use async_endpoint::backend::{
-    Backend, Begin, Created, Job, NewRequest, Outcome, RedisBackend, Snapshot, Update, Watch,
-};
-use async_endpoint::{Error, RequestId, Status};
+use async_endpoint::backend::RedisBackend;
 use test_support::redis::RedisServer;
 
 /// A Redis backend that owns its private server, so the server lives exactly as long as the test.
-struct Served {
-    backend: RedisBackend,
-    _server: RedisServer,
-}
+type Served = conformance::Served<RedisBackend, RedisServer>;
 
 async fn served() -> Option<Served> {
     let server = test_support::redis::start()?;
@@ -26,56 +20,8 @@ async fn served() -> Option<Served> {
         .expect("valid settings");
     Some(Served {
         backend,
-        _server: server,
+        guard: server,
     })
 }
 
 conformance::suite!(served());
-
-impl Backend for Served {
-    async fn create(&self, request: NewRequest) -> Result<Created, Error> {
-        self.backend.create(request).await
-    }
-    async fn poll(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
-        self.backend.poll(id, now_ms).await
-    }
-    fn watch(&self, id: RequestId) -> Watch {
-        self.backend.watch(id)
-    }
-    async fn fetch(
-        &self,
-        tasks: &[&'static str],
-        max: usize,
-        block: Duration,
-    ) -> Result<Vec<Job>, Error> {
-        self.backend.fetch(tasks, max, block).await
-    }
-    async fn begin(&self, job: &Job, now_ms: u64) -> Result<Begin, Error> {
-        self.backend.begin(job, now_ms).await
-    }
-    async fn update(&self, id: RequestId, update: Update) -> Result<(), Error> {
-        self.backend.update(id, update).await
-    }
-    async fn finish(&self, job: &Job, outcome: Outcome, now_ms: u64) -> Result<Status, Error> {
-        self.backend.finish(job, outcome, now_ms).await
-    }
-    async fn release(&self, job: &Job) -> Result<(), Error> {
-        self.backend.release(job).await
-    }
-    async fn cancel(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
-        self.backend.cancel(id, now_ms).await
-    }
-    async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, Error> {
-        self.backend.queue_depth(task).await
-    }
-    async fn begin_many(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<Begin>, Error> {
-        self.backend.begin_many(jobs, now_ms).await
-    }
-    async fn finish_many(
-        &self,
-        finished: &[(Job, Outcome)],
-        now_ms: u64,
-    ) -> Result<Vec<Status>, Error> {
-        self.backend.finish_many(finished, now_ms).await
-    }
-}
