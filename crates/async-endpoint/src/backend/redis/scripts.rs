@@ -14,6 +14,8 @@ use redis::{FromRedisValue, ParsingError, Script, Value};
 use crate::Status;
 
 const COMMON: &str = include_str!("lua/common.lua");
+/// Helpers of the scripts that read queue entries.
+const ENTRY: &str = include_str!("lua/entry.lua");
 
 /// Declares a table of codes shared with Lua: an enum, its code per variant, the Lua name the
 /// prelude binds to that code, and decoding from a reply.
@@ -248,6 +250,8 @@ impl Scripts {
         let plain = |body: &str| Script::new(&format!("{prelude}\n{body}"));
         // Record scripts also get the shared helpers.
         let record = |body: &str| Script::new(&format!("{prelude}\n{COMMON}\n{body}"));
+        // Scripts that read queue entries get their field parser.
+        let entries = |body: &str| Script::new(&format!("{prelude}\n{ENTRY}\n{body}"));
         Scripts {
             create: record(include_str!("lua/create.lua")),
             poll: record(include_str!("lua/poll.lua")),
@@ -256,12 +260,12 @@ impl Scripts {
             retrying: record(include_str!("lua/retrying.lua")),
             finish: record(include_str!("lua/finish.lua")),
             release: plain(include_str!("lua/release.lua")),
-            claim: plain(include_str!("lua/claim.lua")),
-            takeover: plain(include_str!("lua/takeover.lua")),
+            claim: entries(include_str!("lua/claim.lua")),
+            takeover: entries(include_str!("lua/takeover.lua")),
             reap: plain(include_str!("lua/reap.lua")),
             group: plain(include_str!("lua/group.lua")),
             cancel: record(include_str!("lua/cancel.lua")),
-            sweep: plain(include_str!("lua/sweep.lua")),
+            sweep: entries(include_str!("lua/sweep.lua")),
         }
     }
 }
@@ -318,6 +322,7 @@ mod tests {
         let lua = prelude("workers", "ae", false);
         let bodies = [
             COMMON,
+            ENTRY,
             include_str!("lua/create.lua"),
             include_str!("lua/poll.lua"),
             include_str!("lua/begin.lua"),

@@ -9,16 +9,8 @@ if r.err then
 end
 local claimed = {}
 for _, e in ipairs(r[2]) do
-  local fields = e[2]
-  if fields then
-    local id, prior = false, 0
-    for i = 1, #fields, 2 do
-      if fields[i] == 'i' then
-        id = fields[i + 1]
-      elseif fields[i] == 'n' then
-        prior = tonumber(fields[i + 1]) or 0
-      end
-    end
+  if e[2] then
+    local id, prior = entry_job(e[2])
     if id then
       local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
       local count = 1

@@ -21,18 +21,8 @@ for i = 2, #KEYS do
     end
     if r then
       for _, e in ipairs(r[1][2]) do
-        local fields = e[2]
-        local id, prior = '', 0
-        if fields then
-          for j = 1, #fields, 2 do
-            if fields[j] == 'i' then
-              id = fields[j + 1]
-            elseif fields[j] == 'n' then
-              prior = tonumber(fields[j + 1]) or 0
-            end
-          end
-        end
-        out[#out + 1] = {i - 1, e[1], id, prior}
+        local id, prior = entry_job(e[2])
+        out[#out + 1] = {i - 1, e[1], id or '', prior}
       end
     end
   end

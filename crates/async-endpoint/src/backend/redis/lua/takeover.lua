@@ -39,17 +39,7 @@ for _, c in ipairs(info) do
     elseif ttl <= grace then
       for _, p in ipairs(redis.call('XPENDING', KEYS[1], GROUP, '-', '+', left, name)) do
         local got = redis.call('XCLAIM', KEYS[1], GROUP, ARGV[1], 0, p[1])
-        local fields = got[1] and got[1][2]
-        local id, prior = false, 0
-        if fields then
-          for i = 1, #fields, 2 do
-            if fields[i] == 'i' then
-              id = fields[i + 1]
-            elseif fields[i] == 'n' then
-              prior = tonumber(fields[i + 1]) or 0
-            end
-          end
-        end
+        local id, prior = entry_job(got[1] and got[1][2])
         if id then
           claimed[#claimed + 1] = {p[1], id, p[4] + 1 + prior}
           left = left - 1
