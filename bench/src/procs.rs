@@ -412,3 +412,27 @@ pub(crate) fn workspace_root() -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }
+
+/// Builds the peer crate `bench/peers/<name>` (its own crate outside the workspace, so its
+/// dependencies stay out of the workspace's) in release mode into `target`; the binary's path.
+/// `what` names it in the log and the error.
+pub(crate) fn build_peer(name: &str, what: &str, target: &Path) -> Result<PathBuf, BoxError> {
+    crate::runner::log(&format!(
+        "building the {what} peer (its own crate, outside the workspace) …"
+    ));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(
+            workspace_root()
+                .join("bench/peers")
+                .join(name)
+                .join("Cargo.toml"),
+        )
+        .arg("--target-dir")
+        .arg(target)
+        .status()?;
+    if !status.success() {
+        return Err(format!("the {what} peer did not build").into());
+    }
+    Ok(target.join("release").join(name))
+}

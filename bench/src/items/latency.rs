@@ -17,13 +17,14 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use super::throughput::build_apalis;
 use super::{quantile, runtime, start, starts};
-use crate::procs::{BoxError, Proc, workspace_root};
+use crate::procs::{BoxError, Proc};
 use crate::runner::{Run, log};
 use crate::servers::wall_us;
 
@@ -179,24 +180,6 @@ fn apalis(run: &Run, peer: &Path, samples: usize, rounds: usize) -> Figures {
         figures.error.push(error);
     }
     figures
-}
-
-/// Builds the apalis peer (its own crate outside the workspace) as the throughput item does, into
-/// the same directory, so whichever item runs first builds it.
-fn build_apalis() -> Result<PathBuf, BoxError> {
-    let root = workspace_root();
-    let target = root.join("target/apalis-peer");
-    log("building the apalis peer (its own crate, outside the workspace) …");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet", "--manifest-path"])
-        .arg(root.join("bench/peers/apalis-peer/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .status()?;
-    if !status.success() {
-        return Err("the apalis peer did not build".into());
-    }
-    Ok(target.join("release/apalis-peer"))
 }
 
 /// Jobs apalis recorded done (members of its `done` key, whatever its type; 0 before it exists).

@@ -286,25 +286,13 @@ pub(super) fn measure(run: &mut Run) -> Result<(), BoxError> {
 /// Builds the graphile_worker peer (its own crate outside the workspace) into the runner's
 /// target directory.
 fn build_graphile() -> Result<std::path::PathBuf, BoxError> {
-    let root = crate::procs::workspace_root();
-    let manifest = root.join("bench/peers/graphile-peer/Cargo.toml");
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), std::path::PathBuf::from)
+        .map_or_else(
+            || crate::procs::workspace_root().join("target"),
+            std::path::PathBuf::from,
+        )
         .join("graphile-peer");
-    crate::runner::log(
-        "building the graphile_worker peer (its own crate, outside the workspace) …",
-    );
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--quiet", "--manifest-path"])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target)
-            .status()?;
-    if !status.success() {
-        return Err("the graphile_worker peer did not build".into());
-    }
-    Ok(target.join("release/graphile-peer"))
+    crate::procs::build_peer("graphile-peer", "graphile_worker", &target)
 }
 
 /// Queues `n` jobs with the peer, then drains them with one peer worker process; jobs/s.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::{median, per, starts};
 use crate::procs::{BoxError, Redis, delta, workspace_root};
-use crate::runner::{Run, log};
+use crate::runner::Run;
 
 /// The apalis worker's settings (ours: `concurrency` 64, the default).
 const QUEUE: &str = "bench-apalis";
@@ -271,21 +271,14 @@ fn count(redis: &Redis, key: &str) -> Result<u64, BoxError> {
     redis.cmd(&[c, key])
 }
 
-fn build_apalis() -> Result<PathBuf, BoxError> {
-    let root = workspace_root();
-    let manifest = root.join("bench/peers/apalis-peer/Cargo.toml");
-    let target = root.join("target/apalis-peer");
-    log("building the apalis peer (its own crate, outside the workspace) …");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target)
-        .status()?;
-    if !status.success() {
-        return Err("the apalis peer did not build".into());
-    }
-    Ok(target.join("release/apalis-peer"))
+/// Builds the apalis peer into the workspace's `target/apalis-peer` (the latency item runs it
+/// too: whichever item runs first builds it).
+pub(super) fn build_apalis() -> Result<PathBuf, BoxError> {
+    crate::procs::build_peer(
+        "apalis-peer",
+        "apalis",
+        &workspace_root().join("target/apalis-peer"),
+    )
 }
 
 /// The section of one backlog: its table from all rounds (`measured`), its notes, its figures
