@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 
+use super::prebegun::Prebegun;
 use crate::backend::Notifier;
 use crate::protocol::RequestId;
 
@@ -22,6 +23,8 @@ pub(super) struct Listener {
     pub(super) channel: String,
     pub(super) notifier: Notifier,
     pub(super) queued: Arc<Notify>,
+    /// Told of every announced change, so a job begun by its fetch is read again before it runs.
+    pub(super) prebegun: Arc<Prebegun>,
 }
 
 /// Listens until `closed` changes (the backend is dropped), reconnecting with backoff.
@@ -88,12 +91,14 @@ async fn listen(listener: &Listener) -> Result<(), tokio_postgres::Error> {
     }
     tracing::debug!(channel = listener.channel, "PostgreSQL listener listening");
     // Whatever was sent before this point was not heard: everyone re-reads.
+    listener.prebegun.touch_all();
     listener.notifier.notify_all();
     listener.queued.notify_waiters();
     while let Some(payload) = rx.recv().await {
         match payload.split_once(' ') {
             Some(("r", id)) => {
                 if let Ok(id) = id.parse::<RequestId>() {
+                    listener.prebegun.touch(id);
                     listener.notifier.notify(id);
                 }
             }

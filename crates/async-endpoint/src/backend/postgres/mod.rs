@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `{schema}.requests` | one row per request **and** its job (status, attempt, params, progress, output, failure, deadline, expiry, lease, deliveries, limit marks, idempotency key) |
 //! | `{schema}.migrations` | the versions applied |
-//! | `{schema}.create_request`, `begin_jobs`, `finish_jobs`, `cancel`, `expire`, `settle` | the atomic transitions, one round trip each (`begin_jobs` and `finish_jobs` for a whole batch of jobs) |
+//! | `{schema}.create_request`, `begin_jobs`, `cancel`, `expire`, `settle` | the atomic transitions, one round trip each (`begin_jobs` for a whole batch of jobs); the worker's fetch-and-begin and finish are single statements sent by the client (see below) |
 //! | channel `{schema}_changes` | `r <id>` after a write of a request somebody watches (and after every cancel), `q <task>` after every new job |
 //!
 //! One table rather than a request table and a job table: a start is one `INSERT`, a poll one
@@ -25,10 +25,17 @@
 //!   transaction locks, `INSERT`, `NOTIFY`);
 //! * poll: one `SELECT` by primary key; only an unfinished request found past its deadline takes
 //!   a second round trip, `expire`, which writes the timeout atomically;
-//! * worker: one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)` fetches a batch and
-//!   leases it; one `begin_jobs` call begins the whole batch, one `finish_jobs` call writes every
-//!   outcome the worker gathered (each a single statement over arrays, at most 256 jobs; more
-//!   are split and run in one transaction); one statement per progress update;
+//! * worker: one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)` fetches a batch,
+//!   leases it **and begins it** (one row version per job, not two); the worker's `begin_many`
+//!   is then answered from what the fetch returned, without a round trip, unless this process
+//!   wrote or heard announced a change to one of those requests since the fetch was sent (a
+//!   cancel is always announced): those are read again by one statement (see `prebegun.rs`).
+//!   One statement writes every outcome the worker gathered (an `UPDATE` over arrays, at most
+//!   256 jobs, no id twice; more are split and run in one transaction); one statement per
+//!   progress update. These are prepared statements sent by the client rather than PL/pgSQL
+//!   functions: a function call cost about as much again as its statement (measured with
+//!   `pg_stat_statements`). `begin_jobs` remains for a job this process did not fetch, and
+//!   `finish_jobs` for processes of the previous version during a rolling deploy;
 //! * wake-ups: one listener connection per process (`LISTEN`), feeding waiting polls, `watch`ers
 //!   and blocked fetches; after it (re)connects it wakes everyone, so nothing is lost. `NOTIFY`
 //!   makes each notifying commit take a database-wide lock, so writes announce a request only
@@ -43,6 +50,7 @@
 
 mod config;
 mod listener;
+mod prebegun;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +64,8 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 pub use config::PostgresBackendBuilder;
+
+use prebegun::{Kept, Prebegun};
 
 use super::{
     Backend, Begin, Created, Job, Limit, NewRequest, Notifier, Outcome, Snapshot, StoredFailure,
@@ -147,6 +157,8 @@ struct Inner {
     /// Jobs delivered to this process and not yet over: id → (delivery, lease vouched until,
     /// unix ms). The heartbeat extends their leases while they are vouched for.
     in_flight: Mutex<HashMap<RequestId, (i32, u64)>>,
+    /// Jobs the fetch's statement began, until the worker asks for their begin.
+    prebegun: Arc<Prebegun>,
     poison_json: String,
     timeout_json: String,
     cancelled_json: String,
@@ -163,6 +175,7 @@ struct Sql {
     create: String,
     fetch: String,
     begin: String,
+    recheck: String,
     finish: String,
     queue_depth: String,
     cancel: String,
@@ -191,20 +204,88 @@ impl Sql {
                 "SELECT outcome, existing_id, existing_created, existing_digest \
                  FROM {s}.create_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             ),
-            fetch: format!(
-                "UPDATE {s}.requests r \
-                 SET available_ms = {s}.now_ms() + $3, deliveries = r.deliveries + 1 \
-                 FROM (SELECT id FROM {s}.requests \
-                       WHERE job_open AND available_ms <= {s}.now_ms() AND task = ANY($1) \
-                       ORDER BY available_ms LIMIT $2 FOR UPDATE SKIP LOCKED) picked \
-                 WHERE r.id = picked.id \
-                 RETURNING r.id, r.task, r.deliveries"
-            ),
+            fetch: {
+                let code = format!(
+                    "{s}.begin_code(q.status, q.expires_ms, q.deadline_ms, q.deliveries + 1, $4, $5)"
+                );
+                format!(
+                    "UPDATE {s}.requests q SET \
+                         available_ms = {s}.now_ms() + $3, deliveries = q.deliveries + 1, \
+                         status = CASE {code} WHEN 0 THEN 1 WHEN 1 THEN q.status ELSE 4 END, \
+                         attempt = CASE {code} WHEN 0 THEN q.attempt + 1 ELSE q.attempt END, \
+                         output = CASE WHEN {code} >= 2 THEN NULL ELSE q.output END, \
+                         failure = CASE {code} WHEN 2 THEN $6 WHEN 3 THEN $7 ELSE q.failure END, \
+                         params = CASE WHEN {code} >= 2 THEN NULL ELSE q.params END, \
+                         limit_owner = CASE WHEN {code} >= 2 THEN NULL ELSE q.limit_owner END, \
+                         limit_task = CASE WHEN {code} >= 2 THEN false ELSE q.limit_task END, \
+                         expires_ms = CASE {code} WHEN 1 THEN q.expires_ms \
+                             WHEN 0 THEN CASE WHEN q.expires_ms > q.deadline_ms THEN q.expires_ms \
+                                 ELSE $4 + q.ttl_ms END \
+                             ELSE $4 + q.ttl_ms END, \
+                         job_open = {code} = 0 \
+                     FROM (SELECT id, status AS was FROM {s}.requests \
+                           WHERE job_open AND available_ms <= {s}.now_ms() AND task = ANY($1) \
+                           ORDER BY available_ms LIMIT $2 FOR UPDATE SKIP LOCKED) picked \
+                     WHERE q.id = picked.id \
+                     RETURNING q.id, q.task, q.deliveries, \
+                         (CASE WHEN q.status = 1 AND q.expires_ms > $4 THEN 0 \
+                             WHEN q.status = 4 AND q.expires_ms = $4 + q.ttl_ms \
+                                 AND q.failure = $6 THEN 2 \
+                             WHEN q.status = 4 AND q.expires_ms = $4 + q.ttl_ms \
+                                 AND q.failure = $7 THEN 3 \
+                             ELSE 1 END)::smallint, \
+                         q.attempt, coalesce(q.params, ''), q.deadline_ms, q.traceparent, \
+                         CASE WHEN q.watched AND q.expires_ms > $4 AND (q.status = 1 \
+                                 OR q.expires_ms = $4 + q.ttl_ms AND q.failure IN ($6, $7)) \
+                             THEN {s}.announce($8, q.id) END, \
+                         picked.was"
+                )
+            },
             begin: format!(
                 "SELECT code, attempt, params, deadline_ms, traceparent \
                  FROM {s}.begin_jobs($1, $2, $3, $4, $5, $6, $7)"
             ),
-            finish: format!("SELECT stands FROM {s}.finish_jobs($1, $2, $3, $4, $5, $6)"),
+            recheck: {
+                // A job begun by its fetch, touched since: it runs if its request is as the
+                // fetch left it (live, unfinished, before its deadline, this delivery's job
+                // open); past its deadline it becomes a timeout; else it is skipped. Codes as
+                // `begin_jobs`'s. Only what must change is written.
+                let live = "q.status < 3 AND q.expires_ms > $3";
+                format!(
+                    "WITH u AS (SELECT * FROM unnest($1::text[], $2::int4[]) \
+                         WITH ORDINALITY AS u(id, delivery, ord)), \
+                     written AS (UPDATE {s}.requests q SET \
+                         status = CASE WHEN {live} THEN 4 ELSE q.status END, \
+                         output = CASE WHEN {live} THEN NULL ELSE q.output END, \
+                         failure = CASE WHEN {live} THEN $4 ELSE q.failure END, \
+                         params = CASE WHEN {live} THEN NULL ELSE q.params END, \
+                         limit_owner = CASE WHEN {live} THEN NULL ELSE q.limit_owner END, \
+                         limit_task = CASE WHEN {live} THEN false ELSE q.limit_task END, \
+                         expires_ms = CASE WHEN {live} THEN $3 + q.ttl_ms ELSE q.expires_ms END, \
+                         job_open = false \
+                       FROM u WHERE q.id = u.id AND q.id = ANY($1) AND q.deliveries = u.delivery \
+                         AND q.job_open AND NOT ({live} AND $3 <= q.deadline_ms) \
+                       RETURNING q.id, \
+                         (CASE WHEN q.status = 4 AND q.expires_ms = $3 + q.ttl_ms \
+                             AND q.failure = $4 THEN 2 ELSE 1 END)::smallint AS code, \
+                         CASE WHEN q.watched AND q.status = 4 AND q.expires_ms = $3 + q.ttl_ms \
+                             AND q.failure = $4 THEN {s}.announce($5, q.id) END AS told) \
+                     SELECT (CASE WHEN w.code IS NOT NULL THEN w.code \
+                             WHEN r.id IS NOT NULL THEN 0 ELSE 1 END)::smallint \
+                     FROM u LEFT JOIN written w ON w.id = u.id \
+                     LEFT JOIN {s}.requests r ON r.id = u.id AND r.deliveries = u.delivery \
+                         AND r.job_open AND r.status < 3 AND r.expires_ms > $3 \
+                         AND $3 <= r.deadline_ms \
+                     ORDER BY u.ord"
+                )
+            },
+            finish: {
+                // Live and unfinished (anything else is only closed).
+                let open = "q.expires_ms > $4 AND q.status < 3";
+                format!(
+                    "WITH u AS (SELECT * FROM unnest($1::text[], $2::int2[], $3::text[])                          WITH ORDINALITY AS u(id, code, value, ord)),                      written AS (UPDATE {s}.requests q SET                          status = CASE WHEN NOT ({open}) THEN q.status                              WHEN $4 > q.deadline_ms THEN 4 ELSE u.code END,                          output = CASE WHEN NOT ({open}) THEN q.output                              WHEN $4 <= q.deadline_ms AND u.code = 3 THEN u.value END,                          failure = CASE WHEN NOT ({open}) THEN q.failure                              WHEN $4 > q.deadline_ms THEN $5 WHEN u.code = 4 THEN u.value END,                          params = CASE WHEN {open} THEN NULL ELSE q.params END,                          limit_owner = CASE WHEN {open} THEN NULL ELSE q.limit_owner END,                          limit_task = CASE WHEN {open} THEN false ELSE q.limit_task END,                          expires_ms = CASE WHEN {open} THEN $4 + q.ttl_ms ELSE q.expires_ms END,                          job_open = false                        FROM u WHERE q.id = u.id AND q.id = ANY($1)                        RETURNING q.id,                          (CASE WHEN q.expires_ms <= $4 THEN 4 ELSE q.status END)::smallint AS stands,                          CASE WHEN q.watched AND q.expires_ms = $4 + q.ttl_ms                              THEN {s}.announce($6, q.id) END AS told)                      SELECT coalesce(w.stands, 4::smallint) FROM u LEFT JOIN written w ON w.id = u.id                      ORDER BY u.ord"
+                )
+            },
             queue_depth: format!(
                 "SELECT count(*) FROM {s}.requests \
                  WHERE job_open AND task = $1 AND available_ms <= {s}.now_ms() \
@@ -224,12 +305,19 @@ impl Sql {
                      RETURNING id, watched) \
                  SELECT pg_notify($3, 'r ' || id) FROM changed WHERE watched"
             ),
-            release: format!(
-                "WITH released AS (UPDATE {s}.requests \
-                     SET available_ms = {s}.now_ms(), deliveries = greatest(deliveries - 1, 0) \
-                     WHERE id = $1 AND deliveries = $2 AND job_open RETURNING task) \
-                 SELECT pg_notify($3, 'q ' || task) FROM released"
-            ),
+            release: {
+                // Handing back a job that the fetch began and the worker never ran undoes the
+                // begin ($4: the status before it, $5: the attempt it began; else NULL).
+                let undo = "$4::smallint IS NOT NULL AND status = 1 AND attempt = $5";
+                format!(
+                    "WITH released AS (UPDATE {s}.requests \
+                         SET available_ms = {s}.now_ms(), deliveries = greatest(deliveries - 1, 0), \
+                             status = CASE WHEN {undo} THEN $4 ELSE status END, \
+                             attempt = CASE WHEN {undo} THEN attempt - 1 ELSE attempt END \
+                         WHERE id = $1 AND deliveries = $2 AND job_open RETURNING task) \
+                     SELECT pg_notify($3, 'q ' || task) FROM released"
+                )
+            },
             heartbeat: format!(
                 "UPDATE {s}.requests r SET available_ms = {s}.now_ms() + $3 \
                  FROM unnest($1::text[], $2::int4[]) AS h(id, delivery) \
@@ -373,6 +461,7 @@ impl PostgresBackend {
                 queued: Arc::new(Notify::new()),
                 background_started: AtomicBool::new(false),
                 in_flight: Mutex::new(HashMap::new()),
+                prebegun: Arc::default(),
                 poison_json: json(StoredFailure::internal(), r#"{"kind":"internal"}"#),
                 timeout_json: json(StoredFailure::timeout(), r#"{"kind":"timeout"}"#),
                 cancelled_json: json(StoredFailure::cancelled(), r#"{"kind":"cancelled"}"#),
@@ -484,12 +573,128 @@ impl PostgresBackend {
                 channel: inner.sql.channel.clone(),
                 notifier: inner.notifier.clone(),
                 queued: inner.queued.clone(),
+                prebegun: inner.prebegun.clone(),
             },
             inner.closed.subscribe(),
         ));
         let weak = Arc::downgrade(inner);
         runtime.spawn(heartbeat(weak.clone(), inner.settings.claim_idle / 3));
         runtime.spawn(sweeper(weak, inner.settings.sweep_interval));
+    }
+
+    /// Begins jobs the fetch did not (delivered to another call, or fetched before a restart of
+    /// this process's bookkeeping): one `begin_jobs` call per batch.
+    async fn begin_fresh(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<Begin>, Error> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let max = i32::try_from(inner.settings.max_deliveries).unwrap_or(i32::MAX);
+        let now = ms(now_ms);
+        // Sent in id order, so that batches lock their rows in one order; answered in the jobs'.
+        let order = id_order(jobs.iter().map(|job| &job.id));
+        let sorted: Vec<Job> = order.iter().map(|&at| jobs[at].clone()).collect();
+        let batches = sorted
+            .chunks(BATCH)
+            .map(|chunk| -> Vec<Param> {
+                let ids: Vec<String> = chunk.iter().map(|job| id_text(&job.id)).collect();
+                let deliveries: Vec<i32> = chunk
+                    .iter()
+                    .map(|job| i32::try_from(job.deliveries).unwrap_or(i32::MAX))
+                    .collect();
+                vec![
+                    Box::new(ids),
+                    Box::new(deliveries),
+                    Box::new(now),
+                    Box::new(max),
+                    Box::new(inner.timeout_json.clone()),
+                    Box::new(inner.poison_json.clone()),
+                    Box::new(inner.sql.channel.clone()),
+                ]
+            })
+            .collect();
+        let begun = self
+            .query_batches(&inner.sql.begin, batches)
+            .await
+            .and_then(|rows| decode_begun(jobs.len(), &rows))
+            .map(|sorted| unsort(&order, sorted));
+        let begun = match begun {
+            Ok(begun) => begun,
+            Err(error) => {
+                // The worker hands the jobs back; stop vouching for them so their leases run out
+                // if that fails too, and another worker takes them.
+                for job in jobs {
+                    self.forget(job);
+                }
+                return Err(error);
+            }
+        };
+        for (job, (begin, code)) in jobs.iter().zip(&begun) {
+            self.after_begin(job, begin, *code);
+        }
+        Ok(begun.into_iter().map(|(begin, _)| begin).collect())
+    }
+
+    /// Reads again jobs the fetch began whose requests may have changed since: per job, 0 when it
+    /// still runs, else why not (1 skip, 2 now a timeout), as `begin_jobs` answers.
+    async fn recheck(&self, jobs: &[&Job], now_ms: u64) -> Result<Vec<i16>, Error> {
+        let inner = &self.inner;
+        let ids: Vec<String> = jobs.iter().map(|job| id_text(&job.id)).collect();
+        let deliveries: Vec<i32> = jobs
+            .iter()
+            .map(|job| job.receipt.parse::<i32>().unwrap_or(-1))
+            .collect();
+        let rows = self
+            .query(
+                &inner.sql.recheck,
+                &[
+                    &ids,
+                    &deliveries,
+                    &ms(now_ms),
+                    &inner.timeout_json,
+                    &inner.sql.channel,
+                ],
+            )
+            .await;
+        let rows = match rows {
+            Ok(rows) if rows.len() == jobs.len() => rows,
+            Ok(rows) => {
+                return Err(Error::Corrupt(format!(
+                    "recheck answered {} of {} jobs",
+                    rows.len(),
+                    jobs.len()
+                )));
+            }
+            Err(error) => {
+                for job in jobs {
+                    self.forget(job);
+                }
+                return Err(error);
+            }
+        };
+        rows.iter()
+            .map(|row| row.try_get(0).map_err(corrupt("recheck reply")))
+            .collect()
+    }
+
+    /// Keeps or stops extending the lease of a job that a begin answered, and logs why a job
+    /// will not run.
+    fn after_begin(&self, job: &Job, begin: &Begin, code: i16) {
+        match begin {
+            Begin::Run { deadline_ms, .. } => {
+                self.vouch_until(job, deadline_ms.saturating_add(1000));
+            }
+            Begin::Skip => self.forget(job),
+        }
+        match code {
+            2 => {
+                tracing::warn!(request_id = %job.id, "deadline passed before the job started: request failed with a timeout");
+            }
+            3 => {
+                tracing::error!(request_id = %job.id, deliveries = job.deliveries, max_deliveries = self.inner.settings.max_deliveries, "job delivered too often (its workers keep dying): request failed");
+            }
+            _ => {}
+        }
     }
 
     /// Keeps extending the lease of `job` until `until_ms` (unix ms).
@@ -764,6 +969,27 @@ fn unsort<T>(order: &[usize], sorted: Vec<T>) -> Vec<T> {
     slots.into_iter().flatten().collect()
 }
 
+/// `sorted` (sorted by id) cut into statements' worth: at most [`BATCH`] each, and a repeated id
+/// starts the next one (one statement writes a row once), so repeats are written in order.
+fn distinct_chunks<T>(
+    sorted: &[T],
+    id: impl Fn(&T) -> &RequestId,
+) -> impl Iterator<Item = &[T]> {
+    let mut rest = sorted;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = 1;
+        while end < rest.len().min(BATCH) && id(&rest[end]) != id(&rest[end - 1]) {
+            end += 1;
+        }
+        let (chunk, after) = rest.split_at(end);
+        rest = after;
+        Some(chunk)
+    })
+}
+
 /// The rows of `begin_jobs` for `jobs` jobs, in order: what to do with each, and its code.
 fn decode_begun(jobs: usize, rows: &[Row]) -> Result<Vec<(Begin, i16)>, Error> {
     if rows.len() != jobs {
@@ -772,25 +998,27 @@ fn decode_begun(jobs: usize, rows: &[Row]) -> Result<Vec<(Begin, i16)>, Error> {
             rows.len(),
         )));
     }
-    rows.iter()
-        .map(|row| {
-            let code: i16 = row.try_get(0).map_err(corrupt("begin reply"))?;
-            if code != 0 {
-                return Ok((Begin::Skip, code));
-            }
-            let attempt: i32 = row.try_get(1).map_err(corrupt("begin reply"))?;
-            let params: String = row.try_get(2).map_err(corrupt("begin reply"))?;
-            let deadline_ms: i64 = row.try_get(3).map_err(corrupt("begin reply"))?;
-            let traceparent: Option<String> = row.try_get(4).map_err(corrupt("begin reply"))?;
-            let begin = Begin::Run {
-                params,
-                attempt: attempt.max(0) as u32,
-                deadline_ms: deadline_ms.max(0) as u64,
-                traceparent,
-            };
-            Ok((begin, 0))
-        })
-        .collect()
+    rows.iter().map(|row| begun_from(row, 0)).collect()
+}
+
+/// What a begin answered, from the columns of `row` from `at` on: code, attempt, params,
+/// deadline, traceparent.
+fn begun_from(row: &Row, at: usize) -> Result<(Begin, i16), Error> {
+    let code: i16 = row.try_get(at).map_err(corrupt("begin reply"))?;
+    if code != 0 {
+        return Ok((Begin::Skip, code));
+    }
+    let attempt: i32 = row.try_get(at + 1).map_err(corrupt("begin reply"))?;
+    let params: String = row.try_get(at + 2).map_err(corrupt("begin reply"))?;
+    let deadline_ms: i64 = row.try_get(at + 3).map_err(corrupt("begin reply"))?;
+    let traceparent: Option<String> = row.try_get(at + 4).map_err(corrupt("begin reply"))?;
+    let begin = Begin::Run {
+        params,
+        attempt: attempt.max(0) as u32,
+        deadline_ms: deadline_ms.max(0) as u64,
+        traceparent,
+    };
+    Ok((begin, 0))
 }
 
 fn corrupt(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
@@ -885,6 +1113,7 @@ impl Backend for PostgresBackend {
         if found.status.is_terminal() || now_ms <= found.deadline_ms {
             return Ok(Some(found));
         }
+        inner.prebegun.touch(id);
         let rows = self
             .query(
                 &inner.sql.expire,
@@ -920,16 +1149,30 @@ impl Backend for PostgresBackend {
         let tasks: Vec<&str> = tasks.to_vec();
         let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
         let lease = ms(inner.settings.claim_idle.as_millis() as u64);
+        let max_deliveries = i32::try_from(inner.settings.max_deliveries).unwrap_or(i32::MAX);
         loop {
             let notified = inner.queued.notified();
             tokio::pin!(notified);
             // Register before looking, so a job enqueued between the look and the wait is seen.
             notified.as_mut().enable();
+            let now = ms(now_ms());
+            let mark = inner.prebegun.mark();
             let rows = self
-                .query(&inner.sql.fetch, &[&tasks, &max, &lease])
+                .query(
+                    &inner.sql.fetch,
+                    &[
+                        &tasks,
+                        &max,
+                        &lease,
+                        &now,
+                        &max_deliveries,
+                        &inner.timeout_json,
+                        &inner.poison_json,
+                        &inner.sql.channel,
+                    ],
+                )
                 .await?;
             if !rows.is_empty() {
-                let until = now_ms().saturating_add(inner.settings.claim_idle.as_millis() as u64);
                 let mut jobs = Vec::with_capacity(rows.len());
                 for row in &rows {
                     let id: String = row.try_get(0).map_err(corrupt("fetch reply"))?;
@@ -939,8 +1182,18 @@ impl Backend for PostgresBackend {
                         tracing::error!(id, "a job with a malformed id was skipped");
                         continue;
                     };
+                    let (begin, code) = begun_from(row, 3)?;
+                    let was: i16 = row.try_get(9).map_err(corrupt("fetch reply"))?;
                     let job = Job::new(id, task, deliveries.to_string(), deliveries.max(0) as u32);
-                    self.vouch_until(&job, until);
+                    self.after_begin(&job, &begin, code);
+                    let kept = Kept {
+                        begin,
+                        was,
+                        touched: false,
+                    };
+                    inner
+                        .prebegun
+                        .keep(id, deliveries, mark, kept, inner.settings.claim_idle);
                     jobs.push(job);
                 }
                 return Ok(jobs);
@@ -963,68 +1216,51 @@ impl Backend for PostgresBackend {
     }
 
     async fn begin_many(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<Begin>, Error> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
+        // Jobs this process fetched were begun by the fetch: their answers are here already,
+        // unless their requests may have changed since (then they are read again).
+        let kept = self.inner.prebegun.take(
+            jobs.iter()
+                .map(|job| (job.id, job.receipt.parse::<i32>().unwrap_or(-1))),
+        );
+        let mut answers: Vec<Option<Begin>> = vec![None; jobs.len()];
+        let (mut fresh, mut again) = (Vec::new(), Vec::new());
+        for (at, kept) in kept.into_iter().enumerate() {
+            match kept {
+                None => fresh.push(at),
+                Some(kept) => match &kept.begin {
+                    Begin::Run { deadline_ms, .. } if kept.touched || now_ms > *deadline_ms => {
+                        again.push((at, kept.begin));
+                    }
+                    _ => answers[at] = Some(kept.begin),
+                },
+            }
         }
-        let inner = &self.inner;
-        let max = i32::try_from(inner.settings.max_deliveries).unwrap_or(i32::MAX);
-        let now = ms(now_ms);
-        // Sent in id order, so that batches lock their rows in one order; answered in the jobs'.
-        let order = id_order(jobs.iter().map(|job| &job.id));
-        let sorted: Vec<Job> = order.iter().map(|&at| jobs[at].clone()).collect();
-        let batches = sorted
-            .chunks(BATCH)
-            .map(|chunk| -> Vec<Param> {
-                let ids: Vec<String> = chunk.iter().map(|job| id_text(&job.id)).collect();
-                let deliveries: Vec<i32> = chunk
-                    .iter()
-                    .map(|job| i32::try_from(job.deliveries).unwrap_or(i32::MAX))
-                    .collect();
-                vec![
-                    Box::new(ids),
-                    Box::new(deliveries),
-                    Box::new(now),
-                    Box::new(max),
-                    Box::new(inner.timeout_json.clone()),
-                    Box::new(inner.poison_json.clone()),
-                    Box::new(inner.sql.channel.clone()),
-                ]
+        if !again.is_empty() {
+            let picked: Vec<&Job> = again.iter().map(|(at, _)| &jobs[*at]).collect();
+            let codes = self.recheck(&picked, now_ms).await?;
+            for ((at, begin), code) in again.into_iter().zip(codes) {
+                let job = &jobs[at];
+                if code == 0 {
+                    answers[at] = Some(begin);
+                } else {
+                    self.after_begin(job, &Begin::Skip, code);
+                    answers[at] = Some(Begin::Skip);
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let rest: Vec<Job> = fresh.iter().map(|&at| jobs[at].clone()).collect();
+            let begun = self.begin_fresh(&rest, now_ms).await?;
+            for (at, begin) in fresh.into_iter().zip(begun) {
+                answers[at] = Some(begin);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.ok_or_else(|| Error::Corrupt("a begin answered too few jobs".into()))
             })
-            .collect();
-        let begun = self
-            .query_batches(&inner.sql.begin, batches)
-            .await
-            .and_then(|rows| decode_begun(jobs.len(), &rows))
-            .map(|sorted| unsort(&order, sorted));
-        let begun = match begun {
-            Ok(begun) => begun,
-            Err(error) => {
-                // The worker hands the jobs back; stop vouching for them so their leases run out
-                // if that fails too, and another worker takes them.
-                for job in jobs {
-                    self.forget(job);
-                }
-                return Err(error);
-            }
-        };
-        for (job, (begin, code)) in jobs.iter().zip(&begun) {
-            match begin {
-                Begin::Run { deadline_ms, .. } => {
-                    self.vouch_until(job, deadline_ms.saturating_add(1000));
-                }
-                _ => self.forget(job),
-            }
-            match code {
-                2 => {
-                    tracing::warn!(request_id = %job.id, "deadline passed before the job started: request failed with a timeout");
-                }
-                3 => {
-                    tracing::error!(request_id = %job.id, deliveries = job.deliveries, max_deliveries = inner.settings.max_deliveries, "job delivered too often (its workers keep dying): request failed");
-                }
-                _ => {}
-            }
-        }
-        Ok(begun.into_iter().map(|(begin, _)| begin).collect())
+            .collect()
     }
 
     async fn queue_depth(&self, task: &'static str) -> Result<Option<u64>, Error> {
@@ -1089,7 +1325,7 @@ impl Backend for PostgresBackend {
         let order = id_order(finished.iter().map(|(job, _)| &job.id));
         let sorted: Vec<&(Job, Outcome)> = order.iter().map(|&at| &finished[at]).collect();
         let mut batches = Vec::with_capacity(finished.len().div_ceil(BATCH));
-        for chunk in sorted.chunks(BATCH) {
+        for chunk in distinct_chunks(&sorted, |(job, _)| &job.id) {
             let ids: Vec<String> = chunk.iter().map(|(job, _)| id_text(&job.id)).collect();
             let mut codes: Vec<i16> = Vec::with_capacity(chunk.len());
             let mut values: Vec<String> = Vec::with_capacity(chunk.len());
@@ -1115,6 +1351,9 @@ impl Backend for PostgresBackend {
             ];
             batches.push(params);
         }
+        inner
+            .prebegun
+            .touch_many(finished.iter().map(|(job, _)| job.id));
         let rows = self.query_batches(&inner.sql.finish, batches).await?;
         for (job, _) in finished {
             self.forget(job);
@@ -1138,9 +1377,24 @@ impl Backend for PostgresBackend {
         let Ok(delivery) = job.receipt.parse::<i32>() else {
             return Ok(());
         };
+        // A job its fetch began and nobody ran goes back as it was before the fetch.
+        let (was, attempt) = match self.inner.prebegun.drop_one(job.id, delivery) {
+            Some(Kept {
+                begin: Begin::Run { attempt, .. },
+                was,
+                ..
+            }) => (Some(was), i32::try_from(attempt).unwrap_or(i32::MAX)),
+            _ => (None, 0),
+        };
         self.query(
             &self.inner.sql.release,
-            &[&id_text(&job.id), &delivery, &self.inner.sql.channel],
+            &[
+                &id_text(&job.id),
+                &delivery,
+                &self.inner.sql.channel,
+                &was,
+                &attempt,
+            ],
         )
         .await
         .map(drop)
@@ -1148,6 +1402,8 @@ impl Backend for PostgresBackend {
 
     async fn cancel(&self, id: RequestId, now_ms: u64) -> Result<Option<Snapshot>, Error> {
         let inner = &self.inner;
+        // (A job of it begun by a fetch here, and not yet by its worker, is read again.)
+        inner.prebegun.touch(id);
         let rows = self
             .query(
                 &inner.sql.cancel,
@@ -1184,6 +1440,40 @@ mod tests {
             let id = RequestId::random();
             assert_eq!(id_text(&id), id.to_string());
         }
+    }
+
+    #[test]
+    fn a_repeated_id_starts_the_next_statement() {
+        let (a, b, c) = (
+            RequestId::random(),
+            RequestId::random(),
+            RequestId::random(),
+        );
+        let mut sorted = vec![a, b, b, b, c];
+        sorted.sort_by_key(id_text);
+        let chunks: Vec<usize> = distinct_chunks(&sorted, |id| id).map(<[_]>::len).collect();
+        assert_eq!(chunks.iter().sum::<usize>(), 5);
+        for chunk in distinct_chunks(&sorted, |id| id) {
+            let mut ids: Vec<_> = chunk.iter().map(id_text).collect();
+            ids.dedup();
+            assert_eq!(
+                ids.len(),
+                chunk.len(),
+                "no id twice in one statement: {chunks:?}"
+            );
+        }
+        assert_eq!(
+            chunks.len(),
+            3,
+            "b, b and b in three statements: {chunks:?}"
+        );
+        let many: Vec<RequestId> = {
+            let mut many: Vec<RequestId> = (0..600).map(|_| RequestId::random()).collect();
+            many.sort_by_key(id_text);
+            many
+        };
+        let lens: Vec<usize> = distinct_chunks(&many, |id| id).map(<[_]>::len).collect();
+        assert_eq!(lens, vec![BATCH, BATCH, 600 - 2 * BATCH]);
     }
 
     #[test]
