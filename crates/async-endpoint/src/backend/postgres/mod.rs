@@ -21,8 +21,9 @@
 //!
 //! # Round trips
 //!
-//! * start: one call of `create_request` (idempotency key, pending limits under advisory
-//!   transaction locks, `INSERT`, `NOTIFY`);
+//! * start: one `INSERT` and its `NOTIFY` (one statement); a start with an idempotency key or a
+//!   pending limit calls `create_request` instead (the key, the limits under advisory
+//!   transaction locks, then the same `INSERT` and `NOTIFY`);
 //! * poll: one `SELECT` by primary key; only an unfinished request found past its deadline takes
 //!   a second round trip, `expire`, which writes the timeout atomically;
 //! * worker: one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)` fetches a batch,
@@ -173,6 +174,7 @@ struct Sql {
     mark: String,
     expire: String,
     create: String,
+    insert: String,
     fetch: String,
     begin: String,
     recheck: String,
@@ -200,6 +202,14 @@ impl Sql {
                  RETURNING {snapshot}"
             ),
             expire: format!("SELECT changed, {snapshot} FROM {s}.expire($1, $2, $3, $4)"),
+            // A start with no idempotency key and no pending limit has nothing to check first:
+            // one INSERT and its NOTIFY, without a PL/pgSQL call (`create_request` for the rest).
+            insert: format!(
+                "WITH added AS (INSERT INTO {s}.requests (id, task, params, created_ms, \
+                     deadline_ms, ttl_ms, expires_ms, available_ms, traceparent) \
+                     VALUES ($1, $2, $3, $4::int8, $5, $6::int8, $4 + $6, {s}.now_ms(), $7) RETURNING task) \
+                 SELECT pg_notify($8, 'q ' || task) FROM added"
+            ),
             create: format!(
                 "SELECT outcome, existing_id, existing_created, existing_digest \
                  FROM {s}.create_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -971,10 +981,7 @@ fn unsort<T>(order: &[usize], sorted: Vec<T>) -> Vec<T> {
 
 /// `sorted` (sorted by id) cut into statements' worth: at most [`BATCH`] each, and a repeated id
 /// starts the next one (one statement writes a row once), so repeats are written in order.
-fn distinct_chunks<T>(
-    sorted: &[T],
-    id: impl Fn(&T) -> &RequestId,
-) -> impl Iterator<Item = &[T]> {
+fn distinct_chunks<T>(sorted: &[T], id: impl Fn(&T) -> &RequestId) -> impl Iterator<Item = &[T]> {
     let mut rest = sorted;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -1045,6 +1052,23 @@ impl Backend for PostgresBackend {
             None => (None, None),
         };
         let ttl_ms = ms(request.ttl.as_millis().max(1) as u64);
+        if owner_limit.is_none() && task_limit.is_none() && key.is_none() {
+            self.query(
+                &inner.sql.insert,
+                &[
+                    &id_text(&request.id),
+                    &request.task,
+                    &request.params,
+                    &ms(request.created_ms),
+                    &ms(request.deadline_ms),
+                    &ttl_ms,
+                    &request.traceparent,
+                    &inner.sql.channel,
+                ],
+            )
+            .await?;
+            return Ok(Created::New);
+        }
         let rows = self
             .query(
                 &inner.sql.create,
