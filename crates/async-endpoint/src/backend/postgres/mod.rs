@@ -1051,43 +1051,39 @@ impl Backend for PostgresBackend {
             Some(key) => (Some(key.scoped.as_str()), Some(key.params_digest.as_str())),
             None => (None, None),
         };
+        let (id, created, deadline) = (
+            id_text(&request.id),
+            ms(request.created_ms),
+            ms(request.deadline_ms),
+        );
         let ttl_ms = ms(request.ttl.as_millis().max(1) as u64);
+        // Both statements take the request first, in this order.
+        let request_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &id,
+            &request.task,
+            &request.params,
+            &created,
+            &deadline,
+            &ttl_ms,
+        ];
         if owner_limit.is_none() && task_limit.is_none() && key.is_none() {
-            self.query(
-                &inner.sql.insert,
-                &[
-                    &id_text(&request.id),
-                    &request.task,
-                    &request.params,
-                    &ms(request.created_ms),
-                    &ms(request.deadline_ms),
-                    &ttl_ms,
-                    &request.traceparent,
-                    &inner.sql.channel,
-                ],
-            )
-            .await?;
+            let rest: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&request.traceparent, &inner.sql.channel];
+            self.query(&inner.sql.insert, &[&request_params[..], &rest].concat())
+                .await?;
             return Ok(Created::New);
         }
+        let rest: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &owner_limit,
+            &owner,
+            &task_limit,
+            &key,
+            &digest,
+            &inner.sql.channel,
+            &request.traceparent,
+        ];
         let rows = self
-            .query(
-                &inner.sql.create,
-                &[
-                    &id_text(&request.id),
-                    &request.task,
-                    &request.params,
-                    &ms(request.created_ms),
-                    &ms(request.deadline_ms),
-                    &ttl_ms,
-                    &owner_limit,
-                    &owner,
-                    &task_limit,
-                    &key,
-                    &digest,
-                    &inner.sql.channel,
-                    &request.traceparent,
-                ],
-            )
+            .query(&inner.sql.create, &[&request_params[..], &rest].concat())
             .await?;
         let row = rows
             .first()
