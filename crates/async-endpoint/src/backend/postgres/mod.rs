@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `{schema}.requests` | one row per request **and** its job (status, attempt, params, progress, output, failure, deadline, expiry, lease, deliveries, limit marks, idempotency key) |
 //! | `{schema}.migrations` | the versions applied |
-//! | `{schema}.create_request`, `begin_jobs`, `cancel`, `expire`, `settle` | the atomic transitions, one round trip each (`begin_jobs` for a whole batch of jobs); the worker's fetch-and-begin and finish are single statements sent by the client (see below) |
+//! | `{schema}.create_request`, `cancel`, `expire`, `settle` | the atomic transitions that take several steps, one round trip each; the worker's fetch-and-begin, begin and finish are single statements sent by the client (`sql.rs`, see below) |
 //! | channel `{schema}_changes` | `r <id>` after a write of a request somebody watches (and after every cancel), `q <task>` after every new job |
 //!
 //! One table rather than a request table and a job table: a start is one `INSERT`, a poll one
@@ -35,8 +35,10 @@
 //!   256 jobs, no id twice; more are split and run in one transaction); one statement per
 //!   progress update. These are prepared statements sent by the client rather than PL/pgSQL
 //!   functions: a function call cost about as much again as its statement (measured with
-//!   `pg_stat_statements`). `begin_jobs` remains for a job this process did not fetch, and
-//!   `finish_jobs` for processes of the previous version during a rolling deploy;
+//!   `pg_stat_statements`). A job this process did not fetch is begun by one statement over
+//!   arrays with the same `SET` list as the fetch's. The functions `begin_jobs` and
+//!   `finish_jobs` stay in the schema for processes of the previous version during a rolling
+//!   deploy;
 //! * wake-ups: one listener connection per process (`LISTEN`), feeding waiting polls, `watch`ers
 //!   and blocked fetches; after it (re)connects it wakes everyone, so nothing is lost. `NOTIFY`
 //!   makes each notifying commit take a database-wide lock, so writes announce a request only
@@ -84,7 +86,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_batches.sql")),
 ];
 
-/// Most jobs one `begin_jobs` / `finish_jobs` statement takes; a longer slice is split, and its
+/// Most jobs one begin or finish statement takes; a longer slice is split, and its
 /// statements run in one transaction (so a batch is still all or nothing).
 const BATCH: usize = 256;
 
@@ -420,8 +422,8 @@ impl PostgresBackend {
         runtime.spawn(sweeper(weak, inner.settings.sweep_interval));
     }
 
-    /// Begins jobs the fetch did not (delivered to another call, or fetched before a restart of
-    /// this process's bookkeeping): one `begin_jobs` call per batch.
+    /// Begins jobs the fetch did not (delivered to another call, or dropped from this process's
+    /// bookkeeping): one statement per batch, no id twice in one (a repeat begins again, after).
     async fn begin_fresh(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<Begin>, Error> {
         if jobs.is_empty() {
             return Ok(Vec::new());
@@ -432,8 +434,7 @@ impl PostgresBackend {
         // Sent in id order, so that batches lock their rows in one order; answered in the jobs'.
         let order = id_order(jobs.iter().map(|job| &job.id));
         let sorted: Vec<Job> = order.iter().map(|&at| jobs[at].clone()).collect();
-        let batches = sorted
-            .chunks(BATCH)
+        let batches = distinct_chunks(&sorted, |job| &job.id)
             .map(|chunk| -> Vec<Param> {
                 let ids: Vec<String> = chunk.iter().map(|job| id_text(&job.id)).collect();
                 let deliveries: Vec<i32> = chunk
@@ -474,7 +475,7 @@ impl PostgresBackend {
     }
 
     /// Reads again jobs the fetch began whose requests may have changed since: per job, 0 when it
-    /// still runs, else why not (1 skip, 2 now a timeout), as `begin_jobs` answers.
+    /// still runs, else why not (1 skip, 2 now a timeout), as a begin answers.
     async fn recheck(&self, jobs: &[&Job], now_ms: u64) -> Result<Vec<i16>, Error> {
         let inner = &self.inner;
         let ids: Vec<String> = jobs.iter().map(|job| id_text(&job.id)).collect();
@@ -825,11 +826,11 @@ fn distinct_chunks<T>(sorted: &[T], id: impl Fn(&T) -> &RequestId) -> impl Itera
     })
 }
 
-/// The rows of `begin_jobs` for `jobs` jobs, in order: what to do with each, and its code.
+/// The rows of a begin for `jobs` jobs, in order: what to do with each, and its code.
 fn decode_begun(jobs: usize, rows: &[Row]) -> Result<Vec<(Begin, i16)>, Error> {
     if rows.len() != jobs {
         return Err(Error::Corrupt(format!(
-            "begin_jobs answered {} of {jobs} jobs",
+            "begin answered {} of {jobs} jobs",
             rows.len(),
         )));
     }

@@ -18,7 +18,7 @@ pub(super) struct Sql {
     pub(super) insert: String,
     /// Leases and begins a batch of jobs (`FOR UPDATE SKIP LOCKED`).
     pub(super) fetch: String,
-    /// Calls `begin_jobs`: begins jobs this process did not fetch.
+    /// Begins jobs this process did not fetch.
     pub(super) begin: String,
     /// Reads again jobs the fetch began whose requests may have changed since.
     pub(super) recheck: String,
@@ -67,51 +67,48 @@ impl Sql {
                  FROM {s}.create_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             ),
             fetch: {
-                let code = format!(
-                    "{s}.begin_code(q.status, q.expires_ms, q.deadline_ms, q.deliveries + 1, $4, $5)"
-                );
+                let begin = Begin::new(s, "q.deliveries + 1", "$4", "$5", "$6", "$7", "$8");
                 format!(
                     "UPDATE {s}.requests q SET \
-                         available_ms = {s}.now_ms() + $3, deliveries = q.deliveries + 1, \
-                         status = CASE {code} WHEN 0 THEN 1 WHEN 1 THEN q.status ELSE 4 END, \
-                         attempt = CASE {code} WHEN 0 THEN q.attempt + 1 ELSE q.attempt END, \
-                         output = CASE WHEN {code} >= 2 THEN NULL ELSE q.output END, \
-                         failure = CASE {code} WHEN 2 THEN $6 WHEN 3 THEN $7 ELSE q.failure END, \
-                         params = CASE WHEN {code} >= 2 THEN NULL ELSE q.params END, \
-                         limit_owner = CASE WHEN {code} >= 2 THEN NULL ELSE q.limit_owner END, \
-                         limit_task = CASE WHEN {code} >= 2 THEN false ELSE q.limit_task END, \
-                         expires_ms = CASE {code} WHEN 1 THEN q.expires_ms \
-                             WHEN 0 THEN CASE WHEN q.expires_ms > q.deadline_ms THEN q.expires_ms \
-                                 ELSE $4 + q.ttl_ms END \
-                             ELSE $4 + q.ttl_ms END, \
-                         job_open = {code} = 0 \
+                         available_ms = {s}.now_ms() + $3, deliveries = q.deliveries + 1, {set} \
                      FROM (SELECT id, status AS was FROM {s}.requests \
                            WHERE job_open AND available_ms <= {s}.now_ms() AND task = ANY($1) \
                            ORDER BY available_ms LIMIT $2 FOR UPDATE SKIP LOCKED) picked \
                      WHERE q.id = picked.id \
-                     RETURNING q.id, q.task, q.deliveries, \
-                         (CASE WHEN q.status = 1 AND q.expires_ms > $4 THEN 0 \
-                             WHEN q.status = 4 AND q.expires_ms = $4 + q.ttl_ms \
-                                 AND q.failure = $6 THEN 2 \
-                             WHEN q.status = 4 AND q.expires_ms = $4 + q.ttl_ms \
-                                 AND q.failure = $7 THEN 3 \
-                             ELSE 1 END)::smallint, \
+                     RETURNING q.id, q.task, q.deliveries, {code}, \
                          q.attempt, coalesce(q.params, ''), q.deadline_ms, q.traceparent, \
-                         CASE WHEN q.watched AND q.expires_ms > $4 AND (q.status = 1 \
-                                 OR q.expires_ms = $4 + q.ttl_ms AND q.failure IN ($6, $7)) \
-                             THEN {s}.announce($8, q.id) END, \
-                         picked.was"
+                         {told}, picked.was",
+                    set = begin.set,
+                    code = begin.code,
+                    told = begin.told,
                 )
             },
-            begin: format!(
-                "SELECT code, attempt, params, deadline_ms, traceparent \
-                 FROM {s}.begin_jobs($1, $2, $3, $4, $5, $6, $7)"
-            ),
+            // Jobs this process did not fetch: the same begin, over arrays ($1 ids, $2 their
+            // deliveries), no id twice; answered in order. (`begin_jobs`, the function that did
+            // this, stays for processes of the previous version.)
+            begin: {
+                let begin = Begin::new(s, "u.delivery", "$3", "$4", "$5", "$6", "$7");
+                format!(
+                    "WITH u AS (SELECT * FROM unnest($1::text[], $2::int4[]) \
+                         WITH ORDINALITY AS u(id, delivery, ord)), \
+                     written AS (UPDATE {s}.requests q SET {set} \
+                       FROM u WHERE q.id = u.id AND q.id = ANY($1) \
+                         AND (q.job_open OR NOT (q.status >= 3 OR q.expires_ms <= $3)) \
+                       RETURNING q.id, q.attempt, q.params, q.deadline_ms, q.traceparent, \
+                         {code} AS code, {told} AS told) \
+                     SELECT coalesce(w.code, 1::smallint), w.attempt, coalesce(w.params, ''), \
+                         w.deadline_ms, w.traceparent \
+                     FROM u LEFT JOIN written w ON w.id = u.id ORDER BY u.ord",
+                    set = begin.set,
+                    code = begin.code,
+                    told = begin.told,
+                )
+            },
             recheck: {
                 // A job begun by its fetch, touched since: it runs if its request is as the
                 // fetch left it (live, unfinished, before its deadline, this delivery's job
-                // open); past its deadline it becomes a timeout; else it is skipped. Codes as
-                // `begin_jobs`'s. Only what must change is written.
+                // open); past its deadline it becomes a timeout; else it is skipped. Codes as a
+                // begin's. Only what must change is written.
                 let live = "q.status < 3 AND q.expires_ms > $3";
                 format!(
                     "WITH u AS (SELECT * FROM unnest($1::text[], $2::int4[]) \
@@ -188,6 +185,67 @@ impl Sql {
             sweep: format!(
                 "DELETE FROM {s}.requests WHERE id IN (SELECT id FROM {s}.requests \
                  WHERE expires_ms <= $1 ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
+        }
+    }
+}
+
+/// Starting an attempt of a job, in SQL over the row `q` as it stands once locked, for the
+/// fetch and for jobs begun apart: 0 run it (running, attempt + 1), 1 skip it (gone or
+/// terminal; the job is closed), 2 skip it and fail the request with a timeout (past its
+/// deadline), 3 skip it and fail it as poison (delivered more than the maximum).
+struct Begin {
+    /// The `SET` list.
+    set: String,
+    /// The code, read back from what was written (for `RETURNING`).
+    code: String,
+    /// Announces a watched request whose status changed (for `RETURNING`).
+    told: String,
+}
+
+impl Begin {
+    /// With the SQL for the delivery count, now (unix ms), the most deliveries, the timeout and
+    /// poison failures' JSON, and the channel.
+    fn new(
+        s: &str,
+        delivery: &str,
+        now: &str,
+        max: &str,
+        timeout: &str,
+        poison: &str,
+        channel: &str,
+    ) -> Begin {
+        let code = format!(
+            "{s}.begin_code(q.status, q.expires_ms, q.deadline_ms, {delivery}, {now}, {max})"
+        );
+        Begin {
+            set: format!(
+                "status = CASE {code} WHEN 0 THEN 1 WHEN 1 THEN q.status ELSE 4 END, \
+                 attempt = CASE {code} WHEN 0 THEN q.attempt + 1 ELSE q.attempt END, \
+                 output = CASE WHEN {code} >= 2 THEN NULL ELSE q.output END, \
+                 failure = CASE {code} WHEN 2 THEN {timeout} WHEN 3 THEN {poison} \
+                     ELSE q.failure END, \
+                 params = CASE WHEN {code} >= 2 THEN NULL ELSE q.params END, \
+                 limit_owner = CASE WHEN {code} >= 2 THEN NULL ELSE q.limit_owner END, \
+                 limit_task = CASE WHEN {code} >= 2 THEN false ELSE q.limit_task END, \
+                 expires_ms = CASE {code} WHEN 1 THEN q.expires_ms \
+                     WHEN 0 THEN CASE WHEN q.expires_ms > q.deadline_ms THEN q.expires_ms \
+                         ELSE {now} + q.ttl_ms END \
+                     ELSE {now} + q.ttl_ms END, \
+                 job_open = q.job_open AND {code} = 0"
+            ),
+            code: format!(
+                "(CASE WHEN q.status = 1 AND q.expires_ms > {now} THEN 0 \
+                     WHEN q.status = 4 AND q.expires_ms = {now} + q.ttl_ms \
+                         AND q.failure = {timeout} THEN 2 \
+                     WHEN q.status = 4 AND q.expires_ms = {now} + q.ttl_ms \
+                         AND q.failure = {poison} THEN 3 \
+                     ELSE 1 END)::smallint"
+            ),
+            told: format!(
+                "CASE WHEN q.watched AND q.expires_ms > {now} AND (q.status = 1 \
+                     OR q.expires_ms = {now} + q.ttl_ms AND q.failure IN ({timeout}, {poison})) \
+                     THEN {s}.announce({channel}, q.id) END"
             ),
         }
     }
