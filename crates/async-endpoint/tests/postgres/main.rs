@@ -6,5 +6,7 @@
 #[path = "../conformance/suite.rs"]
 mod conformance;
 mod conformance_postgres;
+#[path = "../common/node_log.rs"]
+mod node_log;
 mod postgres_processes;
 mod support;

@@ -111,17 +111,7 @@ fn node() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        // Errors always reach the test's output (a 500's cause is logged, never sent), so a
-        // failure in CI shows it; everything with AE_LOG set.
-        let filter = if std::env::var("AE_LOG").is_ok() {
-            "async_endpoint=debug"
-        } else {
-            "async_endpoint=error"
-        };
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
+        crate::node_log::init();
         let ttl_ms: u64 = std::env::var("AE_TTL_MS")
             .ok()
             .and_then(|v| v.parse().ok())

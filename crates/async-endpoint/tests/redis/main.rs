@@ -7,6 +7,8 @@
 mod conformance;
 mod conformance_cluster;
 mod conformance_redis;
+#[path = "../common/node_log.rs"]
+mod node_log;
 mod redis_backend;
 mod redis_cluster;
 mod redis_faults;
